@@ -1,0 +1,1 @@
+"""The messenger: group membership, messages, crypto and the node that wires it all."""

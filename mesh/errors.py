@@ -1,0 +1,76 @@
+"""The mesh package's error tree.
+
+    MeshError
+    ├── LocalError              misuse or a local resource problem (our fault)
+    │   └── KeyFileError        identity key file missing, unreadable or too open
+    └── RemoteError             something another machine sent us is unacceptable
+        ├── RecordError         a signed record that does not decode or verify
+        ├── SignatureError      a signature that does not verify
+        └── DiscoveryError      the bootstrap server refused or failed a request
+            ├── DiscoveryUnavailable   no answer (connection refused, timeout, 5xx)
+            └── DiscoveryRefused       a 4xx with the server's error code
+
+Remote errors carry a short machine-readable ``reason`` so that a link can close with
+it and an API can show it; they never carry secrets.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DiscoveryError",
+    "DiscoveryRefused",
+    "DiscoveryUnavailable",
+    "KeyFileError",
+    "LocalError",
+    "MeshError",
+    "RecordError",
+    "RemoteError",
+    "SignatureError",
+]
+
+
+class MeshError(Exception):
+    """Base of every error the mesh package raises on purpose."""
+
+
+class LocalError(MeshError):
+    pass
+
+
+class KeyFileError(LocalError):
+    pass
+
+
+class RemoteError(MeshError):
+    """A peer or server sent something we refuse; ``reason`` is a stable short code."""
+
+    reason = "protocol_error"
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
+
+
+class RecordError(RemoteError):
+    reason = "bad_record"
+
+
+class SignatureError(RemoteError):
+    reason = "bad_signature"
+
+
+class DiscoveryError(RemoteError):
+    reason = "discovery_failed"
+
+
+class DiscoveryUnavailable(DiscoveryError):
+    reason = "discovery_unavailable"
+
+
+class DiscoveryRefused(DiscoveryError):
+    """The server answered 4xx; ``status`` and ``reason`` (its error code) say why."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{status} {reason}: {message}", reason)
+        self.status = status

@@ -1,0 +1,1 @@
+"""The node's local UI server: JSON API, events WebSocket and the built browser app."""
