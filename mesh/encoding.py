@@ -13,7 +13,7 @@ from typing import Any
 
 from mesh.errors import RemoteError
 
-__all__ = ["b64d", "b64e", "FormatError", "require"]
+__all__ = ["FormatError", "b64d", "b64e", "require"]
 
 
 class FormatError(RemoteError):

@@ -26,9 +26,9 @@ from mesh.errors import KeyFileError, RecordError, SignatureError
 
 __all__ = [
     "DJB_TYPE",
-    "KeyPair",
     "LAST_RESORT_PREKEY_ID",
     "MAX_ENDPOINTS",
+    "KeyPair",
     "PreKey",
     "Record",
     "SignedPreKey",

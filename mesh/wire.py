@@ -1,0 +1,336 @@
+"""Frame types and their strict msgpack encoding.
+
+Every frame on a link is a msgpack map ``{"t": <type>, "v": <version>, <fields>...}``.
+Decoding is strict: the map must hold exactly the declared fields with exactly the
+declared types and sizes, and must re-encode to the same bytes, so that a frame has
+one spelling only. Anything else raises FrameError, whose ``reason`` a link sends
+in its Close frame. docs/protocol.md lists every frame.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import typing
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
+
+import msgpack
+
+from mesh.errors import RemoteError
+
+__all__ = [
+    "MAX_CHUNK_DATA",
+    "MAX_CHUNK_FRAME",
+    "MAX_CONTROL_FRAME",
+    "MAX_PAYLOAD",
+    "PROTOCOL_VERSION",
+    "Ack",
+    "Auth",
+    "Chunk",
+    "ChunkRequest",
+    "ChunkUnavailable",
+    "Close",
+    "Frame",
+    "FrameError",
+    "Graft",
+    "Hello",
+    "IHave",
+    "IWant",
+    "Ping",
+    "Pong",
+    "Prune",
+    "Publish",
+    "Subscribe",
+    "SyncSummary",
+    "Unsubscribe",
+    "decode",
+    "encode",
+    "message_id",
+]
+
+PROTOCOL_VERSION = 1
+MAX_CONTROL_FRAME = 1024 * 1024
+MAX_CHUNK_DATA = 256 * 1024
+MAX_CHUNK_FRAME = MAX_CHUNK_DATA + 1024
+# A 64 KiB text plus its sender-key envelope (header, padding, signature) must fit.
+MAX_PAYLOAD = 96 * 1024
+MAX_IDS = 4096
+MAX_TOPICS = 1024
+MAX_HEADS = 4096
+MAX_INT = 2**63 - 1
+
+ID_LEN = 32  # message ids, file ids: SHA-256 sizes
+TOPIC_MIN, TOPIC_MAX = 16, 32
+
+
+class FrameError(RemoteError):
+    reason = "bad_frame"
+
+
+@dataclass(frozen=True)
+class Limit:
+    """Size bounds for one field: exact or max length of bytes/str, max list items."""
+
+    exact: int | None = None
+    max: int | None = None
+    min: int = 0
+    items: int | None = None  # for lists/maps: max entries; element limits from exact/max
+
+
+_REGISTRY: dict[str, type[Frame]] = {}
+
+
+class Frame:
+    """Base of all frames. Subclasses are frozen dataclasses with a TYPE string and
+    optional per-field limits in ``LIMITS``."""
+
+    TYPE: ClassVar[str]
+    LIMITS: ClassVar[dict[str, Limit]] = {}
+    MAX_SIZE: ClassVar[int] = MAX_CONTROL_FRAME
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.TYPE in _REGISTRY:
+            raise TypeError(f"frame type {cls.TYPE!r} registered twice")
+        _REGISTRY[cls.TYPE] = cls
+
+
+def encode(frame: Frame) -> bytes:
+    body: dict[str, Any] = {"t": frame.TYPE, "v": PROTOCOL_VERSION}
+    for f in fields(frame):  # type: ignore[arg-type]
+        value = getattr(frame, f.name)
+        body[f.name] = list(value) if isinstance(value, tuple) else value
+    data = msgpack.packb(body, use_bin_type=True)
+    if len(data) > frame.MAX_SIZE:
+        raise FrameError(f"{frame.TYPE} frame of {len(data)} bytes exceeds {frame.MAX_SIZE}",
+                         "frame_too_large")
+    return data
+
+
+def decode(data: bytes, *, max_size: int = MAX_CHUNK_FRAME) -> Frame:
+    """Parse one frame; raise FrameError for anything but a canonical, valid frame."""
+    if len(data) > max_size:
+        raise FrameError(f"frame of {len(data)} bytes exceeds {max_size}", "frame_too_large")
+    try:
+        obj = msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise FrameError(f"frame is not msgpack ({type(exc).__name__})") from None
+    if not isinstance(obj, dict):
+        raise FrameError("frame must be a map")
+    cls = _REGISTRY.get(obj.get("t")) if isinstance(obj.get("t"), str) else None
+    if cls is None:
+        raise FrameError("unknown frame type", "unknown_frame")
+    if obj.get("v") != PROTOCOL_VERSION or type(obj.get("v")) is not int:
+        raise FrameError(f"unsupported frame version {obj.get('v')!r}", "bad_version")
+    if len(data) > cls.MAX_SIZE:
+        raise FrameError(f"{cls.TYPE} frame exceeds {cls.MAX_SIZE} bytes", "frame_too_large")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+    if set(obj) != {"t", "v", *names}:
+        raise FrameError(f"{cls.TYPE} frame has wrong fields")
+    values = {n: _check(obj[n], hints[n], cls.LIMITS.get(n), f"{cls.TYPE}.{n}") for n in names}
+    frame = cls(**values)
+    if encode(frame) != data:
+        raise FrameError(f"{cls.TYPE} frame is not canonically encoded", "not_canonical")
+    return frame
+
+
+def _check(value: Any, hint: Any, lim: Limit | None, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is tuple:  # tuple[X, ...]: a msgpack array
+        (elem,) = {a for a in typing.get_args(hint) if a is not Ellipsis}
+        if not isinstance(value, list):
+            raise FrameError(f"{where} must be an array")
+        if lim and lim.items is not None and len(value) > lim.items:
+            raise FrameError(f"{where} has more than {lim.items} items")
+        return tuple(_check(v, elem, lim, where) for v in value)
+    if origin is dict:  # dict[str, int]
+        key_t, val_t = typing.get_args(hint)
+        if not isinstance(value, dict):
+            raise FrameError(f"{where} must be a map")
+        if lim and lim.items is not None and len(value) > lim.items:
+            raise FrameError(f"{where} has more than {lim.items} entries")
+        return {_check(k, key_t, lim, where): _check(v, val_t, None, where)
+                for k, v in value.items()}
+    if hint is int:
+        if type(value) is not int or not 0 <= value <= MAX_INT:
+            raise FrameError(f"{where} must be a non-negative 63-bit integer")
+        return value
+    if hint is bool:
+        if type(value) is not bool:
+            raise FrameError(f"{where} must be a boolean")
+        return value
+    if hint in (bytes, str):
+        if type(value) is not hint:
+            raise FrameError(f"{where} must be {hint.__name__}")
+        if lim is not None:
+            if lim.exact is not None and len(value) != lim.exact:
+                raise FrameError(f"{where} must be {lim.exact} long")
+            if lim.max is not None and len(value) > lim.max:
+                raise FrameError(f"{where} is longer than {lim.max}")
+            if len(value) < lim.min:
+                raise FrameError(f"{where} is shorter than {lim.min}")
+        return value
+    raise TypeError(f"unsupported field type {hint!r} in {where}")  # a bug in a Frame class
+
+
+def message_id(topic: bytes, origin: str, seq: int, payload: bytes) -> bytes:
+    """A message's id binds its routing metadata to its payload, so a relay cannot
+    re-label a payload as another sender's or another sequence number."""
+    return hashlib.sha256(msgpack.packb([b"parley/msg/v1", topic, origin, seq, payload],
+                                        use_bin_type=True)).digest()
+
+
+_TOPIC = Limit(min=TOPIC_MIN, max=TOPIC_MAX)
+_ID = Limit(exact=ID_LEN)
+_USER = Limit(exact=15)
+
+# Handshake (see mesh/link.py; Hello travels in clear, Auth under handshake keys)
+
+
+@dataclass(frozen=True)
+class Hello(Frame):
+    TYPE = "hello"
+    LIMITS = {"ephemeral": Limit(exact=32), "versions": Limit(items=8)}
+    versions: tuple[int, ...]
+    ephemeral: bytes
+
+
+@dataclass(frozen=True)
+class Auth(Frame):
+    TYPE = "auth"
+    LIMITS = {"record": Limit(max=4096), "signature": Limit(exact=64)}
+    record: bytes
+    signature: bytes
+
+
+@dataclass(frozen=True)
+class Close(Frame):
+    TYPE = "close"
+    LIMITS = {"reason": Limit(max=64), "message": Limit(max=256)}
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Ping(Frame):
+    TYPE = "ping"
+    LIMITS = {"data": Limit(max=32)}
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Pong(Frame):
+    TYPE = "pong"
+    LIMITS = {"data": Limit(max=32)}
+    data: bytes
+
+
+# Topics and gossip (see mesh/gossip.py)
+
+
+@dataclass(frozen=True)
+class Subscribe(Frame):
+    TYPE = "sub"
+    LIMITS = {"topics": Limit(min=TOPIC_MIN, max=TOPIC_MAX, items=MAX_TOPICS)}
+    topics: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class Unsubscribe(Frame):
+    TYPE = "unsub"
+    LIMITS = {"topics": Limit(min=TOPIC_MIN, max=TOPIC_MAX, items=MAX_TOPICS)}
+    topics: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class Publish(Frame):
+    """A full message. ``origin``/``seq`` are the author's user id and per-author,
+    per-topic sequence number; the layer above checks them against the payload."""
+
+    TYPE = "pub"
+    LIMITS = {"topic": _TOPIC, "origin": _USER, "payload": Limit(max=MAX_PAYLOAD)}
+    topic: bytes
+    origin: str
+    seq: int
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class IHave(Frame):
+    TYPE = "ihave"
+    LIMITS = {"topic": _TOPIC, "ids": Limit(exact=ID_LEN, items=MAX_IDS)}
+    topic: bytes
+    ids: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class IWant(Frame):
+    TYPE = "iwant"
+    LIMITS = {"ids": Limit(exact=ID_LEN, items=MAX_IDS)}
+    ids: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class Graft(Frame):
+    TYPE = "graft"
+    LIMITS = {"topic": _TOPIC}
+    topic: bytes
+
+
+@dataclass(frozen=True)
+class Prune(Frame):
+    TYPE = "prune"
+    LIMITS = {"topic": _TOPIC}
+    topic: bytes
+
+
+@dataclass(frozen=True)
+class Ack(Frame):
+    """Hop-by-hop: the sender of this frame has committed these messages."""
+
+    TYPE = "ack"
+    LIMITS = {"ids": Limit(exact=ID_LEN, items=MAX_IDS)}
+    ids: tuple[bytes, ...]
+
+
+# Anti-entropy (see mesh/sync.py)
+
+
+@dataclass(frozen=True)
+class SyncSummary(Frame):
+    """Per-origin high-water marks (highest contiguous seq held) for one topic."""
+
+    TYPE = "sync"
+    LIMITS = {"topic": _TOPIC, "heads": Limit(exact=15, items=MAX_HEADS)}
+    topic: bytes
+    heads: dict[str, int]
+
+
+# Attachment chunks (see groups/attachments.py)
+
+
+@dataclass(frozen=True)
+class ChunkRequest(Frame):
+    TYPE = "chunk?"
+    LIMITS = {"file_id": _ID}
+    file_id: bytes
+    index: int
+
+
+@dataclass(frozen=True)
+class Chunk(Frame):
+    TYPE = "chunk"
+    MAX_SIZE = MAX_CHUNK_FRAME
+    LIMITS = {"file_id": _ID, "data": Limit(max=MAX_CHUNK_DATA + 64)}
+    file_id: bytes
+    index: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class ChunkUnavailable(Frame):
+    TYPE = "chunk!"
+    LIMITS = {"file_id": _ID}
+    file_id: bytes
+    index: int
