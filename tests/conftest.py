@@ -1,0 +1,87 @@
+"""Shared fixtures: real servers on free loopback ports, always stopped afterwards."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from bootstrap.api import BootstrapConfig
+from bootstrap.server import BootstrapServer, start_bootstrap
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+async def bootstrap_server(tmp_path: Path) -> AsyncIterator[BootstrapServer]:
+    """An in-process bootstrap server on a free port with a generous rate limit."""
+    server = start_bootstrap("127.0.0.1", 0, tmp_path / "bootstrap.db",
+                             BootstrapConfig(rate=10_000, burst=10_000))
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@dataclass
+class Proc:
+    """A ``python run.py ...`` child process and the lines it printed so far."""
+
+    popen: subprocess.Popen[str]
+    lines: list[str] = field(default_factory=list)
+
+    def wait_for(self, pattern: str, timeout: float = 20.0) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        regex = re.compile(pattern)
+        for line in self.lines:
+            if m := regex.search(line):
+                return m
+        while time.monotonic() < deadline:
+            line = self.popen.stdout.readline() if self.popen.stdout else ""
+            if not line:
+                if self.popen.poll() is not None:
+                    break
+                continue
+            self.lines.append(line)
+            if m := regex.search(line):
+                return m
+        raise AssertionError(f"{pattern!r} not printed; output so far:\n{''.join(self.lines)}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        if self.popen.stdout:
+            self.popen.stdout.close()
+        return self.popen.returncode
+
+
+@pytest.fixture
+def run_py() -> Iterator[callable]:
+    """Start ``python run.py <args>``; every process is stopped at teardown."""
+    procs: list[Proc] = []
+
+    def start(*args: str) -> Proc:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        popen = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT,
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                 env=env)
+        proc = Proc(popen)
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.stop()
