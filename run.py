@@ -20,10 +20,13 @@ DEFAULT_BOOTSTRAP_PORT = 8470
 
 
 def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--log-level", default="INFO",
+                        help="DEBUG, INFO, WARNING or ERROR (secrets are never logged)")
     parser = argparse.ArgumentParser(prog="run.py", description=__doc__.splitlines()[0])
-    parser.add_argument("--log-level", default="INFO")
     sub = parser.add_subparsers(dest="command")
-    boot = sub.add_parser("bootstrap", help="run a discovery server for your friends")
+    boot = sub.add_parser("bootstrap", parents=[common],
+                          help="run a discovery server for your friends")
     boot.add_argument("--host", default="127.0.0.1",
                       help="address to listen on (0.0.0.0 to serve other machines)")
     boot.add_argument("--port", type=int, default=DEFAULT_BOOTSTRAP_PORT,
@@ -53,15 +56,14 @@ async def _until_signalled() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
+        argv = ["bootstrap", *argv]
     args = _parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.command in (None, "bootstrap"):
-        if args.command is None:
-            args = _parser().parse_args(["bootstrap", *(argv or sys.argv[1:])])
-        asyncio.run(_serve_bootstrap(args))
-        return 0
-    return 2
+    asyncio.run(_serve_bootstrap(args))
+    return 0
 
 
 if __name__ == "__main__":

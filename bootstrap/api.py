@@ -179,6 +179,8 @@ class ApiHandler(RequestHandler):
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
+        if status_code == 405:
+            self.set_header("Allow", ", ".join(self._allowed_methods()))
         if isinstance(exc, ApiError):
             for name, value in exc.headers.items():
                 self.set_header(name, value)
@@ -189,6 +191,11 @@ class ApiHandler(RequestHandler):
             code = _GENERIC_CODES.get(status_code, "internal_error" if status_code >= 500
                                       else "bad_request")
         self.finish(json.dumps({"error": code, "message": message}, separators=(",", ":")))
+
+
+    def _allowed_methods(self) -> list[str]:
+        return [m for m in self.SUPPORTED_METHODS
+                if getattr(type(self), m.lower()) is not getattr(RequestHandler, m.lower())]
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

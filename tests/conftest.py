@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,17 +68,22 @@ class Proc:
         return self.popen.returncode
 
 
+def start_run_py(*args: str) -> Proc:
+    """Start ``python run.py <args>`` with its output captured line by line."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    popen = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             env=env)
+    return Proc(popen)
+
+
 @pytest.fixture
-def run_py() -> Iterator[callable]:
+def run_py() -> Iterator[Callable[..., Proc]]:
     """Start ``python run.py <args>``; every process is stopped at teardown."""
     procs: list[Proc] = []
 
     def start(*args: str) -> Proc:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        popen = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT,
-                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                 env=env)
-        proc = Proc(popen)
+        proc = start_run_py(*args)
         procs.append(proc)
         return proc
 

@@ -1,0 +1,60 @@
+# Parley: `make run` starts a node, `make test` runs the whole suite.
+# Both set up .venv (and the web UI, once it exists) only when something changed.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.requirements-installed
+WEBAPP_STAMP := webapp/node_modules/.package-lock.json
+WEBAPP_SOURCES := $(shell find webapp/src webapp/index.html webapp/vite.config.* webapp/package.json -type f 2>/dev/null)
+PYTEST_ARGS ?=
+
+.PHONY: run test setup webapp lint bench clean
+
+run: setup
+	$(PY) run.py
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+	@# python-axolotl's own suite guards the protobuf backend our crypto depends on.
+	PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python $(PY) -m pytest -q -p no:cacheprovider --pyargs axolotl.tests
+	$(VENV)/bin/ruff check .
+
+setup: $(STAMP) webapp
+
+$(PY):
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "Parley needs Python 3.11 or newer ($(PYTHON) is older)"; exit 1; }
+	@$(PYTHON) -m venv $(VENV) || \
+		{ echo "Could not create $(VENV): on Debian/Ubuntu run 'apt-get install python3-venv'"; \
+		  rm -rf $(VENV); exit 1; }
+
+$(STAMP): requirements.txt | $(PY)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	@touch $@
+
+# The browser UI: npm ci when the lock file changed, vite build when sources changed.
+ifneq ($(wildcard webapp/package.json),)
+webapp: webapp/dist/index.html
+
+$(WEBAPP_STAMP): webapp/package-lock.json
+	cd webapp && npm ci --no-audit --no-fund
+	@touch $@
+
+webapp/dist/index.html: $(WEBAPP_STAMP) $(WEBAPP_SOURCES)
+	cd webapp && npm run build
+	@touch $@
+else
+webapp:
+	@true
+endif
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+bench: setup
+	$(PY) -m bench.bootstrap
+
+clean:
+	rm -rf $(VENV) webapp/node_modules webapp/dist .pytest_cache .ruff_cache .hypothesis
