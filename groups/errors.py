@@ -1,0 +1,125 @@
+"""The groups package's error tree.
+
+    GroupsError (mesh.errors.MeshError)
+    └── CryptoError
+        ├── CryptoUsageError     (LocalError)  a call that can never work: bad group id,
+        │                                      decrypting our own sender-key message ...
+        ├── CryptoStoreError     (LocalError)  the key database belongs to another identity
+        │                                      or holds a record we cannot read
+        ├── NoSession            (LocalError)  encrypting to a peer or group we have no
+        │                                      session / own sender key for
+        ├── IdentityChanged      (RemoteError) a peer's identity key differs from the one
+        │                                      we trusted: shown as "safety number changed"
+        ├── BadBundle            (RemoteError) a prekey bundle we cannot build a session from
+        ├── BadDistribution      (RemoteError) a sender-key distribution message we refuse
+        └── DecryptError         (RemoteError) a ciphertext we refuse
+            ├── MalformedMessage   it does not parse
+            ├── InvalidMessage     MAC, signature, padding or body hash do not check out
+            ├── IdentityMismatch   the identity key inside does not derive to the sender's ID
+            ├── UnknownKey         no session, sender key or prekey with the id it names
+            ├── DuplicateMessage   already decrypted (or its key was dropped)
+            ├── FutureIteration    claims an iteration too far ahead of our chain
+            └── ChunkError         an attachment chunk that does not authenticate
+
+Everything python-axolotl, protobuf or `cryptography` raises on hostile bytes is turned
+into one of these at the groups.crypto boundary; remote errors carry a stable ``reason``
+(mesh.errors.RemoteError) and never a secret.
+"""
+
+from __future__ import annotations
+
+from mesh.errors import LocalError, MeshError, RemoteError
+
+__all__ = [
+    "BadBundle",
+    "BadDistribution",
+    "ChunkError",
+    "CryptoError",
+    "CryptoStoreError",
+    "CryptoUsageError",
+    "DecryptError",
+    "DuplicateMessage",
+    "FutureIteration",
+    "GroupsError",
+    "IdentityChanged",
+    "IdentityMismatch",
+    "InvalidMessage",
+    "MalformedMessage",
+    "NoSession",
+    "UnknownKey",
+]
+
+
+class GroupsError(MeshError):
+    """Base of every error the groups package raises on purpose."""
+
+
+class CryptoError(GroupsError):
+    """Base of the errors of groups.crypto."""
+
+
+class CryptoUsageError(CryptoError, LocalError):
+    pass
+
+
+class CryptoStoreError(CryptoError, LocalError):
+    pass
+
+
+class NoSession(CryptoError, LocalError):
+    """Nothing to encrypt with: claim a bundle / create the sender key first."""
+
+
+class IdentityChanged(CryptoError, RemoteError):
+    """The peer presented an identity key other than the one we trusted.
+
+    Never accepted silently; the UI shows "safety number changed" and only an explicit
+    ``Crypto.trust_identity`` (after the user compared the new number) moves on.
+    """
+
+    reason = "identity_changed"
+
+    def __init__(self, user_id: str, identity_key: bytes) -> None:
+        super().__init__(f"identity key of {user_id} changed")
+        self.user_id = user_id
+        self.identity_key = identity_key  # public: safe to show and compare
+
+
+class BadBundle(CryptoError, RemoteError):
+    reason = "bad_bundle"
+
+
+class BadDistribution(CryptoError, RemoteError):
+    reason = "bad_sender_key"
+
+
+class DecryptError(CryptoError, RemoteError):
+    reason = "decrypt_failed"
+
+
+class MalformedMessage(DecryptError):
+    reason = "malformed_ciphertext"
+
+
+class InvalidMessage(DecryptError):
+    reason = "invalid_ciphertext"
+
+
+class IdentityMismatch(DecryptError):
+    reason = "identity_mismatch"
+
+
+class UnknownKey(DecryptError):
+    reason = "unknown_key"
+
+
+class DuplicateMessage(DecryptError):
+    reason = "duplicate"
+
+
+class FutureIteration(DecryptError):
+    reason = "too_far_ahead"
+
+
+class ChunkError(DecryptError):
+    reason = "bad_chunk"
