@@ -24,7 +24,7 @@ def test_schemathesis_finds_no_server_errors(run_py, tmp_path: Path) -> None:
         [str(ST), "run", f"{url}/v1/openapi.json", "--checks", "all",
          "--exclude-checks", "positive_data_acceptance", "--max-examples", "40",
          "--seed", "1", "--no-color"],
-        capture_output=True, text=True, timeout=300, check=False)
+        capture_output=True, text=True, timeout=300, check=False, cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert "generated" in result.stdout and " passed" in result.stdout
     assert proc.popen.poll() is None, "the server died under fuzzing"
