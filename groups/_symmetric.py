@@ -33,15 +33,19 @@ _FINGERPRINT_VERSION = b"\x00\x00"
 _FINGERPRINT_ROUNDS = 5200
 
 
-@lru_cache(maxsize=256)
-def _fingerprint(identity_key: bytes) -> bytes:
-    """Signal's NumericFingerprintGenerator (v2 input): 5200 rounds of SHA-512 over the
-    key and the stable identifier (here the 15-digit user ID)."""
-    user_id = user_id_for_key(identity_key).encode("ascii")
-    digest = hashlib.sha512(_FINGERPRINT_VERSION + identity_key + user_id).digest()
-    for _ in range(_FINGERPRINT_ROUNDS - 1):
+def _iterated(identity_key: bytes, stable_id: bytes, rounds: int = _FINGERPRINT_ROUNDS) -> bytes:
+    """Signal's NumericFingerprintGenerator: h = 0x0000 || key || id, then ``rounds``
+    times h = SHA-512(h || key)."""
+    digest = _FINGERPRINT_VERSION + identity_key + stable_id
+    for _ in range(rounds):
         digest = hashlib.sha512(digest + identity_key).digest()
     return digest
+
+
+@lru_cache(maxsize=256)
+def _fingerprint(identity_key: bytes) -> bytes:
+    """A user's fingerprint; the stable identifier is the 15-digit user ID."""
+    return _iterated(identity_key, user_id_for_key(identity_key).encode("ascii"))
 
 
 def _digits(fingerprint: bytes) -> str:
