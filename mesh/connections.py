@@ -1,0 +1,379 @@
+"""Which peers to keep links with, and keeping those links up.
+
+The layer above says, per topic, who the members are and where they listen
+(``set_topic``). The ConnectionManager dials enough of them to keep every topic
+between D_lo and D_hi links (small groups: everyone), redials with jittered
+exponential backoff, accepts inbound links from the ``/mesh`` handler into the same
+registry, keeps one link per peer pair, and reports links up and down to the gossip
+runtime through callbacks. The choice of peers (plan_dials / plan_prunes) is pure so
+that it can be tested without sockets.
+
+One link per peer pair: when two links to the same peer are established (both sides
+dialled at once), both sides keep the one dialled by the lower user id and close the
+other with "duplicate"; two links dialled by the same side (a reconnect racing a dead
+link) resolve to the newer one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from mesh import wire
+from mesh.errors import RemoteError
+from mesh.identity import KeyPair, Record
+from mesh.link import Closed
+from mesh.websocket import LinkConnection, Transport, dial
+
+__all__ = [
+    "BACKOFF_BASE",
+    "BACKOFF_CAP",
+    "D_HI",
+    "D_LO",
+    "FULL_MESH_MAX",
+    "ConnectionManager",
+    "D",
+    "DialAttempt",
+    "backoff_delay",
+    "plan_dials",
+    "plan_prunes",
+]
+
+log = logging.getLogger("parley.mesh.connections")
+
+D_LO, D, D_HI = 4, 6, 12
+FULL_MESH_MAX = 13  # groups up to this size (ourselves included) connect to everyone
+BACKOFF_BASE, BACKOFF_CAP = 1.0, 60.0
+MAX_LINKS = 256
+ORPHAN_GRACE = 120.0
+TICK = 1.0
+
+
+def backoff_delay(failures: int, rng: random.Random, base: float = BACKOFF_BASE,
+                  cap: float = BACKOFF_CAP) -> float:
+    """Full jitter (AWS architecture blog, 2015): uniform in [0, min(cap, base*2^(n-1)))
+    after the n-th consecutive failure, so that peers that lost the same server do not
+    all come back at the same instant."""
+    if failures <= 0:
+        return 0.0
+    return rng.uniform(0.0, min(cap, base * 2 ** min(failures - 1, 62)))
+
+
+def _shared(topics: Mapping[bytes, Collection[str]]) -> Counter[str]:
+    return Counter(p for members in topics.values() for p in set(members))
+
+
+def _is_full(members: Collection[str], full_mesh_max: int) -> bool:
+    return len(members) + 1 <= full_mesh_max  # members exclude ourselves
+
+
+def plan_dials(topics: Mapping[bytes, Collection[str]], *, connected: Collection[str],
+               pending: Collection[str], dialable: Collection[str], d_lo: int = D_LO,
+               d: int = D, full_mesh_max: int = FULL_MESH_MAX,
+               rng: random.Random) -> list[str]:
+    """Peers to dial now. ``topics`` maps topic -> member ids (ourselves excluded);
+    ``dialable`` are peers with endpoints and not in backoff. Small topics want every
+    member; a big one below ``d_lo`` (counting pending dials) is topped up to ``d``,
+    preferring peers that share more of our topics, at random among equals."""
+    shared = _shared(topics)
+    busy = set(connected) | set(pending)
+    chosen: set[str] = set()
+    ok = set(dialable)
+    for topic in sorted(topics):
+        members = set(topics[topic])
+        if _is_full(members, full_mesh_max):
+            chosen |= (members & ok) - busy
+            continue
+        have = len(members & (busy | chosen))
+        if have >= d_lo:
+            continue
+        keyed = sorted((-shared[p], rng.random(), p) for p in sorted(members & ok - busy - chosen))
+        chosen.update(p for _, _, p in keyed[:d - have])
+    return sorted(chosen)
+
+
+def plan_prunes(topics: Mapping[bytes, Collection[str]], *, connected: Collection[str],
+                d_lo: int = D_LO, d: int = D, d_hi: int = D_HI,
+                full_mesh_max: int = FULL_MESH_MAX, rng: random.Random) -> list[str]:
+    """Peers whose links to close: for a big topic above ``d_hi``, drop links (those
+    sharing fewest topics first) back towards ``d``, never a link that a small topic
+    needs or whose loss would take any topic below ``d_lo``."""
+    conn = set(connected)
+    shared = _shared(topics)
+    counts = {t: len(set(m) & conn) for t, m in topics.items()}
+    full = {t for t, m in topics.items() if _is_full(set(m), full_mesh_max)}
+    of_peer: dict[str, list[bytes]] = {}
+    for t, members in topics.items():
+        for p in set(members):
+            of_peer.setdefault(p, []).append(t)
+    pruned: set[str] = set()
+    for topic in sorted(topics):
+        if topic in full or counts[topic] <= d_hi:
+            continue
+        keyed = sorted((shared[p], rng.random(), p)
+                       for p in sorted(set(topics[topic]) & conn - pruned))
+        for _, _, p in keyed:
+            if counts[topic] <= d:
+                break
+            if any(u in full or counts[u] - 1 < d_lo for u in of_peer[p]):
+                continue
+            pruned.add(p)
+            for u in of_peer[p]:
+                counts[u] -= 1
+    return sorted(pruned)
+
+
+@dataclass
+class _Peer:
+    failures: int = 0
+    not_before: float = 0.0
+    endpoint_index: int = 0
+
+
+@dataclass(frozen=True)
+class DialAttempt:
+    at: float
+    peer_id: str
+    url: str
+    outcome: str  # "ok" or the failure reason
+
+
+class ConnectionManager:
+    """Keeps the node's links. Callbacks (all optional, run on the loop):
+    ``on_link(conn)`` when a link is up and won deduplication; ``on_frame(conn, frame)``
+    for frames on such links; ``on_link_closed(conn, reason)`` when one of them ends.
+    Call ``start()`` inside the running loop and ``await close()`` at shutdown."""
+
+    def __init__(self, identity: KeyPair, record: Record, *,
+                 on_link: Callable[[LinkConnection], None] | None = None,
+                 on_frame: Callable[[LinkConnection, wire.Frame], None] | None = None,
+                 on_link_closed: Callable[[LinkConnection, str], None] | None = None,
+                 d_lo: int = D_LO, d: int = D, d_hi: int = D_HI,
+                 full_mesh_max: int = FULL_MESH_MAX,
+                 backoff_base: float = BACKOFF_BASE, backoff_cap: float = BACKOFF_CAP,
+                 max_links: int = MAX_LINKS, orphan_grace: float = ORPHAN_GRACE,
+                 tick: float = TICK, rng: random.Random | None = None,
+                 dialer: Callable[..., Awaitable[LinkConnection]] = dial,
+                 link_options: Mapping[str, Any] | None = None,
+                 dial_options: Mapping[str, Any] | None = None) -> None:
+        if not 0 < d_lo <= d <= d_hi:
+            raise ValueError("need 0 < d_lo <= d <= d_hi")
+        self.identity, self.record = identity, record
+        self.user_id = record.user_id
+        self.on_link, self.on_frame, self.on_link_closed = on_link, on_frame, on_link_closed
+        self.d_lo, self.d, self.d_hi, self.full_mesh_max = d_lo, d, d_hi, full_mesh_max
+        self.backoff_base, self.backoff_cap = backoff_base, backoff_cap
+        self.max_links, self.orphan_grace, self.tick = max_links, orphan_grace, tick
+        self.rng = rng or random.Random()
+        self._dialer = dialer
+        # link_options go to every LinkConnection (max_queue_bytes, handshake_timeout,
+        # keepalive); dial_options only to the dialer (connect_timeout, ping_interval...).
+        self._link_options = dict(link_options or {})
+        self._dial_options = dict(dial_options or {})
+        self._topics: dict[bytes, dict[str, tuple[str, ...]]] = {}
+        self._links: dict[str, LinkConnection] = {}
+        self._all: set[LinkConnection] = set()
+        self._dialing: dict[str, asyncio.Task[None]] = {}
+        self._peers: dict[str, _Peer] = {}
+        self._orphan_since: dict[str, float] = {}
+        self.attempts: deque[DialAttempt] = deque(maxlen=256)
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    # Input from the layer above
+
+    def set_topic(self, topic: bytes, members: Mapping[str, Sequence[str]]) -> None:
+        """Members of a topic and their endpoint URLs; our own id is ignored."""
+        self._topics[topic] = {p: tuple(eps) for p, eps in members.items()
+                               if p != self.user_id}
+        self._kick()
+
+    def remove_topic(self, topic: bytes) -> None:
+        self._topics.pop(topic, None)
+        self._kick()
+
+    def set_record(self, record: Record) -> None:
+        """Our own record changed (new endpoints); used for links made from now on."""
+        self.record = record
+
+    # Queries
+
+    def links(self) -> dict[str, LinkConnection]:
+        """Established, deduplicated links by peer user id."""
+        return {p: c for p, c in self._links.items() if c.established}
+
+    def link_for(self, peer_id: str) -> LinkConnection | None:
+        conn = self._links.get(peer_id)
+        return conn if conn is not None and conn.established else None
+
+    def topic_links(self, topic: bytes) -> list[str]:
+        return sorted(set(self._topics.get(topic, ())) & set(self.links()))
+
+    # Lifecycle
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def close(self) -> None:
+        self._closing = True
+        tasks = [t for t in (self._task, *self._dialing.values()) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        conns = list(self._all)
+        for conn in conns:
+            conn.close("shutdown")
+        await asyncio.gather(*(c.wait_closed() for c in conns))
+
+    # InboundAcceptor for mesh.websocket.MeshHandler
+
+    def accept_inbound(self, transport: Transport) -> LinkConnection | None:
+        if self._closing or len(self._all) >= self.max_links:
+            return None
+        conn = LinkConnection(self.identity, self.record, initiator=False,
+                              **self._conn_kwargs())
+        self._all.add(conn)
+        conn.attach(transport)
+        return conn
+
+    # Internals
+
+    def _conn_kwargs(self) -> dict[str, Any]:
+        return {"on_established": self._established, "on_frame": self._frame,
+                "on_closed": self._closed, **self._link_options}
+
+    def _kick(self) -> None:
+        self._wake.set()
+
+    def _peer(self, peer_id: str) -> _Peer:
+        return self._peers.setdefault(peer_id, _Peer())
+
+    def _now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def _dialer_id(self, conn: LinkConnection) -> str:
+        return self.user_id if conn.initiator else conn.peer_id or ""
+
+    def _established(self, conn: LinkConnection) -> None:
+        self._all.add(conn)
+        peer = conn.peer_id
+        assert peer is not None
+        if self._closing:
+            conn.close("shutdown")
+            return
+        state = self._peer(peer)
+        state.failures, state.not_before = 0, 0.0
+        old = self._links.get(peer)
+        if old is not None and old is not conn and not old.closed:
+            if self._dialer_id(conn) > self._dialer_id(old):
+                conn.close("duplicate", "a link dialled by the lower user id exists")
+                return
+            del self._links[peer]
+            self._report_closed(old, "duplicate")
+            old.close("duplicate", "a link dialled by the lower user id exists")
+        self._links[peer] = conn
+        if self.on_link is not None:
+            self.on_link(conn)
+        self._kick()
+
+    def _frame(self, conn: LinkConnection, frame: wire.Frame) -> None:
+        if self.on_frame is not None and self._links.get(conn.peer_id or "") is conn:
+            self.on_frame(conn, frame)
+
+    def _closed(self, conn: LinkConnection, event: Closed) -> None:
+        self._all.discard(conn)
+        peer = conn.peer_id
+        if peer is None or self._links.get(peer) is not conn:
+            return
+        del self._links[peer]
+        state = self._peer(peer)
+        if event.by_peer and event.reason == "surplus":
+            state.not_before = self._now() + self.backoff_cap  # they have enough of us
+        elif event.reason not in ("surplus", "duplicate", "shutdown"):
+            state.failures += 1
+            state.not_before = self._now() + backoff_delay(
+                state.failures, self.rng, self.backoff_base, self.backoff_cap)
+        self._report_closed(conn, event.reason)
+        self._kick()
+
+    def _report_closed(self, conn: LinkConnection, reason: str) -> None:
+        if self.on_link_closed is not None:
+            self.on_link_closed(conn, reason)
+
+    async def _run(self) -> None:
+        while not self._closing:
+            self._wake.clear()
+            try:
+                self._maintain()
+            except Exception:  # a bug here must not stop reconnecting for good
+                log.exception("connection maintenance failed")
+            now = self._now()
+            waits = [p.not_before - now for p in self._peers.values() if p.not_before > now]
+            timeout = max(0.005, min([self.tick, *waits]))
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+
+    def _maintain(self) -> None:
+        now = self._now()
+        topics = {t: tuple(m) for t, m in self._topics.items()}
+        connected = set(self.links())
+        dialable = {p for m in self._topics.values() for p, eps in m.items()
+                    if eps and self._peer(p).not_before <= now}
+        for peer in plan_dials(topics, connected=connected, pending=set(self._dialing),
+                               dialable=dialable, d_lo=self.d_lo, d=self.d,
+                               full_mesh_max=self.full_mesh_max, rng=self.rng):
+            if len(self._all) + len(self._dialing) >= self.max_links:
+                break
+            self._dialing[peer] = asyncio.get_running_loop().create_task(self._dial(peer))
+        for peer in plan_prunes(topics, connected=connected, d_lo=self.d_lo, d=self.d,
+                                d_hi=self.d_hi, full_mesh_max=self.full_mesh_max,
+                                rng=self.rng):
+            self._links[peer].close("surplus", "enough links for our shared topics")
+        members = {p for m in self._topics.values() for p in m}
+        for peer in connected:
+            if peer in members:
+                self._orphan_since.pop(peer, None)
+            elif now - self._orphan_since.setdefault(peer, now) >= self.orphan_grace:
+                self._orphan_since.pop(peer)
+                self._links[peer].close("surplus", "no shared topic")
+
+    def _endpoints(self, peer: str) -> list[str]:
+        seen: dict[str, None] = {}
+        for members in self._topics.values():
+            for url in members.get(peer, ()):
+                seen.setdefault(url, None)
+        return list(seen)
+
+    async def _dial(self, peer: str) -> None:
+        state = self._peer(peer)
+        endpoints = self._endpoints(peer)
+        try:
+            if not endpoints:
+                return
+            url = endpoints[state.endpoint_index % len(endpoints)]
+            try:
+                conn = await self._dialer(url, self.identity, self.record, expected_peer=peer,
+                                          **self._conn_kwargs(), **self._dial_options)
+            except RemoteError as exc:
+                state.failures += 1
+                state.endpoint_index += 1
+                state.not_before = self._now() + backoff_delay(
+                    state.failures, self.rng, self.backoff_base, self.backoff_cap)
+                self.attempts.append(DialAttempt(self._now(), peer, url, exc.reason))
+                return
+            self.attempts.append(DialAttempt(self._now(), peer, url, "ok"))
+            if conn.closed:  # lost deduplication or closed at once
+                self._all.discard(conn)
+        finally:
+            self._dialing.pop(peer, None)
+            self._kick()

@@ -1,0 +1,92 @@
+"""Fixtures for mesh integration tests: identities and real Tornado mesh servers on
+127.0.0.1, port 0, all closed in teardown."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from mesh.websocket import LinkAcceptor, LinkConnection, MeshServer
+from tests.unit.mesh.test_link_helpers import Node, make_node
+
+
+class Recorder:
+    """Callbacks that record what a LinkConnection reports, with awaitable helpers."""
+
+    def __init__(self) -> None:
+        self.established: list[LinkConnection] = []
+        self.frames: list[tuple[LinkConnection, Any]] = []
+        self.closed: list[tuple[LinkConnection, Any]] = []
+        self._changed = asyncio.Event()
+
+    def kwargs(self) -> dict[str, Any]:
+        return {"on_established": self.on_established, "on_frame": self.on_frame,
+                "on_closed": self.on_closed}
+
+    def on_established(self, conn: LinkConnection) -> None:
+        self.established.append(conn)
+        self._changed.set()
+
+    def on_frame(self, conn: LinkConnection, frame: Any) -> None:
+        self.frames.append((conn, frame))
+        self._changed.set()
+
+    def on_closed(self, conn: LinkConnection, event: Any) -> None:
+        self.closed.append((conn, event))
+        self._changed.set()
+
+    async def until(self, predicate: Callable[[], bool], within: float = 10.0) -> None:
+        async with asyncio.timeout(within):
+            while not predicate():
+                self._changed.clear()
+                await self._changed.wait()
+
+
+async def wait_for(predicate: Callable[[], bool], within: float = 10.0,
+                   step: float = 0.01) -> None:
+    """Poll a condition that no callback signals (integration tests only)."""
+    async with asyncio.timeout(within):
+        while not predicate():  # noqa: ASYNC110
+            await asyncio.sleep(step)
+
+
+@pytest.fixture
+def node_factory() -> Callable[..., Node]:
+    return make_node
+
+
+class ServerHandle:
+    def __init__(self, node: Node, acceptor: LinkAcceptor, server: MeshServer,
+                 recorder: Recorder) -> None:
+        self.node, self.acceptor, self.server, self.recorder = node, acceptor, server, recorder
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.server.port}/mesh"
+
+    async def stop(self) -> None:
+        await self.server.stop()
+        await self.acceptor.close_all()
+
+
+@pytest.fixture
+async def mesh_server() -> AsyncIterator[Callable[..., ServerHandle]]:
+    """Factory: start a LinkAcceptor-backed MeshServer for a node on 127.0.0.1:0."""
+    handles: list[ServerHandle] = []
+
+    def start(node: Node | None = None, **conn_kwargs: Any) -> ServerHandle:
+        node = node or make_node()
+        recorder = Recorder()
+        acceptor = LinkAcceptor(node.identity, node.record, **recorder.kwargs(), **conn_kwargs)
+        server = MeshServer(acceptor)
+        server.listen(0, "127.0.0.1")
+        handle = ServerHandle(node, acceptor, server, recorder)
+        handles.append(handle)
+        return handle
+
+    yield start
+    for handle in handles:
+        await handle.stop()
