@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tornado.web import Application, HTTPError, RequestHandler, stream_request_body
+from tornado.web import Application
 
 from bootstrap.openapi import openapi_document
 from bootstrap.ratelimit import RateLimiter
@@ -39,8 +39,9 @@ from mesh.discovery import (
 from mesh.encoding import FormatError, b64d
 from mesh.errors import RecordError, SignatureError
 from mesh.identity import PreKey, Record, parse_user_id, verify
+from mesh.jsonapi import ApiError, JsonHandler, check_fields
 
-__all__ = ["ApiError", "BootstrapConfig", "BootstrapContext", "make_app"]
+__all__ = ["BootstrapConfig", "BootstrapContext", "make_app"]
 
 MAX_PREKEYS_PER_REQUEST = 200
 
@@ -68,70 +69,22 @@ class BootstrapContext:
         self.limiter = RateLimiter(self.config.rate, self.config.burst)
 
 
-class ApiError(HTTPError):
-    """A refusal that becomes the JSON response {"error": code, "message": text}."""
-
-    def __init__(self, status: int, code: str, message: str,
-                 headers: dict[str, str] | None = None) -> None:
-        super().__init__(status, reason=None)
-        self.code, self.message = code, message
-        self.headers = headers or {}
-
-
-_GENERIC_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
-                  413: "body_too_large", 429: "rate_limited"}
-
-
-@stream_request_body
-class ApiHandler(RequestHandler):
-    """Base: JSON errors, rate limit, streamed and capped body, request signatures."""
+class ApiHandler(JsonHandler):
+    """Base: per-address rate limit, capped body, request signatures."""
 
     ctx: BootstrapContext
 
-    def initialize(self, ctx: BootstrapContext) -> None:
+    def initialize(self, ctx: BootstrapContext) -> None:  # type: ignore[override]
+        super().initialize()
         self.ctx = ctx
-        self._chunks: list[bytes] = []
-        self._size = 0
-
-    def set_default_headers(self) -> None:
-        self.set_header("Content-Type", "application/json")
-        self.set_header("Cache-Control", "no-store")
-        self.set_header("X-Content-Type-Options", "nosniff")
+        self.body_limit = ctx.config.body_limit
 
     def prepare(self) -> None:
         wait = self.ctx.limiter.check(self.request.remote_ip or "?", self.ctx.clock())
         if wait:
             raise ApiError(429, "rate_limited", "too many requests from this address",
                            {"Retry-After": RateLimiter.retry_after_header(wait)})
-        length = self.request.headers.get("Content-Length")
-        if length is not None:
-            if not length.isdigit():
-                raise ApiError(400, "bad_request", "invalid Content-Length")
-            if int(length) > self.ctx.config.body_limit:
-                raise ApiError(413, "body_too_large",
-                               f"body is larger than {self.ctx.config.body_limit} bytes")
-
-    def data_received(self, chunk: bytes) -> None:
-        self._size += len(chunk)
-        if self._size <= self.ctx.config.body_limit:
-            self._chunks.append(chunk)
-
-    @property
-    def body(self) -> bytes:
-        if self._size > self.ctx.config.body_limit:
-            raise ApiError(413, "body_too_large",
-                           f"body is larger than {self.ctx.config.body_limit} bytes")
-        return b"".join(self._chunks)
-
-    def json_body(self) -> dict[str, Any]:
-        raw = self.body
-        try:
-            obj = json.loads(raw, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
-        except (ValueError, RecursionError):
-            raise ApiError(400, "malformed_json", "body is not valid JSON") from None
-        if not isinstance(obj, dict):
-            raise ApiError(400, "bad_request", "body must be a JSON object")
-        return obj
+        self.check_content_length()
 
     def authenticate(self, key: bytes | None = None) -> str:
         """Check the request signature; return the signer's user id.
@@ -169,60 +122,11 @@ class ApiHandler(RequestHandler):
             raise ApiError(401, "replayed_request", "this request was already received")
         return signer
 
-    def send_json(self, status: int, body: dict[str, Any] | str) -> None:
-        self.set_status(status)
-        self.finish(body if isinstance(body, str) else json.dumps(body, separators=(",", ":")))
-
-    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
-        if not isinstance(value, ApiError):  # refusals are answers, not server faults
-            super().log_exception(typ, value, tb)
-
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        if status_code == 405:
-            self.set_header("Allow", ", ".join(self._allowed_methods()))
-        if isinstance(exc, ApiError):
-            for name, value in exc.headers.items():
-                self.set_header(name, value)
-            code, message = exc.code, exc.message
-        else:
-            message = exc.log_message if isinstance(exc, HTTPError) and exc.log_message \
-                else self._reason
-            code = _GENERIC_CODES.get(status_code, "internal_error" if status_code >= 500
-                                      else "bad_request")
-        self.finish(json.dumps({"error": code, "message": message}, separators=(",", ":")))
-
-
-    def _allowed_methods(self) -> list[str]:
-        return [m for m in self.SUPPORTED_METHODS
-                if getattr(type(self), m.lower()) is not getattr(RequestHandler, m.lower())]
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        raise ValueError("duplicate key")
-    return obj
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
 def _path_user(raw: str) -> str:
     try:
         return parse_user_id(raw)
     except FormatError:
         raise ApiError(400, "bad_user_id", "user id in the path must be 15 digits") from None
-
-
-def _fields(obj: dict[str, Any], required: set[str], optional: set[str] = frozenset()) -> None:
-    missing = required - obj.keys()
-    unknown = obj.keys() - required - optional
-    if missing:
-        raise ApiError(400, "bad_request", f"missing field(s): {', '.join(sorted(missing))}")
-    if unknown:
-        raise ApiError(400, "bad_request", f"unknown field(s): {', '.join(sorted(unknown))}")
 
 
 def _record(obj: Any) -> Record:
@@ -263,7 +167,7 @@ class OpenApiHandler(ApiHandler):
 class UsersHandler(ApiHandler):
     def post(self) -> None:
         body = self.json_body()
-        _fields(body, {"record", "one_time_prekeys"})
+        check_fields(body, {"record", "one_time_prekeys"})
         record = _record(body["record"])
         prekeys = _prekeys(body["one_time_prekeys"])
         signer = self.authenticate(record.identity_key)
@@ -297,7 +201,7 @@ class UserHandler(ApiHandler):
     def put(self, raw_id: str) -> None:
         user_id = _path_user(raw_id)
         body = self.json_body()
-        _fields(body, set(), {"record", "one_time_prekeys"})
+        check_fields(body, (), {"record", "one_time_prekeys"})
         if not body:
             raise ApiError(400, "bad_request", "nothing to update")
         record = _record(body["record"]) if "record" in body else None
