@@ -342,9 +342,8 @@ class LinkConnection:
             transport.abort()
         finally:
             self._cancel_timer()
-            if not self._stop_writing:
-                self._stop_writing = True
-                transport.close()
+            self._stop_writing = True
+            transport.close()  # also after the peer closed: Tornado wants it to let go
 
 
 class InboundAcceptor(Protocol):
