@@ -20,6 +20,13 @@
             ├── DuplicateMessage   already decrypted (or its key was dropped)
             ├── FutureIteration    claims an iteration too far ahead of our chain
             └── ChunkError         an attachment chunk that does not authenticate
+    └── GroupError
+        ├── OpRejected        (RemoteError) a membership op that does not verify or is
+        │                                   not allowed by the log (reason says which)
+        ├── PermissionDenied  (LocalError)  our user may not do that (not an admin ...)
+        ├── InviteError       (RemoteError) an invite that is malformed, forged, expired,
+        │                                   already used, or for someone removed
+        └── NotFound          (LocalError)  no such group, member or message here
 
 Everything python-axolotl, protobuf or `cryptography` raises on hostile bytes is turned
 into one of these at the groups.crypto boundary; remote errors carry a stable ``reason``
@@ -40,12 +47,17 @@ __all__ = [
     "DecryptError",
     "DuplicateMessage",
     "FutureIteration",
+    "GroupError",
     "GroupsError",
     "IdentityChanged",
     "IdentityMismatch",
+    "InviteError",
     "InvalidMessage",
     "MalformedMessage",
     "NoSession",
+    "NotFound",
+    "OpRejected",
+    "PermissionDenied",
     "UnknownKey",
 ]
 
@@ -123,3 +135,25 @@ class FutureIteration(DecryptError):
 
 class ChunkError(DecryptError):
     reason = "bad_chunk"
+
+
+class GroupError(GroupsError):
+    """Base of the errors of the membership log, invites and the messenger."""
+
+
+class OpRejected(GroupError, RemoteError):
+    reason = "op_rejected"
+
+
+class PermissionDenied(GroupError, LocalError):
+    def __init__(self, message: str, reason: str = "forbidden") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class InviteError(GroupError, RemoteError):
+    reason = "bad_invite"
+
+
+class NotFound(GroupError, LocalError):
+    pass
