@@ -296,7 +296,8 @@ class ConnectionManager:
         state = self._peer(peer)
         if event.by_peer and event.reason == "surplus":
             state.not_before = self._now() + self.backoff_cap  # they have enough of us
-        elif event.reason not in ("surplus", "duplicate", "shutdown"):
+        elif event.reason != "duplicate" and (event.by_peer or event.reason != "surplus"):
+            # Lost, refused or the peer went away: come back later, with jitter.
             state.failures += 1
             state.not_before = self._now() + backoff_delay(
                 state.failures, self.rng, self.backoff_base, self.backoff_cap)

@@ -90,3 +90,51 @@ async def mesh_server() -> AsyncIterator[Callable[..., ServerHandle]]:
     yield start
     for handle in handles:
         await handle.stop()
+
+
+class Managed:
+    """A node with a ConnectionManager and a MeshServer, recording what the manager
+    reports to the layer above."""
+
+    def __init__(self, node: Node, manager: Any, server: MeshServer) -> None:
+        self.node, self.manager, self.server = node, manager, server
+        self.ups: list[LinkConnection] = []
+        self.downs: list[tuple[LinkConnection, str]] = []
+        self.frames: list[tuple[str, Any]] = []
+        manager.on_link = self.ups.append
+        manager.on_link_closed = lambda conn, reason: self.downs.append((conn, reason))
+        manager.on_frame = lambda conn, frame: self.frames.append((conn.peer_id, frame))
+
+    @property
+    def user_id(self) -> str:
+        return self.node.user_id
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.server.port}/mesh"
+
+    async def stop(self) -> None:
+        await self.server.stop()
+        await self.manager.close()
+
+
+@pytest.fixture
+async def managed() -> AsyncIterator[Callable[..., Managed]]:
+    """Factory: a node with a started ConnectionManager behind a MeshServer on
+    127.0.0.1:0 (or ``port``). Everything is stopped in teardown."""
+    from mesh.connections import ConnectionManager
+
+    started: list[Managed] = []
+
+    def start(node: Node | None = None, port: int = 0, **manager_kwargs: Any) -> Managed:
+        node = node or make_node()
+        manager = ConnectionManager(node.identity, node.record, **manager_kwargs)
+        server = MeshServer(manager)
+        server.listen(port, "127.0.0.1")
+        manager.start()
+        handle = Managed(node, manager, server)
+        started.append(handle)
+        return handle
+
+    yield start
+    await asyncio.gather(*(h.stop() for h in started))
