@@ -45,6 +45,7 @@ __all__ = [
     "HANDSHAKE_TIMEOUT",
     "MAX_HANDSHAKE_MESSAGE",
     "MAX_MESSAGE",
+    "PEER_FAULT_REASONS",
     "SEAL_OVERHEAD",
     "SUPPORTED_VERSIONS",
     "Closed",
@@ -75,6 +76,14 @@ INFO_HS_I2R = b"parley/link/v1 handshake i2r"
 INFO_HS_R2I = b"parley/link/v1 handshake r2i"
 INFO_DATA_I2R = b"parley/link/v1 data i2r"
 INFO_DATA_R2I = b"parley/link/v1 data r2i"
+
+# Every reason a link closes with because of what the peer sent (or failed to send).
+PEER_FAULT_REASONS = frozenset({
+    "frame_too_large", "bad_frame", "unknown_frame", "not_canonical", "bad_version",
+    "unexpected_frame", "bad_key", "transcript_mismatch", "bad_record", "impersonation",
+    "bad_signature", "wrong_peer", "self_link", "decrypt_failed", "replay", "out_of_order",
+    "timeout",
+})
 
 _REASON_OK = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
 
