@@ -1,0 +1,273 @@
+"""What rides inside mesh messages: envelopes, content types, receipts, ordering.
+
+A mesh message's payload is an *envelope* ``msgpack [kind, body]``:
+
+- ``OP``       (group topics) a signed membership op (groups.group.Op), readable by the
+               group's members, who are the only peers the topic is shared with;
+- ``SEALED``   (group topics) a sender-key ciphertext of a Content;
+- ``PAIRWISE`` (direct topics) a Signal-session ciphertext of a Content.
+
+Contents are msgpack maps with a type ``t`` and exactly that type's fields, decoded
+strictly: anything else raises BadContent, and nothing of it is stored.
+See docs/protocol.md, "Messages".
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field, fields
+from enum import IntEnum
+from typing import Any, ClassVar
+
+import msgpack
+
+from groups.errors import GroupError
+from mesh.errors import RemoteError
+
+__all__ = [
+    "DIRECT_CONTENTS",
+    "GROUP_CONTENTS",
+    "MAX_TEXT_BYTES",
+    "BadContent",
+    "Content",
+    "Envelope",
+    "EnvelopeKind",
+    "FileRef",
+    "JoinRefused",
+    "JoinRequest",
+    "LamportClock",
+    "Receipts",
+    "SenderKey",
+    "Text",
+    "Welcome",
+    "decode_content",
+    "direct_topic",
+]
+
+MAX_TEXT_BYTES = 64 * 1024
+MAX_RECEIPT_IDS = 512
+MAX_WELCOME_OPS = 10_000
+
+
+class BadContent(GroupError, RemoteError):
+    reason = "bad_content"
+
+
+class EnvelopeKind(IntEnum):
+    OP = 1
+    SEALED = 2
+    PAIRWISE = 3
+
+
+@dataclass(frozen=True)
+class Envelope:
+    kind: EnvelopeKind
+    body: bytes
+
+    def encode(self) -> bytes:
+        return msgpack.packb([int(self.kind), self.body], use_bin_type=True)
+
+    @classmethod
+    def decode(cls, payload: bytes) -> Envelope:
+        try:
+            kind, body = msgpack.unpackb(payload, raw=False)
+            if type(kind) is not int or type(body) is not bytes:
+                raise ValueError("envelope fields of the wrong type")
+            envelope = cls(EnvelopeKind(kind), body)
+        except (ValueError, TypeError, msgpack.UnpackException) as exc:
+            raise BadContent(f"malformed envelope: {exc}") from None
+        if envelope.encode() != payload:
+            raise BadContent("envelope is not canonically encoded")
+        return envelope
+
+
+def direct_topic(a: str, b: str) -> bytes:
+    """The topic of the 1:1 conversation between two users (the same for both)."""
+    low, high = sorted((a, b))
+    return hashlib.sha256(b"parley/direct/v1" + low.encode() + high.encode()).digest()[:16]
+
+
+# Contents --------------------------------------------------------------------------
+
+_TYPES: dict[str, type[Content]] = {}
+
+
+@dataclass(frozen=True)
+class Content:
+    """Base of the plaintexts. ``LIMITS`` bounds bytes/str lengths and list sizes;
+    ``ITEM_LEN`` gives the exact length of each item of a list of byte strings."""
+
+    TYPE: ClassVar[str]
+    LIMITS: ClassVar[dict[str, int]] = {}
+    ITEM_LEN: ClassVar[dict[str, int]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _TYPES[cls.TYPE] = cls
+
+    def encode(self) -> bytes:
+        body = {"t": self.TYPE}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            body[f.name] = value.to_msgpack() if isinstance(value, FileRef) else (
+                list(value) if isinstance(value, tuple) else value)
+        return msgpack.packb(body, use_bin_type=True)
+
+
+def decode_content(data: bytes, allowed: tuple[type[Content], ...]) -> Content:
+    """Parse a decrypted plaintext; only the ``allowed`` types for this channel pass."""
+    try:
+        obj = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except (ValueError, TypeError, msgpack.UnpackException):
+        raise BadContent("content is not msgpack") from None
+    if not isinstance(obj, dict):
+        raise BadContent("content must be a map")
+    cls = _TYPES.get(obj.get("t")) if isinstance(obj.get("t"), str) else None
+    if cls is None or cls not in allowed:
+        raise BadContent(f"content type {obj.get('t')!r} is not allowed here")
+    names = {f.name: f for f in fields(cls)}
+    if set(obj) != {"t", *names}:
+        raise BadContent(f"{cls.TYPE} content has wrong fields")
+    values = {}
+    for name in names:
+        value = obj[name]
+        hint = cls.__annotations__[name]
+        values[name] = _check(value, hint, cls.LIMITS.get(name), cls.ITEM_LEN.get(name),
+                              f"{cls.TYPE}.{name}")
+    return cls(**values)
+
+
+def _check(value: Any, hint: str, limit: int | None, item_len: int | None,
+           where: str) -> Any:
+    if hint == "int":
+        if type(value) is not int or not 0 <= value < 2**63:
+            raise BadContent(f"{where} must be a non-negative integer")
+    elif hint in ("str", "bytes"):
+        if type(value).__name__ != hint:
+            raise BadContent(f"{where} must be {hint}")
+        size = len(value.encode()) if hint == "str" else len(value)
+        if limit is not None and size > limit:
+            raise BadContent(f"{where} is longer than {limit} bytes")
+    elif hint == "tuple[bytes, ...]":
+        if type(value) is not list or any(type(v) is not bytes or len(v) > 4096
+                                          or (item_len and len(v) != item_len)
+                                          for v in value):
+            raise BadContent(f"{where} must be a list of byte strings of the right size")
+        if limit is not None and len(value) > limit:
+            raise BadContent(f"{where} has more than {limit} items")
+        value = tuple(value)
+    elif hint == "FileRef | None":
+        value = None if value is None else FileRef.from_msgpack(value, where)
+    else:  # pragma: no cover - a bug in a Content class, not input
+        raise TypeError(f"unsupported content field type {hint}")
+    return value
+
+
+@dataclass(frozen=True)
+class FileRef:
+    """An attachment announced in a message (groups/attachments.py fills it in)."""
+
+    file_id: bytes
+    key: bytes
+    size: int
+    mime: str
+    name: str
+    chunk_hashes: tuple[bytes, ...] = field(repr=False)
+
+    def to_msgpack(self) -> dict[str, Any]:
+        return {"id": self.file_id, "key": self.key, "size": self.size, "mime": self.mime,
+                "name": self.name, "h": list(self.chunk_hashes)}
+
+    @classmethod
+    def from_msgpack(cls, obj: Any, where: str) -> FileRef:
+        ok = (isinstance(obj, dict) and set(obj) == {"id", "key", "size", "mime", "name", "h"}
+              and type(obj["id"]) is bytes and len(obj["id"]) == 32
+              and type(obj["key"]) is bytes and len(obj["key"]) == 32
+              and type(obj["size"]) is int and 0 < obj["size"] <= 26_214_400
+              and type(obj["mime"]) is str and len(obj["mime"]) <= 100
+              and type(obj["name"]) is str and len(obj["name"].encode()) <= 255
+              and type(obj["h"]) is list and len(obj["h"]) <= 101
+              and all(type(h) is bytes and len(h) == 32 for h in obj["h"]))
+        if not ok:
+            raise BadContent(f"{where} is not a valid file reference")
+        return cls(obj["id"], obj["key"], obj["size"], obj["mime"], obj["name"],
+                   tuple(obj["h"]))
+
+
+@dataclass(frozen=True)
+class Text(Content):
+    """A chat message: text, optionally with a file (then ``text`` is its caption)."""
+
+    TYPE = "text"
+    LIMITS = {"text": MAX_TEXT_BYTES}
+    lamport: int
+    sent_at: int      # milliseconds since the epoch, as the sender's clock says
+    text: str
+    file: FileRef | None = None
+
+
+@dataclass(frozen=True)
+class Receipts(Content):
+    """Batched delivery and read receipts for messages of one conversation."""
+
+    TYPE = "rcpt"
+    LIMITS = {"delivered": MAX_RECEIPT_IDS, "read": MAX_RECEIPT_IDS}
+    ITEM_LEN = {"delivered": 32, "read": 32}
+    delivered: tuple[bytes, ...]
+    read: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class SenderKey(Content):
+    """A sender-key distribution message for ``group`` (pairwise only)."""
+
+    TYPE = "skey"
+    LIMITS = {"group": 16, "key": 4096}
+    group: bytes
+    key: bytes
+
+
+@dataclass(frozen=True)
+class Welcome(Content):
+    """The group's op chain, sent to a member who was just added (pairwise only)."""
+
+    TYPE = "welcome"
+    LIMITS = {"group": 16, "ops": MAX_WELCOME_OPS}
+    group: bytes
+    ops: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class JoinRequest(Content):
+    """"Add me": the bearer of an invite asks a member (pairwise only)."""
+
+    TYPE = "join"
+    LIMITS = {"group": 16, "secret": 32}
+    group: bytes
+    secret: bytes
+
+
+@dataclass(frozen=True)
+class JoinRefused(Content):
+    TYPE = "join-no"
+    LIMITS = {"group": 16, "reason": 64}
+    group: bytes
+    reason: str
+
+
+GROUP_CONTENTS = (Text, Receipts)
+DIRECT_CONTENTS = (Text, Receipts, SenderKey, Welcome, JoinRequest, JoinRefused)
+
+
+class LamportClock:
+    """Display order: (lamport, sender, seq) gives every member the same order."""
+
+    def __init__(self, value: int = 0) -> None:
+        self.value = value
+
+    def tick(self) -> int:
+        self.value += 1
+        return self.value
+
+    def observe(self, other: int) -> None:
+        self.value = max(self.value, other)
