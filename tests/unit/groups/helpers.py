@@ -41,11 +41,12 @@ class User:
         return User(self.identity, conn, Crypto(conn, self.identity, now=NOW), self.path)
 
 
-def make_user(path: str | Path = ":memory:", identity: KeyPair | None = None) -> User:
+def make_user(path: str | Path = ":memory:", identity: KeyPair | None = None, *,
+              now: float = NOW) -> User:
     identity = identity or KeyPair.generate()
     conn = open_store(path)
-    crypto = Crypto(conn, identity, now=NOW)
-    crypto.ensure_prekeys(NOW)
+    crypto = Crypto(conn, identity, now=now)
+    crypto.ensure_prekeys(now)
     return User(identity, conn, crypto, str(path))
 
 
