@@ -124,7 +124,96 @@ CREATE TABLE crypto_counters (
 );
 """
 
-MIGRATIONS: list[str] = [_V1_KEYS]
+# Version 2: the messenger (see groups/history.py and docs/protocol.md, "Messages").
+_V2_MESSENGER = """
+-- Every mesh message we hold, in group and direct topics: the mailbox we serve to others
+-- through anti-entropy. ``head`` rows keep each origin's contiguous high-water mark.
+CREATE TABLE mesh_messages (
+    msg_id      BLOB PRIMARY KEY,
+    topic       BLOB NOT NULL,
+    origin      TEXT NOT NULL,
+    seq         INTEGER NOT NULL,
+    payload     BLOB NOT NULL,
+    received_at INTEGER NOT NULL,
+    UNIQUE (topic, origin, seq)
+);
+CREATE TABLE mesh_heads (
+    topic  BLOB NOT NULL,
+    origin TEXT NOT NULL,
+    head   INTEGER NOT NULL,
+    PRIMARY KEY (topic, origin)
+);
+
+-- Conversations: a group (topic = group id) or a 1:1 chat (topic = direct_topic(a, b)).
+CREATE TABLE conversations (
+    topic      BLOB PRIMARY KEY,
+    kind       TEXT NOT NULL CHECK (kind IN ('group', 'direct')),
+    peer       TEXT,                        -- direct: the other user's id
+    name       TEXT NOT NULL,
+    own_seq    INTEGER NOT NULL DEFAULT 0,  -- our last mesh seq in this topic
+    lamport    INTEGER NOT NULL DEFAULT 0,
+    joined_at  INTEGER NOT NULL,
+    left_at    INTEGER,                     -- we left or were removed
+    sent_keys  INTEGER NOT NULL DEFAULT 0   -- messages under our current sender key
+);
+
+-- The group's membership ops (all we know, winning or not: groups.group decides).
+CREATE TABLE group_ops (
+    op_hash BLOB PRIMARY KEY,
+    topic   BLOB NOT NULL REFERENCES conversations (topic),
+    epoch   INTEGER NOT NULL,
+    op      BLOB NOT NULL
+);
+
+-- Contacts: users we talk to 1:1, with their last verified record.
+CREATE TABLE contacts (
+    user_id    TEXT PRIMARY KEY,
+    record     BLOB NOT NULL,
+    added_at   INTEGER NOT NULL,
+    verified   INTEGER NOT NULL DEFAULT 0
+);
+
+-- Chat messages as the user sees them (decrypted); message_id is the mesh msg_id.
+CREATE TABLE chat_messages (
+    message_id BLOB PRIMARY KEY,
+    topic      BLOB NOT NULL REFERENCES conversations (topic),
+    sender     TEXT NOT NULL,
+    seq        INTEGER NOT NULL,
+    lamport    INTEGER NOT NULL,
+    sent_at    INTEGER NOT NULL,
+    text       TEXT NOT NULL,
+    file       BLOB,
+    seen       INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX chat_messages_order ON chat_messages (topic, lamport, sender, seq);
+
+-- Per-member delivery state of the messages we sent.
+CREATE TABLE deliveries (
+    message_id BLOB NOT NULL REFERENCES chat_messages (message_id),
+    member     TEXT NOT NULL,
+    state      TEXT NOT NULL CHECK (state IN ('pending', 'sent', 'delivered', 'read',
+                                              'failed')),
+    reason     TEXT,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (message_id, member)
+);
+
+-- Receipts we owe (sent batched; kept across restarts until published).
+CREATE TABLE receipts_due (
+    message_id BLOB NOT NULL,
+    topic      BLOB NOT NULL,
+    kind       TEXT NOT NULL CHECK (kind IN ('delivered', 'read')),
+    PRIMARY KEY (message_id, kind)
+);
+
+-- Committed mesh messages we could not decrypt yet (key not here yet) or ever (reason).
+CREATE TABLE undecrypted (
+    msg_id BLOB PRIMARY KEY REFERENCES mesh_messages (msg_id),
+    reason TEXT NOT NULL
+);
+"""
+
+MIGRATIONS: list[str] = [_V1_KEYS, _V2_MESSENGER]
 
 def open_store(path: str | PathLike[str]) -> sqlite3.Connection:
     """Open (create, migrate) the node database at ``path`` (or ``":memory:"``)."""

@@ -1,0 +1,259 @@
+"""Repository functions for the messenger's tables (schema version 2 in groups/store.py).
+
+``Mailbox`` is the SQLite implementation of mesh.gossip_state.MessageStore: every mesh
+message a node commits, in any of its topics, so that it can serve them to others.
+The rest are plain functions taking the connection first; callers group writes with
+groups.store.atomic so that "decrypt, store, owe a receipt" lands together or not at all.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from mesh.gossip_state import Message
+
+__all__ = [
+    "ChatRow", "Conversation", "Mailbox", "add_conversation", "add_op", "chat_message",
+    "chat_messages", "conversation", "conversations", "deliveries", "due_receipts",
+    "insert_chat_message", "load_ops", "mark_left", "mark_seen", "next_own_seq",
+    "note_undecrypted", "owe_receipt", "set_delivery", "settle_receipts", "tick_lamport",
+    "undecrypted",
+]
+
+# A state only moves forward; "failed" can be left again by a later success.
+_RANK = {"failed": 0, "pending": 1, "sent": 2, "delivered": 3, "read": 4}
+
+
+class Mailbox:
+    """Committed mesh messages in SQLite (implements mesh.gossip_state.MessageStore)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def add(self, message: Message, now: float) -> bool:
+        """Commit ``message`` (inside the caller's transaction); False if already held or
+        if its (topic, origin, seq) slot holds another message."""
+        cur = self.conn.execute(
+            "INSERT OR IGNORE INTO mesh_messages (msg_id, topic, origin, seq, payload, "
+            "received_at) VALUES (?, ?, ?, ?, ?, ?)",
+            (message.msg_id, message.topic, message.origin, message.seq, message.payload,
+             int(now)))
+        if cur.rowcount == 0:
+            return False
+        head = self.head(message.topic, message.origin)
+        if message.seq == head + 1:
+            row = self.conn.execute(
+                "WITH RECURSIVE run(s) AS (SELECT ? UNION ALL SELECT s + 1 FROM run "
+                "WHERE EXISTS (SELECT 1 FROM mesh_messages WHERE topic = ? AND origin = ? "
+                "AND seq = s + 1)) SELECT MAX(s) FROM run",
+                (message.seq, message.topic, message.origin)).fetchone()
+            self.conn.execute(
+                "INSERT INTO mesh_heads (topic, origin, head) VALUES (?, ?, ?) "
+                "ON CONFLICT (topic, origin) DO UPDATE SET head = excluded.head",
+                (message.topic, message.origin, row[0]))
+        return True
+
+    def has(self, msg_id: bytes) -> bool:
+        return self.conn.execute("SELECT 1 FROM mesh_messages WHERE msg_id = ?",
+                                 (msg_id,)).fetchone() is not None
+
+    def get(self, msg_id: bytes) -> Message | None:
+        row = self.conn.execute("SELECT topic, origin, seq, payload, msg_id FROM mesh_messages "
+                                "WHERE msg_id = ?", (msg_id,)).fetchone()
+        return Message(*row) if row else None
+
+    def head(self, topic: bytes, origin: str) -> int:
+        row = self.conn.execute("SELECT head FROM mesh_heads WHERE topic = ? AND origin = ?",
+                                (topic, origin)).fetchone()
+        return row[0] if row else 0
+
+    def heads(self, topic: bytes) -> dict[str, int]:
+        return dict(self.conn.execute(
+            "SELECT origin, head FROM mesh_heads WHERE topic = ? AND head > 0", (topic,)))
+
+    def get_range(self, topic: bytes, origin: str, from_seq: int,
+                  limit: int) -> list[Message]:
+        rows = self.conn.execute(
+            "SELECT topic, origin, seq, payload, msg_id FROM mesh_messages WHERE topic = ? "
+            "AND origin = ? AND seq >= ? ORDER BY seq LIMIT ?", (topic, origin, from_seq, limit))
+        return [Message(*row) for row in rows]
+
+    def messages_of(self, topic: bytes) -> list[Message]:
+        """All held messages of a topic in (origin, seq) order (used to replay)."""
+        rows = self.conn.execute("SELECT topic, origin, seq, payload, msg_id FROM mesh_messages "
+                                 "WHERE topic = ? ORDER BY origin, seq", (topic,))
+        return [Message(*row) for row in rows]
+
+
+# Conversations -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Conversation:
+    topic: bytes
+    kind: str
+    peer: str | None
+    name: str
+    joined_at: int
+    left_at: int | None
+
+
+def add_conversation(conn: sqlite3.Connection, topic: bytes, kind: str, name: str, now: float,
+                     peer: str | None = None) -> None:
+    conn.execute("INSERT INTO conversations (topic, kind, peer, name, joined_at) "
+                 "VALUES (?, ?, ?, ?, ?) ON CONFLICT (topic) DO UPDATE SET left_at = NULL",
+                 (topic, kind, peer, name, int(now)))
+
+
+def conversation(conn: sqlite3.Connection, topic: bytes) -> Conversation | None:
+    row = conn.execute("SELECT topic, kind, peer, name, joined_at, left_at FROM conversations "
+                       "WHERE topic = ?", (topic,)).fetchone()
+    return Conversation(*row) if row else None
+
+
+def conversations(conn: sqlite3.Connection, kind: str | None = None) -> list[Conversation]:
+    query = "SELECT topic, kind, peer, name, joined_at, left_at FROM conversations"
+    rows = conn.execute(query + " WHERE kind = ?", (kind,)) if kind else conn.execute(query)
+    return [Conversation(*row) for row in rows]
+
+
+def mark_left(conn: sqlite3.Connection, topic: bytes, now: float) -> None:
+    conn.execute("UPDATE conversations SET left_at = ? WHERE topic = ?", (int(now), topic))
+
+
+def next_own_seq(conn: sqlite3.Connection, topic: bytes) -> int:
+    conn.execute("UPDATE conversations SET own_seq = own_seq + 1 WHERE topic = ?", (topic,))
+    return conn.execute("SELECT own_seq FROM conversations WHERE topic = ?", (topic,)).fetchone()[0]
+
+
+def tick_lamport(conn: sqlite3.Connection, topic: bytes, observed: int = 0) -> int:
+    """Advance the conversation's Lamport clock past ``observed``; return the new value."""
+    conn.execute("UPDATE conversations SET lamport = MAX(lamport, ?) + 1 WHERE topic = ?",
+                 (observed, topic))
+    return conn.execute("SELECT lamport FROM conversations WHERE topic = ?",
+                        (topic,)).fetchone()[0]
+
+
+# Membership ops --------------------------------------------------------------------
+
+
+def add_op(conn: sqlite3.Connection, topic: bytes, op_hash: bytes, epoch: int,
+           encoded: bytes) -> None:
+    conn.execute("INSERT OR IGNORE INTO group_ops (op_hash, topic, epoch, op) VALUES (?, ?, ?, ?)",
+                 (op_hash, topic, epoch, encoded))
+
+
+def load_ops(conn: sqlite3.Connection, topic: bytes) -> list[bytes]:
+    """Encoded ops of a group, genesis first (epoch order; forks in any order)."""
+    return [row[0] for row in conn.execute(
+        "SELECT op FROM group_ops WHERE topic = ? ORDER BY epoch", (topic,))]
+
+
+# Chat messages, deliveries, receipts -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChatRow:
+    message_id: bytes
+    topic: bytes
+    sender: str
+    seq: int
+    lamport: int
+    sent_at: int
+    text: str
+    file: bytes | None
+    seen: bool
+
+
+_CHAT_COLUMNS = "message_id, topic, sender, seq, lamport, sent_at, text, file, seen"
+
+
+def insert_chat_message(conn: sqlite3.Connection, row: ChatRow) -> bool:
+    cur = conn.execute(f"INSERT OR IGNORE INTO chat_messages ({_CHAT_COLUMNS}) "  # noqa: S608
+                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       (row.message_id, row.topic, row.sender, row.seq, row.lamport,
+                        row.sent_at, row.text, row.file, int(row.seen)))
+    return cur.rowcount == 1
+
+
+def chat_message(conn: sqlite3.Connection, message_id: bytes) -> ChatRow | None:
+    row = conn.execute(f"SELECT {_CHAT_COLUMNS} FROM chat_messages "  # noqa: S608
+                       "WHERE message_id = ?", (message_id,)).fetchone()
+    return ChatRow(*row[:8], bool(row[8])) if row else None
+
+
+def chat_messages(conn: sqlite3.Connection, topic: bytes, limit: int = 200,
+                  before_lamport: int | None = None) -> list[ChatRow]:
+    """The last ``limit`` messages of a conversation in display order."""
+    bound = before_lamport if before_lamport is not None else 2**63 - 1
+    rows = conn.execute(f"SELECT {_CHAT_COLUMNS} FROM chat_messages "  # noqa: S608
+                        "WHERE topic = ? AND lamport < ? ORDER BY lamport DESC, sender DESC, "
+                        "seq DESC LIMIT ?", (topic, bound, limit)).fetchall()
+    return [ChatRow(*r[:8], bool(r[8])) for r in reversed(rows)]
+
+
+def mark_seen(conn: sqlite3.Connection, message_ids: Iterable[bytes]) -> list[bytes]:
+    """Mark messages seen by our user; returns those that were not seen before."""
+    fresh = []
+    for message_id in message_ids:
+        cur = conn.execute("UPDATE chat_messages SET seen = 1 WHERE message_id = ? AND seen = 0",
+                           (message_id,))
+        if cur.rowcount:
+            fresh.append(message_id)
+    return fresh
+
+
+def set_delivery(conn: sqlite3.Connection, message_id: bytes, member: str, state: str,
+                 now: float, reason: str | None = None) -> bool:
+    """Move a member's state for one of our messages forward; True if it changed."""
+    row = conn.execute("SELECT state FROM deliveries WHERE message_id = ? AND member = ?",
+                       (message_id, member)).fetchone()
+    if row is not None and _RANK[row[0]] >= _RANK[state] and row[0] != "failed":
+        return False
+    conn.execute("INSERT INTO deliveries (message_id, member, state, reason, updated_at) "
+                 "VALUES (?, ?, ?, ?, ?) ON CONFLICT (message_id, member) DO UPDATE SET "
+                 "state = excluded.state, reason = excluded.reason, "
+                 "updated_at = excluded.updated_at", (message_id, member, state, reason, int(now)))
+    return True
+
+
+def deliveries(conn: sqlite3.Connection, message_id: bytes) -> dict[str, dict[str, str | None]]:
+    return {member: {"state": state, "reason": reason} for member, state, reason in conn.execute(
+        "SELECT member, state, reason FROM deliveries WHERE message_id = ? ORDER BY member",
+        (message_id,))}
+
+
+def owe_receipt(conn: sqlite3.Connection, message_id: bytes, topic: bytes, kind: str) -> None:
+    conn.execute("INSERT OR IGNORE INTO receipts_due (message_id, topic, kind) VALUES (?, ?, ?)",
+                 (message_id, topic, kind))
+
+
+def due_receipts(conn: sqlite3.Connection) -> dict[bytes, tuple[list[bytes], list[bytes]]]:
+    """Receipts owed, per topic: (delivered ids, read ids)."""
+    out: dict[bytes, tuple[list[bytes], list[bytes]]] = {}
+    for message_id, topic, kind in conn.execute(
+            "SELECT message_id, topic, kind FROM receipts_due ORDER BY rowid"):
+        delivered, read = out.setdefault(topic, ([], []))
+        (delivered if kind == "delivered" else read).append(message_id)
+    return out
+
+
+def settle_receipts(conn: sqlite3.Connection, topic: bytes, delivered: Iterable[bytes],
+                    read: Iterable[bytes]) -> None:
+    conn.executemany("DELETE FROM receipts_due WHERE message_id = ? AND kind = ?",
+                     [(m, "delivered") for m in delivered] + [(m, "read") for m in read])
+
+
+def note_undecrypted(conn: sqlite3.Connection, msg_id: bytes, reason: str) -> None:
+    conn.execute("INSERT INTO undecrypted (msg_id, reason) VALUES (?, ?) "
+                 "ON CONFLICT (msg_id) DO UPDATE SET reason = excluded.reason", (msg_id, reason))
+
+
+def undecrypted(conn: sqlite3.Connection, topic: bytes) -> list[Message]:
+    """Messages of a topic still waiting for a key, in (origin, seq) order."""
+    rows = conn.execute("SELECT m.topic, m.origin, m.seq, m.payload, m.msg_id FROM undecrypted u "
+                        "JOIN mesh_messages m ON m.msg_id = u.msg_id WHERE m.topic = ? "
+                        "ORDER BY m.origin, m.seq", (topic,))
+    return [Message(*row) for row in rows]
