@@ -98,25 +98,31 @@ class Conversation:
     name: str
     joined_at: int
     left_at: int | None
+    visible: bool
+
+
+_CONV_COLUMNS = "topic, kind, peer, name, joined_at, left_at, visible"
 
 
 def add_conversation(conn: sqlite3.Connection, topic: bytes, kind: str, name: str, now: float,
-                     peer: str | None = None) -> None:
-    conn.execute("INSERT INTO conversations (topic, kind, peer, name, joined_at) "
-                 "VALUES (?, ?, ?, ?, ?) ON CONFLICT (topic) DO UPDATE SET left_at = NULL",
-                 (topic, kind, peer, name, int(now)))
+                     peer: str | None = None, *, visible: bool = True) -> None:
+    """Create the conversation, or rejoin it; ``visible`` only ever turns on."""
+    conn.execute("INSERT INTO conversations (topic, kind, peer, name, joined_at, visible) "
+                 "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (topic) DO UPDATE SET left_at = NULL, "
+                 "visible = MAX(visible, excluded.visible)",
+                 (topic, kind, peer, name, int(now), int(visible)))
 
 
 def conversation(conn: sqlite3.Connection, topic: bytes) -> Conversation | None:
-    row = conn.execute("SELECT topic, kind, peer, name, joined_at, left_at FROM conversations "
+    row = conn.execute(f"SELECT {_CONV_COLUMNS} FROM conversations "  # noqa: S608
                        "WHERE topic = ?", (topic,)).fetchone()
-    return Conversation(*row) if row else None
+    return Conversation(*row[:6], bool(row[6])) if row else None
 
 
-def conversations(conn: sqlite3.Connection, kind: str | None = None) -> list[Conversation]:
-    query = "SELECT topic, kind, peer, name, joined_at, left_at FROM conversations"
-    rows = conn.execute(query + " WHERE kind = ?", (kind,)) if kind else conn.execute(query)
-    return [Conversation(*row) for row in rows]
+def conversations(conn: sqlite3.Connection) -> list[Conversation]:
+    rows = conn.execute(f"SELECT {_CONV_COLUMNS} FROM conversations "  # noqa: S608
+                        "ORDER BY joined_at")
+    return [Conversation(*row[:6], bool(row[6])) for row in rows]
 
 
 def mark_left(conn: sqlite3.Connection, topic: bytes, now: float) -> None:

@@ -154,7 +154,7 @@ CREATE TABLE conversations (
     lamport    INTEGER NOT NULL DEFAULT 0,
     joined_at  INTEGER NOT NULL,
     left_at    INTEGER,                     -- we left or were removed
-    sent_keys  INTEGER NOT NULL DEFAULT 0   -- messages under our current sender key
+    visible    INTEGER NOT NULL DEFAULT 1   -- 0: a direct topic used only for protocol
 );
 
 -- The group's membership ops (all we know, winning or not: groups.group decides).
@@ -165,12 +165,14 @@ CREATE TABLE group_ops (
     op      BLOB NOT NULL
 );
 
--- Contacts: users we talk to 1:1, with their last verified record.
-CREATE TABLE contacts (
+-- Users we know (contacts and fellow members), with their newest verified record.
+CREATE TABLE peers (
     user_id    TEXT PRIMARY KEY,
     record     BLOB NOT NULL,
-    added_at   INTEGER NOT NULL,
-    verified   INTEGER NOT NULL DEFAULT 0
+    seq        INTEGER NOT NULL,
+    is_contact INTEGER NOT NULL DEFAULT 0,
+    verified   INTEGER NOT NULL DEFAULT 0,
+    added_at   INTEGER NOT NULL
 );
 
 -- Chat messages as the user sees them (decrypted); message_id is the mesh msg_id.
@@ -204,6 +206,20 @@ CREATE TABLE receipts_due (
     topic      BLOB NOT NULL,
     kind       TEXT NOT NULL CHECK (kind IN ('delivered', 'read')),
     PRIMARY KEY (message_id, kind)
+);
+
+-- Pairwise contents waiting to be encrypted and published on a direct topic (durable:
+-- a crash before sending loses nothing). kind 'skey' is made at send time from our
+-- current sender key for ``topic``; other kinds carry their encoded content.
+CREATE TABLE pairwise_outbox (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    peer       TEXT NOT NULL,
+    kind       TEXT NOT NULL,
+    topic      BLOB,
+    content    BLOB,
+    created_at INTEGER NOT NULL,
+    attempts   INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT
 );
 
 -- Committed mesh messages we could not decrypt yet (key not here yet) or ever (reason).

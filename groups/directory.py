@@ -1,0 +1,80 @@
+"""Who is who: the verified records of the users a node knows, and sessions to them.
+
+Records come from discovery (bootstrap, DHT) or from peers over links; each is verified
+(mesh.identity.Record) before it is kept, and only a newer seq replaces one we hold.
+A user's identity key, once trusted, is pinned by groups.crypto: a record with another
+key for the same ID cannot occur (IDs are derived from keys), and a changed key inside
+a session raises IdentityChanged there.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Protocol
+
+from groups.crypto import Crypto
+from mesh.discovery import Bundle
+from mesh.identity import Record
+
+__all__ = ["Directory", "Lookup"]
+
+
+class Lookup(Protocol):
+    """What the directory needs from discovery (mesh.discovery.DiscoveryClient, or the
+    bootstrap-then-DHT combinator)."""
+
+    async def lookup(self, user_id: str) -> Record: ...
+
+    async def claim_bundle(self, user_id: str) -> Bundle: ...
+
+
+class Directory:
+    def __init__(self, conn: sqlite3.Connection, crypto: Crypto, lookup: Lookup) -> None:
+        self.conn = conn
+        self.crypto = crypto
+        self.lookup = lookup
+
+    def record(self, user_id: str) -> Record | None:
+        row = self.conn.execute("SELECT record FROM peers WHERE user_id = ?",
+                                (user_id,)).fetchone()
+        return Record.decode(row[0]) if row else None
+
+    def endpoints(self, user_id: str) -> list[str]:
+        record = self.record(user_id)
+        return list(record.endpoints) if record else []
+
+    def remember(self, record: Record, now: float, *, contact: bool = False) -> bool:
+        """Keep ``record`` (already verified) if it is newer than ours; True if stored."""
+        cur = self.conn.execute(
+            "INSERT INTO peers (user_id, record, seq, is_contact, added_at) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (user_id) DO UPDATE SET "
+            "record = CASE WHEN excluded.seq > peers.seq THEN excluded.record "
+            "ELSE peers.record END, "
+            "seq = MAX(peers.seq, excluded.seq), "
+            "is_contact = MAX(peers.is_contact, excluded.is_contact)",
+            (record.user_id, record.encode(), record.seq, int(contact), int(now)))
+        return cur.rowcount == 1
+
+    def contacts(self) -> list[str]:
+        return [row[0] for row in self.conn.execute(
+            "SELECT user_id FROM peers WHERE is_contact = 1 ORDER BY added_at")]
+
+    def is_contact(self, user_id: str) -> bool:
+        return self.conn.execute("SELECT 1 FROM peers WHERE user_id = ? AND is_contact = 1",
+                                 (user_id,)).fetchone() is not None
+
+    async def refresh(self, user_id: str, now: float) -> Record:
+        """Look the user up (raises discovery's typed errors) and keep the record."""
+        record = await self.lookup.lookup(user_id)
+        self.remember(record, now)
+        return self.record(user_id) or record
+
+    async def ensure_session(self, user_id: str, now: float) -> None:
+        """Have a Signal session with ``user_id``: claim a bundle if there is none."""
+        if self.crypto.has_session(user_id):
+            return
+        bundle = await self.lookup.claim_bundle(user_id)
+        if self.crypto.has_session(user_id):  # a session arrived while we waited
+            return
+        self.crypto.start_session(bundle.record, bundle.prekey, now=now)
+        self.remember(bundle.record, now)
