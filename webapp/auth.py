@@ -1,0 +1,242 @@
+"""Who may talk to the node's UI server: the UI token and the request policy (DESIGN §8).
+
+The UI server listens on 127.0.0.1 only, but loopback is not a trust boundary: every
+web page the user visits can make the browser send requests to 127.0.0.1, and a DNS
+rebinding attack can make a hostile name resolve there. So, for every request:
+
+- the Host header must name us (``127.0.0.1:PORT`` or ``localhost:PORT``): a rebound
+  name carries the attacker's host name and is refused (403 ``bad_host``);
+- an Origin header, when present, must be exactly our own origin (403
+  ``forbidden_origin``), and API requests that a browser marks ``Sec-Fetch-Site:
+  cross-site`` / ``same-site`` are refused too (another port on 127.0.0.1 is
+  "same-site", and SameSite cookies do not stop it);
+- the caller proves it holds the token: ``Authorization: Bearer <token>`` (scripts) or
+  the session cookie the browser got in exchange for it;
+- state-changing requests must say ``Content-Type: application/json`` (or
+  ``multipart/form-data`` where a handler takes uploads), which no cross-site HTML
+  form can send without a CORS preflight that we never answer.
+
+Everything here is plain functions over header strings, so it is unit-tested without
+a server; the Tornado handlers in webapp/context.py apply it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import os
+import re
+import secrets
+import tempfile
+from pathlib import Path
+
+from mesh.errors import LocalError
+from mesh.jsonapi import ApiError
+
+__all__ = [
+    "TOKEN_BYTES",
+    "TOKEN_FILE",
+    "UiTokenError",
+    "allowed_hosts",
+    "bearer_token",
+    "check_content_type",
+    "check_fetch_site",
+    "check_host",
+    "check_origin",
+    "content_security_policy",
+    "cookie_name",
+    "create_ui_token",
+    "media_type",
+    "new_token",
+    "read_ui_token",
+    "remove_ui_token",
+    "security_headers",
+    "tokens_equal",
+]
+
+TOKEN_FILE = "ui-token"  # noqa: S105 (a file name, not a secret)
+TOKEN_BYTES = 32
+_TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{43}")  # 32 bytes, urlsafe base64, no padding
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+JSON_TYPE = "application/json"
+MULTIPART_TYPE = "multipart/form-data"
+
+
+class UiTokenError(LocalError):
+    """The ui-token file is missing, unreadable or does not hold a token."""
+
+
+# Tokens
+
+
+def new_token() -> str:
+    """A fresh secret: 32 random bytes as unpadded urlsafe base64 (43 characters)."""
+    return secrets.token_urlsafe(TOKEN_BYTES)
+
+
+def create_ui_token(data_dir: str | os.PathLike[str]) -> str:
+    """Make a new token and write it to ``<data_dir>/ui-token`` (mode 0600), atomically.
+
+    A new token on every start means a token that leaked (shell history, a screenshot
+    of the printed URL) stops working at the next restart. The file is written to a
+    private temporary file first and renamed over the old one, so a reader never sees a
+    half-written token and the token is never readable by others, not even briefly.
+    """
+    directory = Path(data_dir)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    token = new_token()
+    fd, tmp = tempfile.mkstemp(prefix=".ui-token.", dir=directory)  # created 0600
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(token + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, directory / TOKEN_FILE)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(directory)
+    return token
+
+
+def read_ui_token(data_dir: str | os.PathLike[str]) -> str:
+    """The token of the node running on ``data_dir`` (for scripts and tests)."""
+    path = Path(data_dir) / TOKEN_FILE
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        raise UiTokenError(f"{path} does not exist: is the node running?") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UiTokenError(f"cannot read {path}: {exc}") from None
+    if not _TOKEN_RE.fullmatch(text):
+        raise UiTokenError(f"{path} does not hold a UI token")
+    return text
+
+
+def remove_ui_token(data_dir: str | os.PathLike[str], token: str) -> None:
+    """Delete the token file if it still holds ``token`` (clean shutdown)."""
+    path = Path(data_dir) / TOKEN_FILE
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        if tokens_equal(path.read_text(encoding="ascii").strip(), token):
+            path.unlink()
+
+
+def tokens_equal(given: str | None, expected: str) -> bool:
+    """Constant-time comparison (the time taken does not reveal a matching prefix)."""
+    if given is None:
+        return False
+    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"),
+                               expected.encode("utf-8", "surrogateescape"))
+
+
+def bearer_token(authorization: str) -> str | None:
+    """The credential of an ``Authorization: Bearer <token>`` header, else None."""
+    scheme, _, credential = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return credential.strip() or None
+
+
+def cookie_name(port: int) -> str:
+    """Cookies are not port-scoped: two nodes on one machine need different names."""
+    return f"parley_session_{port}"
+
+
+# Host, Origin, Sec-Fetch-Site, Content-Type
+
+
+def allowed_hosts(port: int) -> frozenset[str]:
+    """The Host header values that name us. We bind 127.0.0.1 only, so no [::1]."""
+    return frozenset({f"127.0.0.1:{port}", f"localhost:{port}"})
+
+
+def check_host(host: str | None, port: int) -> str:
+    """Return the normalised Host (lower case) or refuse it (DNS rebinding)."""
+    normal = (host or "").strip().lower()
+    if normal not in allowed_hosts(port):
+        raise ApiError(403, "bad_host",
+                       f"Host must be 127.0.0.1:{port} or localhost:{port}")
+    return normal
+
+
+def check_origin(origin: str | None, host: str) -> None:
+    """An Origin header, when sent, must be exactly ours (``http://`` + our Host).
+
+    Requests without one (scripts; browsers' same-origin GETs) pass: a browser always
+    sends Origin on cross-origin fetches, WebSocket handshakes and form POSTs.
+    """
+    if origin is not None and origin != f"http://{host}":
+        raise ApiError(403, "forbidden_origin", "requests from other origins are refused")
+
+
+def check_fetch_site(sec_fetch_site: str | None) -> None:
+    """Refuse what the browser itself labels as coming from another origin."""
+    if sec_fetch_site is not None and sec_fetch_site.strip().lower() not in (
+            "same-origin", "none"):
+        raise ApiError(403, "forbidden_origin", "requests from other origins are refused")
+
+
+def media_type(content_type: str | None) -> str:
+    """``"application/json; charset=utf-8"`` -> ``"application/json"``."""
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def check_content_type(method: str, content_type: str | None, *,
+                       accept_multipart: bool = False) -> None:
+    """State-changing requests must carry a type no cross-site form can send blindly."""
+    if method.upper() not in UNSAFE_METHODS:
+        return
+    kind = media_type(content_type)
+    if kind == JSON_TYPE or (accept_multipart and kind == MULTIPART_TYPE):
+        return
+    expected = JSON_TYPE + (f" or {MULTIPART_TYPE}" if accept_multipart else "")
+    raise ApiError(415, "unsupported_media_type", f"Content-Type must be {expected}")
+
+
+# Response headers
+
+
+def content_security_policy(host: str) -> str:
+    """Own origin only: no inline script or style, no eval, no framing, no plugins.
+
+    ``connect-src`` names the WebSocket origin explicitly because older browsers do
+    not let ``'self'`` match ws: URLs.
+    """
+    return "; ".join([
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self' blob: data:",
+        "media-src 'self' blob:",
+        f"connect-src 'self' ws://{host}",
+        "object-src 'none'",
+        "base-uri 'none'",
+        "frame-ancestors 'none'",
+        "form-action 'self'",
+    ])
+
+
+def security_headers(host: str | None, port: int) -> dict[str, str]:
+    """Headers for every response. ``host`` is the request's Host if it names us."""
+    normal = (host or "").strip().lower()
+    if normal not in allowed_hosts(port):
+        normal = f"127.0.0.1:{port}"
+    return {
+        "Content-Security-Policy": content_security_policy(normal),
+        "X-Frame-Options": "DENY",
+        "Referrer-Policy": "no-referrer",
+        "X-Content-Type-Options": "nosniff",
+        "Cross-Origin-Opener-Policy": "same-origin",
+        "Cross-Origin-Resource-Policy": "same-origin",
+    }
+
+
+def _fsync_dir(directory: Path) -> None:
+    with contextlib.suppress(OSError):  # not every platform can open a directory
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -1,0 +1,153 @@
+"""UiContext (what every UI handler needs) and the mixin that applies the request policy.
+
+One UiContext is built per server by the composition root and handed to every handler
+through ``initialize(ctx=...)``: there is no module-level state. The mixin is shared
+by the JSON API handlers, the events WebSocket and the static file handlers, so every
+response carries the same security headers and every request passes the same checks
+(webapp/auth.py says which and why).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tornado.web import HTTPError
+
+from mesh.jsonapi import ApiError
+from webapp.auth import (
+    bearer_token,
+    check_fetch_site,
+    check_host,
+    check_origin,
+    cookie_name,
+    new_token,
+    security_headers,
+    tokens_equal,
+)
+from webapp.events import EventHub
+
+__all__ = ["DIST_DIR", "JsonErrorMixin", "UiContext", "UiHandlerMixin"]
+
+DIST_DIR = Path(__file__).resolve().parent / "dist"
+_SECRET_RE = re.compile(r"[A-Za-z0-9_-]{32,}")
+
+
+@dataclass(eq=False)
+class UiContext:
+    """Collaborators and secrets of one UI server.
+
+    ``token`` is the bearer token (also in ``<data-dir>/ui-token``); ``session`` is
+    the value of the browser's session cookie, a separate random secret so that the
+    cookie jar never holds the token itself. Both live only as long as the process.
+    ``node`` is whatever the API handlers need (opaque here). Neither secret appears
+    in the repr.
+    """
+
+    token: str = field(repr=False)
+    port: int
+    hub: EventHub = field(default_factory=EventHub)
+    node: Any = None
+    dist_dir: Path = DIST_DIR
+    session: str = field(default_factory=new_token, repr=False)
+    sockets: set[Any] = field(default_factory=set, repr=False)  # open events sockets
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ValueError("port must be the bound port (1-65535), not 0")
+        for name in ("token", "session"):
+            if not _SECRET_RE.fullmatch(getattr(self, name)):
+                raise ValueError(f"{name} must be at least 32 urlsafe base64 characters")
+        if tokens_equal(self.token, self.session):
+            raise ValueError("the session secret must differ from the token")
+
+    @property
+    def cookie_name(self) -> str:
+        return cookie_name(self.port)
+
+    @property
+    def origin(self) -> str:
+        """The origin the node prints (the browser may also use localhost:PORT)."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def authenticated(self, authorization: str | None, cookie: str | None) -> bool:
+        """Bearer token, else session cookie. A present Authorization header decides
+        on its own: a wrong bearer token is refused even next to a good cookie."""
+        if authorization is not None:
+            return tokens_equal(bearer_token(authorization), self.token)
+        return tokens_equal(cookie, self.session)
+
+
+class UiHandlerMixin:
+    """Security headers on every response, and ``guard()`` for ``prepare()``.
+
+    Put it first in the bases of a RequestHandler subclass and set ``self.ctx`` in
+    ``initialize`` before calling ``apply_security_headers()`` (Tornado sets default
+    headers before ``initialize`` runs, when the context is not known yet).
+    """
+
+    ctx: UiContext
+    request: Any
+
+    def set_default_headers(self) -> None:
+        super().set_default_headers()  # type: ignore[misc]
+        if getattr(self, "ctx", None) is not None:
+            self.apply_security_headers()
+
+    def apply_security_headers(self) -> None:
+        handler: Any = self
+        handler.clear_header("Server")
+        for name, value in security_headers(self.request.headers.get("Host"),
+                                            self.ctx.port).items():
+            handler.set_header(name, value)
+
+    def authenticated(self) -> bool:
+        handler: Any = self
+        return self.ctx.authenticated(self.request.headers.get("Authorization"),
+                                      handler.get_cookie(self.ctx.cookie_name))
+
+    def require_auth(self) -> None:
+        if not self.authenticated():
+            raise ApiError(401, "unauthenticated",
+                           "send Authorization: Bearer <token> or open the URL the "
+                           "node printed", {"WWW-Authenticate": 'Bearer realm="parley"'})
+
+    def guard(self, *, api: bool, auth: bool) -> str:
+        """Check Host, Origin (and for the API Sec-Fetch-Site), then optionally the
+        credentials; returns the validated Host. Raises ApiError (403/401)."""
+        headers = self.request.headers
+        host = check_host(headers.get("Host"), self.ctx.port)
+        check_origin(headers.get("Origin"), host)
+        if api:
+            check_fetch_site(headers.get("Sec-Fetch-Site"))
+        if auth:
+            self.require_auth()
+        return host
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if not isinstance(value, ApiError):  # refusals are answers, not faults
+            super().log_exception(typ, value, tb)  # type: ignore[misc]
+
+
+class JsonErrorMixin:
+    """JSON error bodies ({"error", "message"}) for handlers that are not JsonHandlers."""
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        handler: Any = self
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, ApiError):
+            for name, value in exc.headers.items():
+                handler.set_header(name, value)
+            code, message = exc.code, exc.message
+        else:
+            code = {403: "forbidden", 404: "not_found", 405: "method_not_allowed"}.get(
+                status_code, "internal_error" if status_code >= 500 else "bad_request")
+            message = exc.log_message if isinstance(exc, HTTPError) and exc.log_message \
+                else handler._reason
+        handler.set_header("Content-Type", "application/json")
+        handler.set_header("Cache-Control", "no-store")
+        handler.finish(json.dumps({"error": code, "message": message},
+                                  separators=(",", ":")))
