@@ -87,7 +87,9 @@ class DialError(RemoteError):
 class Transport(Protocol):
     """What LinkConnection needs from a framed pipe. ``write`` completes once the
     message is handed to the OS (flow control); ``close`` is graceful, ``abort`` drops
-    the connection at once."""
+    the connection at once. Whoever owns the pipe feeds ``conn.data_received(message)``
+    and calls ``conn.transport_lost()`` once the pipe has closed, whichever side closed
+    it (LinkConnection gives up waiting CLOSE_FLUSH_TIMEOUT after its own close)."""
 
     def write(self, data: bytes) -> Awaitable[Any]: ...
     def close(self) -> None: ...
@@ -279,7 +281,7 @@ class LinkConnection:
             self._finish_futures()
             if self._transport is not None and not self._stop_writing:
                 # A peer that does not take our last frames in time is cut off.
-                self._loop.call_later(CLOSE_FLUSH_TIMEOUT, self._abort_if_open)
+                self._loop.call_later(CLOSE_FLUSH_TIMEOUT, self._force_done)
             self._callback(self.on_closed, self, event)
 
     def _finish_futures(self) -> None:
@@ -288,9 +290,12 @@ class LinkConnection:
         if self._transport is None and not self._done.done():
             self._done.set_result(None)
 
-    def _abort_if_open(self) -> None:
+    def _force_done(self) -> None:
+        """Our close did not complete in time (a stalled peer or a transport that never
+        reported the end): cut the pipe and consider the connection finished."""
         if not self._done.done():
             self._abort()
+            self.transport_lost("close timed out")
 
     def _callback(self, fn: Callable[..., None] | None, *args: Any) -> None:
         if fn is None:
@@ -344,6 +349,8 @@ class LinkConnection:
             self._cancel_timer()
             self._stop_writing = True
             transport.close()  # also after the peer closed: Tornado wants it to let go
+            if not self._done.done():
+                self._loop.call_later(CLOSE_FLUSH_TIMEOUT, self._force_done)
 
 
 class InboundAcceptor(Protocol):
