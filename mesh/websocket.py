@@ -12,6 +12,7 @@ refused (403), so a web page cannot make a visitor's browser open links.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -547,6 +548,9 @@ async def dial(url: str, identity: KeyPair, record: Record, *,
         await conn.wait_established()
     except asyncio.CancelledError:
         conn.close("shutdown")
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            async with asyncio.timeout(CLOSE_FLUSH_TIMEOUT + 1):
+                await conn.wait_closed()
         raise
     return conn
 
