@@ -35,7 +35,7 @@ __all__ = [
     "FileRef",
     "JoinRefused",
     "JoinRequest",
-    "LamportClock",
+    "OpNotice",
     "Receipts",
     "SenderKey",
     "Text",
@@ -255,19 +255,16 @@ class JoinRefused(Content):
     reason: str
 
 
+@dataclass(frozen=True)
+class OpNotice(Content):
+    """A membership op sent pairwise to someone who is no longer on the topic (a
+    removed member learns of the removal this way)."""
+
+    TYPE = "op"
+    LIMITS = {"group": 16, "op": 4096}
+    group: bytes
+    op: bytes
+
+
 GROUP_CONTENTS = (Text, Receipts)
-DIRECT_CONTENTS = (Text, Receipts, SenderKey, Welcome, JoinRequest, JoinRefused)
-
-
-class LamportClock:
-    """Display order: (lamport, sender, seq) gives every member the same order."""
-
-    def __init__(self, value: int = 0) -> None:
-        self.value = value
-
-    def tick(self) -> int:
-        self.value += 1
-        return self.value
-
-    def observe(self, other: int) -> None:
-        self.value = max(self.value, other)
+DIRECT_CONTENTS = (Text, Receipts, SenderKey, Welcome, JoinRequest, JoinRefused, OpNotice)
