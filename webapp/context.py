@@ -10,6 +10,7 @@ response carries the same security headers and every request passes the same che
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,8 @@ from webapp.auth import (
 from webapp.events import EventHub
 
 __all__ = ["DIST_DIR", "JsonErrorMixin", "UiContext", "UiHandlerMixin"]
+
+log = logging.getLogger("parley.webapp")
 
 DIST_DIR = Path(__file__).resolve().parent / "dist"
 _SECRET_RE = re.compile(r"[A-Za-z0-9_-]{32,}")
@@ -128,8 +131,18 @@ class UiHandlerMixin:
         return host
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
-        if not isinstance(value, ApiError):  # refusals are answers, not faults
-            super().log_exception(typ, value, tb)  # type: ignore[misc]
+        """Refusals are answers, not faults; other errors are logged with the path but
+        never the query string or the request repr (a URL may carry a pasted token)."""
+        if isinstance(value, ApiError):
+            return
+        where = f"{self.request.method} {self.request.path}"
+        if isinstance(value, HTTPError):
+            detail = value.log_message or value.reason or "refused"
+            if value.log_message and value.args:
+                detail = value.log_message % value.args  # StaticFileHandler: the path
+            log.warning("%d %s: %s", value.status_code, where, detail)
+        else:
+            log.error("uncaught exception in %s", where, exc_info=(typ, value, tb))
 
 
 class JsonErrorMixin:
@@ -145,8 +158,7 @@ class JsonErrorMixin:
         else:
             code = {403: "forbidden", 404: "not_found", 405: "method_not_allowed"}.get(
                 status_code, "internal_error" if status_code >= 500 else "bad_request")
-            message = exc.log_message if isinstance(exc, HTTPError) and exc.log_message \
-                else handler._reason
+            message = handler._reason  # not log_message: it may echo the request path
         handler.set_header("Content-Type", "application/json")
         handler.set_header("Cache-Control", "no-store")
         handler.finish(json.dumps({"error": code, "message": message},
