@@ -63,6 +63,9 @@ class BootstrapContext:
     config: BootstrapConfig = field(default_factory=BootstrapConfig)
     clock: Callable[[], float] = time.time
     dht_address: tuple[str, int] | None = None
+    # Called with every record the API accepted (after it is committed and answered);
+    # the server points it at DhtNode.mirror, which returns at once (a background task).
+    on_record: Callable[[Record], None] | None = None
     limiter: RateLimiter = field(init=False)
 
     def __post_init__(self) -> None:
@@ -85,6 +88,10 @@ class ApiHandler(JsonHandler):
             raise ApiError(429, "rate_limited", "too many requests from this address",
                            {"Retry-After": RateLimiter.retry_after_header(wait)})
         self.check_content_length()
+
+    def _accepted(self, record: Record) -> None:
+        if self.ctx.on_record is not None:
+            self.ctx.on_record(record)
 
     def authenticate(self, key: bytes | None = None) -> str:
         """Check the request signature; return the signer's user id.
@@ -189,6 +196,7 @@ class UsersHandler(ApiHandler):
             put_prekeys(conn, record.user_id, prekeys)
         left = count_prekeys(conn, record.user_id)
         self.send_json(200 if existing else 201, {"id": record.user_id, "prekeys_left": left})
+        self._accepted(record)
 
 
 class UserHandler(ApiHandler):
@@ -226,6 +234,8 @@ class UserHandler(ApiHandler):
                 save_record(conn, record, self.ctx.clock())
             put_prekeys(conn, user_id, prekeys)
         self.send_json(200, {"id": user_id, "prekeys_left": count_prekeys(conn, user_id)})
+        if record is not None:
+            self._accepted(record)
 
 
 class BundleHandler(ApiHandler):

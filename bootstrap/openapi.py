@@ -54,6 +54,15 @@ _RECORD = {
     },
 }
 
+_DHT_ADDRESS = {
+    "type": "object", "nullable": True, "additionalProperties": False,
+    "required": ["host", "port"],
+    "description": "The server's Kademlia node (UDP), or null when it runs none. An "
+                   "unspecified host (0.0.0.0 or ::) means the host this API was reached at.",
+    "properties": {"host": {"type": "string", "description": "IP address"},
+                   "port": {"type": "integer", "minimum": 1, "maximum": 65535}},
+}
+
 _ERROR = {
     "type": "object", "required": ["error", "message"],
     "properties": {"error": {"type": "string"}, "message": {"type": "string"}},
@@ -105,7 +114,7 @@ def openapi_document() -> dict[str, Any]:
                 "responses": {"200": _json({
                     "type": "object", "required": ["status", "api", "dht"],
                     "properties": {"status": {"type": "string"}, "api": {"type": "string"},
-                                   "dht": {"nullable": True, "type": "object"}}}, "OK"),
+                                   "dht": _DHT_ADDRESS}}, "OK"),
                     **_errors(429)}}},
             "/v1/openapi.json": {"get": {
                 "operationId": "openapi", "summary": "This document",

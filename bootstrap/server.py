@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 
 from tornado.httpserver import HTTPServer
@@ -10,6 +11,7 @@ from tornado.netutil import bind_sockets
 
 from bootstrap.api import BootstrapConfig, BootstrapContext, make_app
 from bootstrap.store import open_store
+from mesh.dht import DhtConfig, DhtNode, bind_udp
 
 __all__ = ["BootstrapServer", "start_bootstrap"]
 
@@ -20,6 +22,7 @@ class BootstrapServer:
     http: HTTPServer
     host: str
     port: int
+    dht: DhtNode | None = None  # the mirror node, when started with a dht_port
 
     @property
     def url(self) -> str:
@@ -29,20 +32,39 @@ class BootstrapServer:
     async def stop(self) -> None:
         self.http.stop()
         await self.http.close_all_connections()
+        if self.dht is not None:
+            await self.dht.stop()
         self.ctx.conn.close()
 
 
 def start_bootstrap(host: str, port: int, db_path: str | os.PathLike[str],
-                    config: BootstrapConfig | None = None) -> BootstrapServer:
+                    config: BootstrapConfig | None = None, *, dht_port: int | None = None,
+                    dht_config: DhtConfig | None = None) -> BootstrapServer:
     """Open the database and listen; port 0 picks a free port (see ``.port``).
 
-    Must be called with an asyncio event loop running (Tornado's IOLoop).
+    With ``dht_port`` (UDP; 0 picks a free one) the server also runs a Kademlia node
+    on the same host, tells clients its address in /v1/health and mirrors every record
+    it accepts into the DHT. Must be called with an asyncio event loop running.
     """
     conn = open_store(db_path)
     ctx = BootstrapContext(conn, config or BootstrapConfig())
     # The handlers cap bodies at 64 KiB themselves (with a JSON 413); this is the
     # connection-level backstop for anything that slips past them.
     http = HTTPServer(make_app(ctx), max_body_size=1024 * 1024, idle_connection_timeout=60)
-    sockets = bind_sockets(port, host)
+    sockets: list[socket.socket] = []
+    dht = None
+    try:
+        sockets = bind_sockets(port, host)
+        if dht_port is not None:
+            udp = bind_udp(host, dht_port)
+            dht = DhtNode(dht_config)
+            dht.listen_socket(udp)
+            ctx.dht_address = dht.address
+            ctx.on_record = dht.mirror
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        conn.close()
+        raise
     http.add_sockets(sockets)
-    return BootstrapServer(ctx, http, host, sockets[0].getsockname()[1])
+    return BootstrapServer(ctx, http, host, sockets[0].getsockname()[1], dht)

@@ -187,6 +187,8 @@ class ParleyProtocol(KademliaProtocol):
     def rpc_store(self, sender: Any, nodeid: Any, key: Any, value: Any) -> bool:
         node = self._sender(nodeid, sender)
         key = _node_id(key)
+        if type(value) is not bytes:
+            raise _Junk("stored value is not bytes")
         self.welcome_if_new(node)
         outcome = self.storage.offer(key, value, source=sender[0])
         if not outcome.holds_offer:
