@@ -43,6 +43,7 @@ __all__ = [
     "check_fetch_site",
     "check_host",
     "check_origin",
+    "check_resource_isolation",
     "content_security_policy",
     "cookie_name",
     "create_ui_token",
@@ -176,6 +177,15 @@ def check_fetch_site(sec_fetch_site: str | None) -> None:
     if sec_fetch_site is not None and sec_fetch_site.strip().lower() not in (
             "same-origin", "none"):
         raise ApiError(403, "forbidden_origin", "requests from other origins are refused")
+
+
+def check_resource_isolation(sec_fetch_site: str | None, sec_fetch_mode: str | None) -> None:
+    """Pages may be opened from anywhere (the locked page is all a stranger gets), but
+    another site may not embed or load our files as subresources."""
+    site = (sec_fetch_site or "").strip().lower()
+    if site in ("cross-site", "same-site") and \
+            (sec_fetch_mode or "").strip().lower() != "navigate":
+        raise ApiError(403, "forbidden_origin", "other sites may not load these files")
 
 
 def media_type(content_type: str | None) -> str:

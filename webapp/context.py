@@ -24,6 +24,7 @@ from webapp.auth import (
     check_fetch_site,
     check_host,
     check_origin,
+    check_resource_isolation,
     cookie_name,
     new_token,
     security_headers,
@@ -119,13 +120,16 @@ class UiHandlerMixin:
                            "node printed", {"WWW-Authenticate": 'Bearer realm="parley"'})
 
     def guard(self, *, api: bool, auth: bool) -> str:
-        """Check Host, Origin (and for the API Sec-Fetch-Site), then optionally the
-        credentials; returns the validated Host. Raises ApiError (403/401)."""
+        """Check Host, Origin and the fetch metadata (API: same-origin only; pages:
+        cross-site navigations only), then optionally the credentials; returns the
+        validated Host. Raises ApiError (403/401)."""
         headers = self.request.headers
         host = check_host(headers.get("Host"), self.ctx.port)
         check_origin(headers.get("Origin"), host)
         if api:
             check_fetch_site(headers.get("Sec-Fetch-Site"))
+        else:
+            check_resource_isolation(headers.get("Sec-Fetch-Site"), headers.get("Sec-Fetch-Mode"))
         if auth:
             self.require_auth()
         return host

@@ -76,7 +76,9 @@ class UiApiHandler(UiHandlerMixin, JsonHandler):
     requires_auth: ClassVar[bool] = True
     accept_multipart: ClassVar[bool] = False
 
-    def initialize(self, ctx: UiContext, **_: Any) -> None:  # type: ignore[override]
+    def initialize(self, ctx: UiContext) -> None:  # type: ignore[override]
+        """Subclasses that take more arguments override this and call
+        ``super().initialize(ctx)``."""
         super().initialize()
         self.ctx = ctx
         self.apply_security_headers()

@@ -201,6 +201,23 @@ async def test_bearer_also_opens_the_app(start_ui: Callable[..., Ui], dist: Path
     assert (await ui.fetch("/", headers=ui.bearer)).code == 200
 
 
+@pytest.mark.parametrize("path", ["/", "/_ui/unlock.js", "/assets/index-1a2b3c.js"])
+async def test_other_sites_cannot_load_our_files(start_ui: Callable[..., Ui], dist: Path,
+                                                path: str) -> None:
+    ui = start_ui(dist_dir=dist)
+    cookie = await ui.login()
+    for site in ("cross-site", "same-site"):
+        embedded = await ui.fetch(path, headers={"Cookie": cookie, "Sec-Fetch-Site": site,
+                                                 "Sec-Fetch-Mode": "no-cors"})
+        assert embedded.code == 403, (path, site)
+    navigated = await ui.fetch(path, headers={"Cookie": cookie, "Sec-Fetch-Site": "same-site",
+                                              "Sec-Fetch-Mode": "navigate"})
+    assert navigated.code == 200
+    own = await ui.fetch(path, headers={"Cookie": cookie, "Sec-Fetch-Site": "same-origin",
+                                        "Sec-Fetch-Mode": "cors"})
+    assert own.code == 200
+
+
 # Headers on API responses
 
 
@@ -242,6 +259,10 @@ class Unguarded(RequestHandler):
 
 
 class Fine(UiApiHandler):
+    def initialize(self, ctx: UiContext, extra: int = 0) -> None:  # type: ignore[override]
+        super().initialize(ctx)
+        self.extra = extra
+
     def get(self) -> None:
         self.send_json(200, {})
 

@@ -21,6 +21,7 @@ from webapp.auth import (
     check_fetch_site,
     check_host,
     check_origin,
+    check_resource_isolation,
     content_security_policy,
     create_ui_token,
     media_type,
@@ -166,6 +167,22 @@ def test_fetch_site_allowed(value: str | None) -> None:
 @pytest.mark.parametrize("value", ["cross-site", "same-site", "", "garbage"])
 def test_fetch_site_refused(value: str) -> None:
     assert refusal(check_fetch_site, value) == (403, "forbidden_origin")
+
+
+@pytest.mark.parametrize(("site", "mode"), [
+    (None, None), ("same-origin", "no-cors"), ("none", "navigate"), ("cross-site", "navigate"),
+    ("same-site", "navigate"), ("same-origin", "cors"),
+])
+def test_resource_isolation_allows(site: str | None, mode: str | None) -> None:
+    check_resource_isolation(site, mode)
+
+
+@pytest.mark.parametrize(("site", "mode"), [
+    ("cross-site", "no-cors"), ("cross-site", None), ("same-site", "cors"),
+    ("same-site", "nested-navigate"), ("Cross-Site", "websocket"),
+])
+def test_resource_isolation_refuses(site: str, mode: str | None) -> None:
+    assert refusal(check_resource_isolation, site, mode) == (403, "forbidden_origin")
 
 
 # Content types
