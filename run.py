@@ -1,7 +1,7 @@
 """Parley command line: ``python run.py [node|bootstrap|demo] ...``.
 
-With no sub-command it starts a bootstrap server on the defaults (the node and demo
-commands arrive with the messenger itself).
+With no sub-command it starts a node together with an embedded bootstrap server, on
+the default ports, and prints the URL of the node's UI.
 """
 
 from __future__ import annotations
@@ -11,20 +11,27 @@ import asyncio
 import logging
 import signal
 import sys
+import tempfile
 from pathlib import Path
 
 from bootstrap.api import BootstrapConfig
-from bootstrap.server import start_bootstrap
+from bootstrap.server import BootstrapServer, start_bootstrap
+from groups.node import Node, NodeConfig
+from mesh.identity import display_user_id
 
 DEFAULT_BOOTSTRAP_PORT = 8470
+DEFAULT_UI_PORT = 8471
+DEFAULT_MESH_PORT = 8472
+DEFAULT_DATA_DIR = "parley-data"
 
 
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--log-level", default="INFO",
+    common.add_argument("--log-level", default="WARNING",
                         help="DEBUG, INFO, WARNING or ERROR (secrets are never logged)")
     parser = argparse.ArgumentParser(prog="run.py", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command")
+
     boot = sub.add_parser("bootstrap", parents=[common],
                           help="run a discovery server for your friends")
     boot.add_argument("--host", default="127.0.0.1",
@@ -36,7 +43,47 @@ def _parser() -> argparse.ArgumentParser:
                       help="requests per second allowed per client address")
     boot.add_argument("--burst", type=int, default=BootstrapConfig.burst,
                       help="burst size of the per-client rate limit")
+
+    node = sub.add_parser("node", parents=[common], help="run your node")
+    _node_options(node, bootstrap_default=f"http://127.0.0.1:{DEFAULT_BOOTSTRAP_PORT}")
+
+    everything = sub.add_parser("all", parents=[common],
+                                help="a node plus an embedded bootstrap (the default)")
+    _node_options(everything, bootstrap_default="")
+    everything.add_argument("--bootstrap-port", type=int, default=DEFAULT_BOOTSTRAP_PORT)
+
+    demo = sub.add_parser("demo", parents=[common],
+                          help="three local users (alice, bob, carol) in one group")
+    demo.add_argument("--data-dir", default=None,
+                      help="where the three users keep their data (default: a temp dir)")
     return parser
+
+
+def _node_options(parser: argparse.ArgumentParser, *, bootstrap_default: str) -> None:
+    parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
+                        help="your keys and history (created with mode 0700)")
+    parser.add_argument("--ui-port", type=int, default=DEFAULT_UI_PORT,
+                        help="port of the local UI on 127.0.0.1 (0 picks a free one)")
+    parser.add_argument("--mesh-port", type=int, default=DEFAULT_MESH_PORT,
+                        help="public port for links from other nodes (0 picks a free one)")
+    parser.add_argument("--mesh-host", default="127.0.0.1",
+                        help="address the mesh port listens on (0.0.0.0 for other machines)")
+    parser.add_argument("--advertise", action="append", default=[],
+                        help="endpoint to publish, e.g. ws://203.0.113.5:8472/mesh "
+                             "(repeatable; default: ws://MESH_HOST:MESH_PORT/mesh)")
+    parser.add_argument("--bootstrap", default=bootstrap_default,
+                        help="URL of the bootstrap server")
+
+
+def _node_config(args: argparse.Namespace, bootstrap: str) -> NodeConfig:
+    return NodeConfig(data_dir=Path(args.data_dir), bootstrap=bootstrap,
+                      ui_port=args.ui_port, mesh_port=args.mesh_port,
+                      mesh_host=args.mesh_host, advertise=tuple(args.advertise))
+
+
+def _announce(node: Node, label: str = "") -> None:
+    who = f"{label} " if label else ""
+    print(f"Parley node {who}{display_user_id(node.user_id)}: open {node.ui_url}", flush=True)
 
 
 async def _serve_bootstrap(args: argparse.Namespace) -> None:
@@ -44,6 +91,54 @@ async def _serve_bootstrap(args: argparse.Namespace) -> None:
     server = start_bootstrap(args.host, args.port, Path(args.db), config)
     print(f"Parley bootstrap listening on {server.url} (database {args.db})", flush=True)
     await _until_signalled()
+    await server.stop()
+
+
+async def _serve_node(args: argparse.Namespace) -> None:
+    node = await Node.start(_node_config(args, args.bootstrap))
+    _announce(node)
+    await _until_signalled()
+    await node.stop()
+
+
+def _private_dir(path: Path) -> Path:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path
+
+
+async def _serve_all(args: argparse.Namespace) -> None:
+    data_dir = _private_dir(Path(args.data_dir))
+    server = start_bootstrap("127.0.0.1", args.bootstrap_port, data_dir / "bootstrap.db")
+    print(f"Parley bootstrap listening on {server.url}", flush=True)
+    node = await Node.start(_node_config(args, args.bootstrap or server.url))
+    _announce(node)
+    await _until_signalled()
+    await node.stop()
+    await server.stop()
+
+
+async def _serve_demo(args: argparse.Namespace) -> None:
+    """Three users on one machine, already in a group called "Demo"."""
+    base = _private_dir(Path(args.data_dir or tempfile.mkdtemp(prefix="parley-demo-")))
+    server: BootstrapServer = start_bootstrap("127.0.0.1", 0, base / "bootstrap.db")
+    nodes: dict[str, Node] = {}
+    for name in ("alice", "bob", "carol"):
+        nodes[name] = await Node.start(NodeConfig(data_dir=base / name, bootstrap=server.url))
+    for node in nodes.values():
+        await node.registered.wait()
+    alice = nodes["alice"].messenger
+    groups = [c for c in nodes["alice"].group_list() if c["name"] == "Demo"]
+    group_id = bytes.fromhex(groups[0]["id"]) if groups else alice.groups.create("Demo")
+    for name in ("bob", "carol"):
+        if not nodes[name].messenger.groups.is_member(group_id, nodes[name].user_id):
+            invite = alice.groups.invite(group_id)
+            await nodes[name].messenger.groups.join(invite, wait=30.0)
+    print(f"Parley demo in {base} (bootstrap {server.url}); group \"Demo\":", flush=True)
+    for name, node in nodes.items():
+        _announce(node, name)
+    await _until_signalled()
+    for node in nodes.values():
+        await node.stop()
     await server.stop()
 
 
@@ -58,11 +153,13 @@ async def _until_signalled() -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
-        argv = ["bootstrap", *argv]
+        argv = ["all", *argv]
     args = _parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(_serve_bootstrap(args))
+    serve = {"bootstrap": _serve_bootstrap, "node": _serve_node, "all": _serve_all,
+             "demo": _serve_demo}[args.command]
+    asyncio.run(serve(args))
     return 0
 
 

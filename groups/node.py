@@ -1,0 +1,291 @@
+"""The composition root: one user's node, wired from its parts.
+
+    node = await Node.start(NodeConfig(data_dir=Path("data"), bootstrap="http://..."))
+    print(node.ui_url)
+    ...
+    await node.stop()
+
+Everything a node has is built here and nowhere else: the data directory and identity,
+the SQLite store and crypto, discovery, the mesh (listener, connection manager, gossip
+runtime), the messenger, and the local UI server. Nothing is global; two nodes can live
+in one process (the demo and the tests do that).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from groups import history, prekeys
+from groups import store as node_store
+from groups.crypto import Crypto, safety_number, safety_number_qr
+from groups.directory import Directory
+from groups.errors import NotFound
+from groups.invites import qr_svg
+from groups.messages import direct_topic
+from groups.messenger import Messenger
+from mesh.discovery import DiscoveryClient
+from mesh.errors import DiscoveryRefused, MeshError
+from mesh.gossip_state import Acked, Event, Message, Rejected
+from mesh.identity import KeyPair, Record, display_user_id, load_or_create_identity
+from mesh.runtime import MeshRuntime
+from mesh.websocket import MESH_PATH, LinkConnection
+from webapp.api import api_routes
+from webapp.events import EventHub
+from webapp.server import UiServer, start_ui_server
+
+__all__ = ["Node", "NodeConfig"]
+
+log = logging.getLogger("parley.node")
+
+MAINTENANCE_INTERVAL = 3600.0
+REGISTER_RETRY = (2.0, 120.0)
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    data_dir: Path
+    bootstrap: str = "http://127.0.0.1:8470"
+    ui_port: int = 0
+    mesh_port: int = 0
+    mesh_host: str = "127.0.0.1"
+    advertise: tuple[str, ...] = ()   # endpoints to publish; default ws://host:port/mesh
+
+
+class Node:
+    def __init__(self, config: NodeConfig, identity: KeyPair, conn: Any, crypto: Crypto) -> None:
+        self.config = config
+        self.identity = identity
+        self.user_id = identity.user_id
+        self.conn = conn
+        self.crypto = crypto
+        self.hub = EventHub()
+        self.discovery = DiscoveryClient(config.bootstrap, identity)
+        self.directory = Directory(conn, crypto, self.discovery)
+        self.record: Record | None = None
+        self.registered = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.runtime: MeshRuntime
+        self.messenger: Messenger
+        self.ui: UiServer
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    @classmethod
+    async def start(cls, config: NodeConfig) -> Node:
+        data_dir = Path(config.data_dir)
+        identity = load_or_create_identity(data_dir)
+        conn = node_store.open_store(data_dir / "node.db")
+        now = time.time()
+        node = cls(config, identity, conn, Crypto(conn, identity, now=now))
+        update = prekeys.maintain_prekeys(node.crypto, now, server_left=None)
+        provisional = prekeys.build_record(identity, update, endpoints=(),
+                                           seq=node._record_seq(bump=False) or 1, now=now)
+        node.runtime = MeshRuntime(
+            identity, provisional, history.Mailbox(conn),
+            commit=lambda message: node.messenger.commit(message),
+            validate=lambda message: node.messenger.validate(message),
+            on_event=node._on_mesh_event, on_link=node._on_link)
+        port = node.runtime.start(config.mesh_port, config.mesh_host)
+        endpoints = config.advertise or (f"ws://{config.mesh_host}:{port}{MESH_PATH}",)
+        node.record = prekeys.build_record(identity, update, endpoints=endpoints,
+                                           seq=node._record_seq(bump=True), now=now)
+        node.runtime.manager.set_record(node.record)
+        node.directory.remember(node.record, now)
+        node.messenger = Messenger(identity, conn, node.crypto, node.directory,
+                                   _MeshPort(node.runtime), node.hub,
+                                   invite_info=node._invite_info)
+        node.messenger.load()
+        node.ui = start_ui_server(data_dir, api_routes=api_routes(), node=node, hub=node.hub,
+                                  port=config.ui_port)
+        node._tasks = [asyncio.ensure_future(node._register_loop(update)),
+                       asyncio.ensure_future(node.messenger.run_outbox(node._stop))]
+        log.info("node %s up: mesh %s, UI port %d", display_user_id(node.user_id),
+                 ", ".join(endpoints), node.ui.port)
+        return node
+
+    async def stop(self) -> None:
+        self._stop.set()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.ui.stop()
+        await self.runtime.close()
+        self.conn.close()
+
+    @property
+    def ui_url(self) -> str:
+        return self.ui.url
+
+    def _record_seq(self, *, bump: bool) -> int:
+        """The seq of our record: persisted, and raised for every new record."""
+        if not bump:
+            row = self.conn.execute("SELECT value FROM crypto_counters WHERE name = "
+                                    "'record_seq'").fetchone()
+            return row[0] if row else 0
+        with node_store.atomic(self.conn):
+            return node_store.next_counter(self.conn, "record_seq")
+
+    async def _register_loop(self, update: prekeys.PrekeyUpdate) -> None:
+        """Publish our record and prekeys; refill and rotate them every hour. A bootstrap
+        that cannot be reached is retried with backoff; the node works meanwhile."""
+        delay = REGISTER_RETRY[0]
+        first = True
+        while not self._stop.is_set():
+            try:
+                assert self.record is not None
+                if first:
+                    fresh = prekeys.initial_prekeys(self.crypto, time.time()) \
+                        if self._record_seq(bump=False) <= 1 else update
+                    try:
+                        left = await self.discovery.register(self.record,
+                                                             fresh.one_time_prekeys)
+                    except DiscoveryRefused as exc:
+                        if exc.reason != "stale_seq":
+                            raise
+                        self.record = self._new_record(update)
+                        left = await self.discovery.register(self.record, ())
+                    first = False
+                    self.registered.set()
+                else:
+                    left = await self.discovery.update()
+                update = prekeys.maintain_prekeys(self.crypto, time.time(), server_left=left)
+                if update.record_changed or update.one_time_prekeys:
+                    record = self._new_record(update) if update.record_changed else None
+                    await self.discovery.update(record, update.one_time_prekeys)
+                delay = REGISTER_RETRY[0]
+                wait = MAINTENANCE_INTERVAL
+            except MeshError as exc:
+                log.warning("bootstrap %s: %s (retrying in %.0f s)", self.config.bootstrap,
+                            exc, delay)
+                wait, delay = delay, min(delay * 2, REGISTER_RETRY[1])
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), wait)
+
+    def _new_record(self, update: prekeys.PrekeyUpdate) -> Record:
+        assert self.record is not None
+        self.record = prekeys.build_record(self.identity, update,
+                                           endpoints=self.record.endpoints,
+                                           seq=self._record_seq(bump=True), now=time.time())
+        self.runtime.manager.set_record(self.record)
+        self.directory.remember(self.record, time.time())
+        return self.record
+
+    def _invite_info(self) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+        endpoints = self.record.endpoints if self.record else ()
+        return self.config.bootstrap, endpoints, ()
+
+    # -- mesh callbacks ------------------------------------------------------------------
+
+    def _on_link(self, conn: LinkConnection) -> None:
+        """A verified peer linked to us: keep its record, let it reach us 1:1."""
+        if conn.peer is not None and conn.peer_id is not None:
+            self.directory.remember(conn.peer, time.time())
+            self.messenger.peer_connected(conn.peer_id)
+
+    def _on_mesh_event(self, event: Event) -> None:
+        if isinstance(event, Acked):
+            self.messenger.acked(event.topic, event.msg_id, event.peer)
+        elif isinstance(event, Rejected):
+            log.info("refused message %s from %s: %s", event.msg_id.hex()[:12],
+                     event.from_peer, event.reason)
+
+    # -- what the API asks -------------------------------------------------------------
+
+    def me_info(self) -> dict[str, Any]:
+        return {"id": self.user_id, "display_id": display_user_id(self.user_id),
+                "identity_key": self.identity.public.hex(),
+                "safety_qr": qr_svg(f"parley:user/{self.user_id}/{self.identity.public.hex()}"),
+                "endpoints": list(self.record.endpoints if self.record else ()),
+                "bootstrap": self.config.bootstrap}
+
+    def contacts(self) -> list[dict[str, Any]]:
+        return [{"id": uid, "display_id": display_user_id(uid),
+                 "conversation": direct_topic(self.user_id, uid).hex()}
+                for uid in self.directory.contacts()]
+
+    async def add_contact(self, user_id: str) -> dict[str, Any]:
+        if user_id == self.user_id:
+            raise NotFound("that is your own id")
+        record = await self.directory.refresh(user_id, time.time())
+        self.directory.remember(record, time.time(), contact=True)
+        await self.directory.ensure_session(user_id, time.time())
+        with node_store.atomic(self.conn):
+            topic = self.messenger.open_direct(user_id, visible=True)
+        self.messenger.announce_direct(topic, user_id)
+        return {"id": user_id, "display_id": display_user_id(user_id),
+                "conversation": topic.hex()}
+
+    def chat_topic(self, user_id: str) -> bytes:
+        topic = direct_topic(self.user_id, user_id)
+        conv = history.conversation(self.conn, topic)
+        if conv is None:
+            raise NotFound("no chat with this user; add them as a contact first")
+        return topic
+
+    async def send_direct(self, user_id: str, text: str) -> bytes:
+        if history.conversation(self.conn, direct_topic(self.user_id, user_id)) is None \
+                or not self.crypto.has_session(user_id):
+            await self.add_contact(user_id)
+        return self.messenger.send_text(direct_topic(self.user_id, user_id), text)
+
+    def group_list(self) -> list[dict[str, Any]]:
+        out = []
+        for conv in history.conversations(self.conn):
+            if not conv.visible or conv.left_at is not None:
+                continue
+            rows = history.chat_messages(self.conn, conv.topic, limit=1)
+            unread = self.conn.execute(
+                "SELECT COUNT(*) FROM chat_messages WHERE topic = ? AND seen = 0 AND sender != ?",
+                (conv.topic, self.user_id)).fetchone()[0]
+            out.append({"id": conv.topic.hex(), "kind": conv.kind, "name": conv.name,
+                        "peer": conv.peer, "unread": unread,
+                        "last_message": self.messenger.describe(rows[-1]) if rows else None})
+        return out
+
+    def safety(self, user_id: str) -> dict[str, Any]:
+        key = self.crypto.identity_key_of(user_id)
+        if key is None:
+            record = self.directory.record(user_id)
+            if record is None:
+                raise NotFound("no key known for this user yet")
+            key = record.identity_key
+        number = safety_number(self.identity.public, key)
+        return {"id": user_id, "safety_number": number,
+                "qr_svg": qr_svg(safety_number_qr(self.identity.public, key))}
+
+
+
+class _MeshPort:
+    """The messenger's view of the mesh (groups.messenger.MeshPort) over MeshRuntime."""
+
+    def __init__(self, runtime: MeshRuntime) -> None:
+        self.runtime = runtime
+        self._joined: set[bytes] = set()
+
+    def publish(self, message: Message) -> None:
+        self.runtime.publish_committed(message)
+
+    def set_topic(self, topic: bytes, members: dict[str, list[str]]) -> None:
+        if topic in self._joined:
+            self.runtime.update_members(topic, members)
+        else:
+            self._joined.add(topic)
+            self.runtime.join(topic, members)
+
+    def leave_topic(self, topic: bytes) -> None:
+        if topic in self._joined:
+            self._joined.discard(topic)
+            self.runtime.leave(topic)
+
+    def resync(self, topic: bytes) -> None:
+        if topic in self._joined:
+            self.runtime.resync(topic)
