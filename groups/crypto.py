@@ -338,7 +338,8 @@ class _SessionCipher(SessionCipher):
     of a new chain (counter <= 32), which is where a late reply on an old session is.
     """
 
-    def decryptWithSessionRecord(self, sessionRecord, cipherText):  # type: ignore[no-untyped-def]
+    def decryptWithSessionRecord(self, sessionRecord: SessionRecord,
+                                 cipherText: WhisperMessage) -> bytes:
         try:
             state = SessionState(sessionRecord.getSessionState())
             plaintext = self.decryptWithSessionState(state, cipherText)
