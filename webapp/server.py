@@ -218,7 +218,7 @@ def make_ui_app(ctx: UiContext, api_routes: Sequence[Route] = (), *,
             raise ValueError(f"{pattern}: API routes live under {API_PREFIX}/")
         kwargs.setdefault("ctx", ctx)
         routes.append((pattern, handler, kwargs))
-    routes.append((r"/api/.*", ApiNotFoundHandler, {"ctx": ctx}))
+    routes.append((r"/api(?:/.*)?", ApiNotFoundHandler, {"ctx": ctx}))
     routes.extend(static_routes(ctx))
     return Application(
         routes,

@@ -56,9 +56,10 @@ async def test_token_of_another_run_is_refused(start_ui: Callable[..., Ui]) -> N
     assert response.code == 401
 
 
-async def test_unknown_api_path_needs_auth_before_404(ui: Ui) -> None:
-    assert (await ui.fetch("/api/v1/nothing-here")).code == 401
-    response = await ui.fetch("/api/v1/nothing-here", headers=ui.bearer)
+@pytest.mark.parametrize("path", ["/api/v1/nothing-here", "/api", "/api/", "/api/v2/ping"])
+async def test_unknown_api_path_needs_auth_before_404(ui: Ui, path: str) -> None:
+    assert (await ui.fetch(path)).code == 401
+    response = await ui.fetch(path, headers=ui.bearer)
     assert response.code == 404
     assert error_of(response) == "not_found"
 
