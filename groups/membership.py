@@ -291,7 +291,8 @@ class Membership:
         history.add_conversation(self.m.conn, content.group, "group", state.name, now)
         for op in group.chain():
             history.add_op(self.m.conn, content.group, op.hash, op.epoch, op.encode())
-        self.m.crypto.sender_key_distribution(content.group, now=now)
+        # A fresh key on every (re)join: an old one may be known to members removed since.
+        self.m.crypto.rotate_sender_key(content.group, now=now)
         self._logs[content.group] = group
         for user in sorted(state.members.keys() - {self.m.me}):
             self.m.queue_pairwise(user, "skey", topic=content.group)

@@ -205,7 +205,7 @@ class Node:
                 "identity_key": self.identity.public.hex(),
                 "safety_qr": qr_svg(f"parley:user/{self.user_id}/{self.identity.public.hex()}"),
                 "endpoints": list(self.record.endpoints if self.record else ()),
-                "bootstrap": self.config.bootstrap}
+                "bootstrap": self.config.bootstrap, "registered": self.registered.is_set()}
 
     def contacts(self) -> list[dict[str, Any]]:
         return [{"id": uid, "display_id": display_user_id(uid),

@@ -45,6 +45,8 @@ class NodeProc:
         match = self.proc.wait_for(r"Parley node ([0-9 ]+): open (http://127\.0\.0\.1:\d+)/#token=(\S+)")
         self.user_id = match.group(1).replace(" ", "")
         self.url, self.token = match.group(2), match.group(3)
+        eventually(lambda: self.ok("GET", "/api/v1/me")["registered"],
+                   message=f"{self.name} registered with the bootstrap")
         return self
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
@@ -59,7 +61,7 @@ class NodeProc:
              headers: dict[str, str] | None = None, raw: bytes | None = None,
              token: str | None = "default") -> tuple[int, Any]:
         data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-        all_headers = {"Content-Type": "application/json"} if data is not None else {}
+        all_headers = {"Content-Type": "application/json"} if method != "GET" else {}
         if token is not None:
             all_headers["Authorization"] = f"Bearer {self.token if token == 'default' else token}"
         all_headers.update(headers or {})
