@@ -183,6 +183,10 @@ class DhtNode:
     def node_id(self) -> bytes:
         return self._kad.node.id
 
+    @property
+    def running(self) -> bool:
+        return self._ready is not None and not self._closed
+
     # lifecycle
 
     def listen_socket(self, sock: socket.socket) -> None:
