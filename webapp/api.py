@@ -19,6 +19,7 @@ from groups.errors import (
     PermissionDenied,
 )
 from groups.invites import Invite, qr_svg
+from groups.membership import INVITE_TTL
 from mesh.encoding import FormatError
 from mesh.errors import DiscoveryRefused, DiscoveryUnavailable, MeshError, RecordError
 from mesh.identity import parse_user_id
@@ -29,6 +30,8 @@ __all__ = ["api_routes"]
 
 _GROUP_ID = re.compile(r"^[0-9a-f]{32}$")
 _MESSAGE_ID = re.compile(r"^[0-9a-f]{64}$")
+MIN_INVITE_TTL = 1
+MAX_INVITE_TTL = 30 * 24 * 3600.0
 _STATUS_OF_REASON = {"text_too_long": 413, "empty_message": 400, "bad_name": 400,
                      "invite_malformed": 400}
 
@@ -164,9 +167,13 @@ class GroupHandler(NodeHandler):
 
 class InvitesHandler(NodeHandler):
     def post(self, raw_id: str) -> None:
-        if self.body.strip() not in (b"", b"{}"):
-            raise ApiError(400, "bad_request", "an invite request has no body")
-        invite = self.node.messenger.groups.invite(_group_id(raw_id))
+        body = self.json_body() if self.body.strip() else {}
+        check_fields(body, (), {"ttl"})
+        ttl = body.get("ttl", INVITE_TTL)
+        if type(ttl) not in (int, float) or not MIN_INVITE_TTL <= ttl <= MAX_INVITE_TTL:
+            raise ApiError(400, "bad_ttl", f"ttl is {MIN_INVITE_TTL} to {MAX_INVITE_TTL:.0f} "
+                                           "seconds")
+        invite = self.node.messenger.groups.invite(_group_id(raw_id), ttl)
         link = invite.to_link()
         self.send_json(201, {"invite": link, "expires": invite.expires, "qr_svg": qr_svg(link)})
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import stat
 import urllib.request
 from pathlib import Path
 
@@ -24,7 +25,19 @@ def test_bootstrap_command_serves_health_and_openapi(run_py, tmp_path: Path) -> 
     assert db.exists()
 
 
-def test_no_subcommand_means_bootstrap(run_py, tmp_path: Path) -> None:
-    proc = run_py("--port", "0", "--db", str(tmp_path / "b.db"))
-    url = proc.wait_for(r"listening on (http://127\.0\.0\.1:\d+)").group(1)
-    assert fetch_json(f"{url}/v1/health")["api"] == "v1"
+def test_no_subcommand_runs_a_node_with_an_embedded_bootstrap(run_py, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    proc = run_py("--data-dir", str(data), "--ui-port", "0", "--mesh-port", "0",
+                  "--bootstrap-port", "0")
+    boot = proc.wait_for(r"bootstrap listening on (http://127\.0\.0\.1:\d+)").group(1)
+    assert fetch_json(f"{boot}/v1/health")["api"] == "v1"
+    match = proc.wait_for(r"Parley node ([0-9 ]{19}): open (http://127\.0\.0\.1:\d+)/#token=(\S+)")
+    ui, token = match.group(2), match.group(3)
+    request = urllib.request.Request(f"{ui}/api/v1/me",
+                                     headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        me = json.loads(response.read())
+    assert me["display_id"] == match.group(1)
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    assert stat.S_IMODE((data / "ui-token").stat().st_mode) == 0o600
+    assert (data / "ui-token").read_text().strip() == token
