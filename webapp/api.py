@@ -65,6 +65,10 @@ def to_api_error(exc: Exception) -> ApiError:
 class NodeHandler(UiApiHandler):
     """Maps the groups/mesh errors raised by a handler method to JSON answers."""
 
+    # A 64 KiB text may grow sixfold as JSON (\uXXXX escapes): room for it, so that the
+    # messenger, not the transport, tells the user what the limit is.
+    body_limit = 512 * 1024
+
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         if isinstance(value, GroupsError | MeshError) and to_api_error(value).status_code < 500:
             return  # a refusal, answered with its reason
@@ -227,7 +231,7 @@ class SafetyHandler(NodeHandler):
 
 
 def api_routes() -> list[tuple[str, type[UiApiHandler]]]:
-    p, gid, uid = API_PREFIX, r"([0-9a-fA-F]+)", r"([^/]+)"
+    p, gid, uid = API_PREFIX, r"([^/]+)", r"([^/]+)"
     return [
         (p + "/me", MeHandler),
         (p + "/contacts", ContactsHandler),
