@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
@@ -163,7 +164,8 @@ class DhtNode:
                                      max_entries=self.config.max_entries,
                                      verify_rate=self.config.verify_rate,
                                      verify_burst=self.config.verify_burst)
-        self._kad = _Kademlia(self, node_id)
+        # the package would draw the id from `random` (predictable); ours is urandom
+        self._kad = _Kademlia(self, node_id or os.urandom(KEY_LEN))
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sock: socket.socket | None = None
         self._ready: asyncio.Task[None] | None = None
@@ -391,7 +393,10 @@ class DhtNode:
     async def _refresher(self) -> None:
         while True:
             await asyncio.sleep(self.config.refresh_interval)
-            await self.refresh()
+            try:
+                await self.refresh()
+            except (DhtUnavailable, OSError) as exc:
+                log.warning("DHT refresh failed: %s", exc)
 
     async def refresh(self) -> None:
         """Kademlia's hourly upkeep: look up ids in buckets idle for an hour, and

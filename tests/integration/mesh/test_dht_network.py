@@ -12,7 +12,7 @@ import umsgpack
 
 from mesh.dht import DhtConfig, DhtNode, DhtUnavailable, RecordNotFound, dht_digest
 from mesh.dht_records import MAX_VALUE_BYTES
-from mesh.errors import RecordError
+from mesh.errors import LocalError, RecordError
 from tests.integration.mesh.dht_net import DhtNet, no_errors_logged, poll  # noqa: F401
 from tests.unit.mesh.dht_helpers import largest_record, make_record, next_record
 
@@ -190,3 +190,29 @@ async def test_publish_own_republishes_and_asks_for_a_fresh_signature(net: DhtNe
     await poll(lambda: all(n.storage.record(key) is not None
                            and n.storage.record(key).seq == old.seq + 1 for n in nodes))
     assert resigned[0] == old.seq + 1
+
+
+async def test_hourly_upkeep_republishes_held_records_to_nodes_that_lost_them(
+        net: DhtNet) -> None:
+    nodes = await net.add(8, config=DhtConfig.loopback(republish_interval=0))
+    _, record = make_record()
+    await nodes[0].publish(record)
+    key = dht_digest(record.user_id)
+    nodes[5].storage._data.clear()  # lost it (say, restarted)
+    await nodes[2].refresh()
+    assert nodes[5].storage.record(key) == record
+
+
+async def test_contacts_for_invites_and_no_pickle(twenty: list[DhtNode], tmp_path) -> None:
+    contacts = twenty[0].contacts(4)
+    assert len(contacts) == 4
+    live = {n.address for n in twenty}
+    assert all(c in live for c in contacts)
+    kad = twenty[0]._kad
+    with pytest.raises(LocalError):
+        kad.save_state(tmp_path / "state")
+    with pytest.raises(LocalError):
+        await kad.load_state(tmp_path / "state", 0)
+    with pytest.raises(LocalError):
+        await kad.get(b"key")
+    assert not (tmp_path / "state").exists()
