@@ -1,25 +1,22 @@
-"""The Kademlia mirror of signed records, on the `kademlia` and `rpcudp` packages.
+"""The Kademlia mirror of signed records: ``DhtNode``, on the `kademlia` package.
 
 DESIGN §3: records live under SHA-256("parley-record" || id) (Kademlia's 160-bit key
 is the SHA-1 of that, as the package's own ``Server.set`` would make it), values are
-Record.encode() bytes, and everything read from the network is verified. The policy
-(keys, checks, one-record-per-key storage, publish schedule) is sans-IO and lives in
-mesh/dht_records.py; this module adapts it to UDP through the package's extension
-points, without forking it:
+Record.encode() bytes, and everything read from the network is verified. The package
+is changed only through its extension points, never forked:
 
-- ParleyProtocol (a KademliaProtocol) parses datagrams itself: bounded, strict,
-  never raising into the event loop, one rate-limited warning for junk instead of an
-  ERROR per packet. RPC arguments and replies are type- and size-checked; a peer
-  that answers nonsense counts as silent. The wait timeout is short and configurable
-  (rpcudp waits 5 s and logs an ERROR for each silent peer).
-- EagerCrawl (a SpiderCrawl) keeps ``alpha`` requests in flight and stops counting a
-  request against alpha after ``straggler_after``, so a dead peer costs one slot for
-  a moment instead of a whole lookup round (the package waits for all alpha replies).
-  A value lookup collects several answers and keeps the newest verified record.
-- _Kademlia (a Server) routes joins, stores and refreshes through the above; its
-  pickle-based saveState is disabled (nothing here unpickles anything).
+- mesh/dht_records.py (sans-IO): keys, value checks, the storage that keeps one
+  verified record per key (highest seq; forged, mis-keyed, expired or older STOREs
+  change nothing), invite contacts, the publish schedule.
+- mesh/dht_rpc.py: ParleyProtocol (a KademliaProtocol with a strict, never-raising
+  datagram parser, checked replies and a short wait timeout) and EagerCrawl (a
+  SpiderCrawl that keeps alpha requests in flight and does not wait on stragglers).
+- here: _Kademlia (a Server whose unverified get/set and pickle-based saveState are
+  disabled) and DhtNode, the facade the bootstrap and the node use: listen, join,
+  publish, publish_own (periodic republish, re-sign before expiry), lookup (newest of
+  several verified answers), mirror, stop.
 
-See docs/protocol.md, "DHT", for the wire format and the rules.
+See docs/protocol.md, "DHT mirror", for the wire format and the rules.
 """
 
 from __future__ import annotations
