@@ -124,8 +124,7 @@ def decode(data: bytes, *, max_size: int = MAX_CHUNK_FRAME) -> Frame:
         raise FrameError(f"unsupported frame version {obj.get('v')!r}", "bad_version")
     if len(data) > cls.MAX_SIZE:
         raise FrameError(f"{cls.TYPE} frame exceeds {cls.MAX_SIZE} bytes", "frame_too_large")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+    hints, names = _schema(cls)
     if set(obj) != {"t", "v", *names}:
         raise FrameError(f"{cls.TYPE} frame has wrong fields")
     values = {n: _check(obj[n], hints[n], cls.LIMITS.get(n), f"{cls.TYPE}.{n}") for n in names}
@@ -133,6 +132,19 @@ def decode(data: bytes, *, max_size: int = MAX_CHUNK_FRAME) -> Frame:
     if encode(frame) != data:
         raise FrameError(f"{cls.TYPE} frame is not canonically encoded", "not_canonical")
     return frame
+
+
+_SCHEMAS: dict[type[Frame], tuple[dict[str, Any], list[str]]] = {}
+
+
+def _schema(cls: type[Frame]) -> tuple[dict[str, Any], list[str]]:
+    """Field types and names of a frame class, resolved once: get_type_hints evaluates
+    the string annotations anew on every call, which dominated decoding time."""
+    schema = _SCHEMAS.get(cls)
+    if schema is None:
+        schema = _SCHEMAS[cls] = (typing.get_type_hints(cls),
+                                  [f.name for f in fields(cls)])  # type: ignore[arg-type]
+    return schema
 
 
 def _check(value: Any, hint: Any, lim: Limit | None, where: str) -> Any:
