@@ -172,6 +172,11 @@ class GossipEngine:
     def seen_count(self) -> int:
         return len(self._seen)
 
+    def is_fresh(self, msg_id: bytes, now: float) -> bool:
+        """Committed less than ``sync_grace`` ago (so probably still spreading)."""
+        at = self._mcache.inserted_at(msg_id)
+        return at is not None and now - at < self.params.sync_grace
+
     def topic_shared(self, peer: str, topic: bytes) -> bool:
         """May ``peer`` exchange frames about ``topic`` with us right now?"""
         t = self._topics.get(topic)
@@ -404,7 +409,7 @@ class GossipEngine:
         if not self.topic_shared(peer, topic):
             self.stats["ignored_frames"] += 1
             return
-        offer = self.sync.catching_up(peer, topic)
+        offer = self.sync.catching_up(peer, topic, now)
         ask: list[bytes] = []
         for mid in frame.ids:
             pend = self._pending.get(mid)
@@ -421,7 +426,8 @@ class GossipEngine:
             if m is None:
                 if self.store.has(mid):
                     continue
-                m = self._missing[mid] = _Missing(topic, now + self.params.graft_timeout)
+                m = self._missing[mid] = _Missing(
+                    topic, now + self.params.graft_timeout * self.rng.uniform(1.0, 2.0))
                 heapq.heappush(self._missing_heap, (m.deadline, mid))
             if peer in m.announcers:
                 continue

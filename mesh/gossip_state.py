@@ -226,6 +226,10 @@ class TTLCache(Generic[K, V]):
         entry = self._data.get(key)
         return entry[1] if entry is not None else None
 
+    def inserted_at(self, key: K) -> float | None:
+        entry = self._data.get(key)
+        return entry[0] if entry is not None else None
+
     def put(self, key: K, value: V, now: float) -> None:
         self._data.pop(key, None)
         self._data[key] = (now, value)

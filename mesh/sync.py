@@ -37,14 +37,17 @@ __all__ = ["SyncEngine"]
 class _Edge:
     """Anti-entropy state of one (peer, topic) mesh edge."""
 
-    __slots__ = ("fetched_any", "fetching", "grace_due", "lag", "next_periodic",
-                 "their_heads")
+    __slots__ = ("fetched_any", "fetching", "grace_due", "grace_step", "lag", "lag_real_at",
+                 "next_periodic", "summaries", "their_heads")
 
     def __init__(self, next_periodic: float) -> None:
         self.their_heads: dict[str, int] = {}
         self.lag: dict[str, int] = {}       # origins where the peer announced more than we hold
+        self.lag_real_at = 0.0              # from then on the lag is a gap, not gossip in flight
+        self.summaries = 0                  # received on this edge
         self.next_periodic = next_periodic
         self.grace_due: float | None = None
+        self.grace_step = 0.0               # doubles while a lag persists (lost offers)
         self.fetching: set[bytes] = set()   # ids requested from this peer while catching up
         self.fetched_any = False
 
@@ -92,11 +95,14 @@ class SyncEngine:
             self.mesh_down(*key)
         self._acks.pop(peer, None)
 
-    def catching_up(self, peer: str, topic: bytes) -> bool:
-        """True while ``peer``'s last summary showed messages we lack: its IHaves are
-        then treated as offers (fetched at once, no GRAFT)."""
+    def catching_up(self, peer: str, topic: bytes, now: float) -> bool:
+        """True while ``peer``'s summaries show messages we lack and that lag is real:
+        its IHaves are then treated as offers (fetched at once, no GRAFT). A lag is
+        real at once in the first summary of an edge (a reconnect), otherwise only
+        once it outlived ``sync_grace``: until then it is gossip still in flight, and
+        fetching that early would turn eager copies into duplicates and PRUNE the tree."""
         edge = self._edges.get((peer, topic))
-        return edge is not None and bool(edge.lag)
+        return edge is not None and bool(edge.lag) and now >= edge.lag_real_at
 
     def summary_head(self, peer: str, topic: bytes, origin: str) -> int:
         """The head ``peer`` last announced for ``origin``; a Publish at or below it
@@ -130,7 +136,9 @@ class SyncEngine:
             if ours[origin] > theirs.get(origin, 0):
                 for msg in host.store.get_range(topic, origin, theirs.get(origin, 0) + 1,
                                                 budget):
-                    if msg.msg_id not in offer:
+                    # Messages younger than sync_grace are still being gossiped; if
+                    # the peer really lacks them its next request gets them.
+                    if msg.msg_id not in offer and not host.is_fresh(msg.msg_id, now):
                         offer[msg.msg_id] = None
                         budget -= 1
         if offer:
@@ -140,9 +148,16 @@ class SyncEngine:
         if edge is None:  # a topic peer outside our mesh: answer, keep no state
             return
         edge.their_heads = dict(theirs)
+        had_lag = bool(edge.lag)
         edge.lag = {o: h for o, h in theirs.items() if h > host.store.head(topic, o)}
+        edge.summaries += 1
+        if edge.summaries == 1:
+            edge.lag_real_at = now
+        elif not had_lag:
+            edge.lag_real_at = now + self._params.sync_grace
         if edge.lag and edge.grace_due is None:
-            edge.grace_due = now + self._params.sync_grace
+            edge.grace_step = self._params.sync_grace
+            edge.grace_due = now + edge.grace_step
             heapq.heappush(self._timers, (edge.grace_due, peer, topic))
 
     def _implied_acks_and_reoffer(self, peer: str, topic: bytes,
@@ -259,9 +274,15 @@ class SyncEngine:
             if edge is None:
                 continue
             if due == edge.grace_due:
+                # Still behind this peer and nothing in flight: ask (again), backing
+                # off, so that a lost summary or offer costs seconds, not a period.
                 edge.grace_due = None
-                if edge.lag and not edge.fetching:
-                    self.send_summary(peer, topic)
+                if edge.lag:
+                    if not edge.fetching:
+                        self.send_summary(peer, topic)
+                    edge.grace_step = min(2 * edge.grace_step, self._params.sync_interval)
+                    edge.grace_due = now + edge.grace_step
+                    heapq.heappush(self._timers, (edge.grace_due, peer, topic))
             if due == edge.next_periodic:
                 self.send_summary(peer, topic)
                 edge.next_periodic = now + self._jitter()

@@ -168,7 +168,7 @@ def test_random_delivery_orders_converge(seed: int, n: int, loss: float, count: 
         published.append(net.publish(net.rng.choice(nodes).id, TOPIC, b"p"))
     ids = [m.msg_id for m in published]
     assert net.run_until(lambda: all(x.store.has(i) for x in nodes for i in ids),
-                         step=1.0, limit=4 * P.sync_interval)
+                         step=1.0, limit=10 * P.sync_interval)
     for x in nodes:
         assert x.order_ok
         assert dict(x.delivered) == dict.fromkeys(ids, 1)
