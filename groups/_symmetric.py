@@ -18,6 +18,7 @@ from mesh.identity import user_id_for_key
 
 __all__ = [
     "ATTACHMENT_CHUNK_SIZE",
+    "ATTACHMENT_FILE_ID_LEN",
     "attachment_chunk_count",
     "compare_safety_qr",
     "decrypt_chunk",
@@ -83,7 +84,7 @@ def compare_safety_qr(local_key: bytes, remote_key: bytes, scanned: str) -> bool
 
 ATTACHMENT_CHUNK_SIZE = 256 * 1024
 _CHUNK_AAD = b"parley/chunk/v1"
-_FILE_ID_LEN = 16
+ATTACHMENT_FILE_ID_LEN = 32  # the wire's ID_LEN: ChunkRequest/Chunk and FileRef carry 32
 _MAX_CHUNKS = 2**32 - 1
 
 
@@ -98,8 +99,8 @@ def attachment_chunk_count(size: int) -> int:
 
 
 def _chunk_params(file_id: bytes, index: int, count: int) -> tuple[bytes, bytes]:
-    if not isinstance(file_id, bytes) or len(file_id) != _FILE_ID_LEN:
-        raise CryptoUsageError(f"file id must be {_FILE_ID_LEN} bytes")
+    if not isinstance(file_id, bytes) or len(file_id) != ATTACHMENT_FILE_ID_LEN:
+        raise CryptoUsageError(f"file id must be {ATTACHMENT_FILE_ID_LEN} bytes")
     if not 0 < count <= _MAX_CHUNKS or not 0 <= index < count:
         raise CryptoUsageError("chunk index out of range")
     nonce = index.to_bytes(8, "big") + bytes(4)

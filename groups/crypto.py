@@ -84,6 +84,7 @@ from google.protobuf.message import DecodeError  # noqa: E402
 from groups import store  # noqa: E402
 from groups._symmetric import (  # noqa: E402
     ATTACHMENT_CHUNK_SIZE,
+    ATTACHMENT_FILE_ID_LEN,
     attachment_chunk_count,
     compare_safety_qr,
     decrypt_chunk,
@@ -124,6 +125,7 @@ if _pb_impl.Type() != "python":  # pragma: no cover - guarded above
 
 __all__ = [
     "ATTACHMENT_CHUNK_SIZE",
+    "ATTACHMENT_FILE_ID_LEN",
     "DEVICE_ID",
     "MAX_FORWARD_ITERATIONS",
     "MAX_SKIPPED_KEYS",

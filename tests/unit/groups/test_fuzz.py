@@ -103,7 +103,7 @@ def test_distribution(world, data) -> None:
 @FUZZ
 @given(index=st.integers(0, 3), data=st.binary(max_size=400))
 def test_chunks(index, data) -> None:
-    key, file_id = bytes(32), bytes(16)
+    key, file_id = bytes(32), bytes(32)
     good = crypto.encrypt_chunk(key, file_id, index, 4, b"chunk")
     for candidate in (data, good[:-1] + bytes([good[-1] ^ 1]), good[1:]):
         try:

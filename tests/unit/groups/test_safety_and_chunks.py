@@ -40,7 +40,7 @@ def test_safety_number_is_symmetric_and_key_bound() -> None:
 
 def test_chunks_round_trip_and_cannot_move() -> None:
     key, other_key = crypto.new_attachment_key(), crypto.new_attachment_key()
-    file_id, other_file = os.urandom(16), os.urandom(16)
+    file_id, other_file = os.urandom(32), os.urandom(32)
     data = os.urandom(crypto.ATTACHMENT_CHUNK_SIZE * 2 + 100)
     count = crypto.attachment_chunk_count(len(data))
     assert count == 3 and crypto.attachment_chunk_count(0) == 1
@@ -60,3 +60,5 @@ def test_chunks_round_trip_and_cannot_move() -> None:
         crypto.encrypt_chunk(key, file_id, 3, count, b"")
     with pytest.raises(CryptoUsageError):
         crypto.encrypt_chunk(key, file_id, 0, 1, bytes(crypto.ATTACHMENT_CHUNK_SIZE + 1))
+    with pytest.raises(CryptoUsageError):  # file ids are 32 bytes, as on the wire
+        crypto.encrypt_chunk(key, file_id[:16], 0, count, b"")
