@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from groups import history
-from groups.errors import InviteError, NotFound, OpRejected, PermissionDenied
+from groups.errors import InviteError, NotFound, OpRejected, PermissionDenied, UnknownKey
 from groups.group import GroupLog, GroupState, Op, OpKind
 from groups.invites import Invite
 from groups.messages import (
@@ -32,7 +32,7 @@ from groups.messages import (
 from groups.prekeys import sender_key_due
 from groups.store import atomic
 from mesh.errors import MeshError
-from mesh.gossip_state import InvalidMessage, Message
+from mesh.gossip_state import InvalidMessage, Message, NotYetValid
 
 if TYPE_CHECKING:
     from groups.messenger import Messenger
@@ -126,7 +126,13 @@ class Membership:
         elif envelope.kind is EnvelopeKind.SEALED:
             if message.origin not in group.state.members:
                 raise InvalidMessage(f"{message.origin} is not a member", "not_member")
-            self.m.crypto.verify_group_message(message.topic, message.origin, envelope.body)
+            try:
+                self.m.crypto.verify_group_message(message.topic, message.origin,
+                                                   envelope.body)
+            except UnknownKey:
+                # The member's (new) sender key is still on its way to us: ask again
+                # after it arrived (receive_sender_key resyncs the topic).
+                raise NotYetValid("sender key not here yet", "unknown_key") from None
         else:
             raise InvalidMessage("pairwise envelope on a group topic", "bad_envelope")
 

@@ -64,6 +64,11 @@ __all__ = ["EventSink", "MeshPort", "Messenger"]
 log = logging.getLogger(__name__)
 
 OUTBOX_RETRY = (1.0, 60.0)   # backoff bounds for pairwise sends that cannot go out yet
+# Receipts are batched by load: after a pass that sent n receipts the next pass waits
+# n * RECEIPT_STEP (at most RECEIPT_BATCH), so one message is confirmed at once while a
+# burst is confirmed in few, large batches.
+RECEIPT_STEP = 0.005
+RECEIPT_BATCH = 0.05
 
 
 class MeshPort(Protocol):
@@ -333,7 +338,8 @@ class Messenger:
         return len(fresh)
 
     def flush_receipts(self) -> int:
-        """Publish the receipts we owe, one batch per conversation."""
+        """Publish the receipts we owe, one batch per conversation; returns how many
+        message ids they confirmed."""
         sent = 0
         for topic, (delivered, read) in history.due_receipts(self.conn).items():
             conv = history.conversation(self.conn, topic)
@@ -359,7 +365,7 @@ class Messenger:
                     log.warning("receipts for %s wait: %s", topic.hex()[:12], exc)
                     break
                 self.flush()
-                sent += 1
+                sent += len(d) + len(r)
         return sent
 
     # -- pairwise outbox -----------------------------------------------------------------
@@ -372,12 +378,21 @@ class Messenger:
         self._outbox_wakeup.set()
 
     async def run_outbox(self, stop: asyncio.Event) -> None:
-        """Send owed pairwise messages and receipts until ``stop`` is set."""
+        """Send owed pairwise messages and receipts until ``stop`` is set.
+
+        Receipts are batched without delaying the first: a pass runs at once after a
+        quiet spell, and the busier the last pass, the longer the next one waits."""
         delay = OUTBOX_RETRY[0]
+        loop = asyncio.get_running_loop()
+        last_pass, window = -RECEIPT_BATCH, 0.0
         while not stop.is_set():
+            since = loop.time() - last_pass
+            if since < window:
+                await asyncio.sleep(window - since)
             self._outbox_wakeup.clear()
+            last_pass = loop.time()
             pending = await self._send_outbox()
-            self.flush_receipts()
+            window = min(RECEIPT_BATCH, RECEIPT_STEP * self.flush_receipts())
             timeout = delay if pending else None
             delay = min(delay * 2, OUTBOX_RETRY[1]) if pending else OUTBOX_RETRY[0]
             waiters = [asyncio.ensure_future(self._outbox_wakeup.wait()),
@@ -385,7 +400,6 @@ class Messenger:
             await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             for waiter in waiters:
                 waiter.cancel()
-            await asyncio.sleep(0.05)  # batch receipts and bursts of key shares
 
     async def _send_outbox(self) -> bool:
         """One pass over the outbox; True if something is still waiting."""

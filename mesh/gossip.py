@@ -35,6 +35,7 @@ from mesh.gossip_state import (
     Event,
     Message,
     MessageStore,
+    NotYetValid,
     Params,
     Rejected,
     Send,
@@ -382,7 +383,8 @@ class GossipEngine:
                 raise RemoteError("sequence numbers start at 1", "bad_seq")
             self.validate(msg)
         except RemoteError as exc:
-            self._rejected.put(mid, exc.reason, now)
+            if not isinstance(exc, NotYetValid):
+                self._rejected.put(mid, exc.reason, now)
             self._drop_missing(mid)
             self.stats["rejected"] += 1
             self.emit(Rejected(msg.topic, msg.origin, msg.seq, mid, peer, exc.reason))

@@ -25,6 +25,7 @@ __all__ = [
     "InvalidMessage",
     "Message",
     "MessageStore",
+    "NotYetValid",
     "Params",
     "Rejected",
     "Send",
@@ -136,6 +137,14 @@ class InvalidMessage(RemoteError):
     """Raised by a validate hook for a message that must be neither stored nor forwarded."""
 
     reason = "invalid_message"
+
+
+class NotYetValid(InvalidMessage):
+    """Raised by a validate hook for a message it cannot check *yet* (the key that
+    verifies it has not arrived). It is refused like any invalid message but not
+    remembered as rejected, so a later offer (anti-entropy) can bring it again."""
+
+    reason = "not_yet_valid"
 
 
 class Validator(Protocol):
