@@ -538,6 +538,8 @@ async def dial(url: str, identity: KeyPair, record: Record, *,
     except (HTTPClientError, WebSocketError, TimeoutError, ValueError,
             *_TRANSPORT_ERRORS) as exc:
         raise DialError(f"cannot reach {url}: {type(exc).__name__}: {exc}") from None
+    # Small frames (acks, digests) must not wait for Nagle and delayed ACKs (~40 ms).
+    ws.protocol.set_nodelay(True)
     conn.attach(_ClientTransport(ws))
     for message in inbox:
         if message is None:
