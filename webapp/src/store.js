@@ -1,0 +1,352 @@
+// The app's state: one reactive object, loaded from the API and kept current by the
+// events socket. Components read `state` and call the actions below; only this module
+// and api.js talk to the node.
+
+import { reactive } from "vue";
+import { ApiError, MAX_FILE_BYTES, del, describeError, get, post, upload } from "./api.js";
+import { connectEvents } from "./events.js";
+import { formatBytes } from "./format.js";
+
+/** localStorage key prefix: the welcome screen was shown for this identity. */
+export const WELCOMED = "parley-welcomed:";
+
+export const state = reactive({
+  me: null,
+  meError: "",
+  conversations: [], // Conversation objects from GET /groups (groups and 1:1 chats)
+  conversationsLoaded: false,
+  messages: {}, // conversation id -> [Message] in display order
+  groups: {}, // group id -> GET /groups/{id} answer
+  uploads: {}, // conversation id -> [{key, name, size, loaded, error}]
+  connection: "connecting", // connecting | live | offline
+  identityChanged: {}, // user id -> true: a contact's safety number changed
+  notices: [], // global notices [{key, text, kind}] shown in a live region
+  activeConversation: null, // the conversation on screen (marks read while visible)
+});
+
+let noticeKey = 0;
+
+/** Show a message to the user (never only in the console). */
+export function notify(text, kind = "error", timeout = 0) {
+  const key = ++noticeKey;
+  state.notices.push({ key, text, kind });
+  if (timeout > 0) {
+    window.setTimeout(() => dismiss(key), timeout);
+  }
+  return key;
+}
+
+export function dismiss(key) {
+  const i = state.notices.findIndex((n) => n.key === key);
+  if (i >= 0) {
+    state.notices.splice(i, 1);
+  }
+}
+
+// -- loading ---------------------------------------------------------------------------
+
+export async function loadMe() {
+  try {
+    state.me = await get("/me");
+    state.meError = "";
+  } catch (err) {
+    state.meError = describeError(err);
+  }
+}
+
+export async function loadConversations() {
+  const reply = await get("/groups");
+  state.conversations = reply.groups || [];
+  state.conversationsLoaded = true;
+}
+
+let conversationsTimer = null;
+
+/** Many events in a burst cause one reload of the list. */
+function refreshConversationsSoon() {
+  if (conversationsTimer === null) {
+    conversationsTimer = window.setTimeout(() => {
+      conversationsTimer = null;
+      loadConversations().catch(() => {});
+    }, 120);
+  }
+}
+
+export function conversationById(id) {
+  return state.conversations.find((c) => c.id === id) || null;
+}
+
+export function directConversation(userId) {
+  return state.conversations.find((c) => c.kind === "direct" && c.peer === userId) || null;
+}
+
+/** API paths of a conversation: groups by id, 1:1 chats by the other user's id. */
+export function basePath(conv) {
+  return conv.kind === "direct" ? `/chats/${conv.peer}` : `/groups/${conv.id}`;
+}
+
+export async function loadMessages(conv) {
+  const reply = await get(`${basePath(conv)}/messages`);
+  state.messages[conv.id] = sortMessages(reply.messages || []);
+}
+
+export async function loadGroup(groupId) {
+  const info = await get(`/groups/${groupId}`);
+  state.groups[groupId] = info;
+  return info;
+}
+
+function sortMessages(list) {
+  // The node's display order: lamport, then sender, then per-sender sequence (which
+  // follows arrival for one sender, so a stable sort keeps it).
+  return list
+    .map((m, i) => [m, i])
+    .sort(([a, i], [b, j]) =>
+      a.lamport !== b.lamport ? a.lamport - b.lamport : a.sender < b.sender ? -1 : a.sender > b.sender ? 1 : i - j)
+    .map(([m]) => m);
+}
+
+// -- events ----------------------------------------------------------------------------
+
+function upsertMessage(message) {
+  const list = state.messages[message.conversation];
+  if (!list) {
+    return; // not loaded: it will be fetched when the conversation opens
+  }
+  const i = list.findIndex((m) => m.message_id === message.message_id);
+  if (i >= 0) {
+    list[i] = message;
+  } else {
+    state.messages[message.conversation] = sortMessages([...list, message]);
+  }
+}
+
+function findMessage(conversation, messageId) {
+  const list = state.messages[conversation] || [];
+  return list.find((m) => m.message_id === messageId) || null;
+}
+
+function applyAttachment(data) {
+  // {message_id?, conversation?, attachment: {...}} or the attachment itself.
+  const att = data && data.attachment ? data.attachment : data;
+  if (!att || !att.id) {
+    return;
+  }
+  for (const [conversation, list] of Object.entries(state.messages)) {
+    if (data.conversation && data.conversation !== conversation) {
+      continue;
+    }
+    for (const message of list) {
+      if ((data.message_id && message.message_id === data.message_id) ||
+          (message.attachment && message.attachment.id === att.id)) {
+        message.attachment = { ...(message.attachment || {}), ...att };
+      }
+    }
+  }
+}
+
+function onEvent(event) {
+  const data = event.data || {};
+  switch (event.type) {
+    case "ready":
+      reloadAll();
+      break;
+    case "message":
+      upsertMessage(data);
+      refreshConversationsSoon();
+      if (state.activeConversation === data.conversation) {
+        scheduleRead();
+      }
+      break;
+    case "delivery": {
+      const message = findMessage(data.conversation, data.message_id);
+      if (message) {
+        message.status = data.status || {};
+      }
+      break;
+    }
+    case "attachment":
+      applyAttachment(data);
+      break;
+    case "group":
+      refreshConversationsSoon();
+      if (state.groups[data.group_id]) {
+        loadGroup(data.group_id).catch(() => {});
+      }
+      if (data.event === "joined") {
+        notify("You joined a group.", "info", 4000);
+      }
+      break;
+    case "join_refused":
+      notify(`Joining the group was refused${data.reason ? `: ${data.reason}` : ""}.`);
+      break;
+    case "identity_changed":
+      state.identityChanged[data.user_id] = true;
+      notify(`The safety number of ${data.user_id} changed. Compare it with them before you trust new messages.`);
+      break;
+    default:
+      break;
+  }
+}
+
+async function reloadAll() {
+  await Promise.all([
+    loadMe(),
+    loadConversations().catch((err) => notify(describeError(err))),
+    ...Object.keys(state.messages).map((id) => {
+      const conv = conversationById(id);
+      return conv ? loadMessages(conv).catch(() => {}) : Promise.resolve();
+    }),
+    ...Object.keys(state.groups).map((id) => loadGroup(id).catch(() => {})),
+  ]);
+  if (state.activeConversation) {
+    scheduleRead();
+  }
+}
+
+let events = null;
+
+export function start() {
+  if (events === null) {
+    events = connectEvents({
+      onEvent,
+      onState: (s) => {
+        state.connection = s;
+      },
+    });
+    reloadAll();
+    document.addEventListener("visibilitychange", () => {
+      if (document.visibilityState === "visible" && state.activeConversation) {
+        scheduleRead();
+      }
+    });
+  }
+}
+
+// -- read receipts -----------------------------------------------------------------------
+
+let readTimer = null;
+
+/** The user sees the conversation on screen: mark what others sent as read. */
+export function scheduleRead() {
+  if (readTimer !== null) {
+    return;
+  }
+  readTimer = window.setTimeout(() => {
+    readTimer = null;
+    markRead().catch(() => {});
+  }, 150);
+}
+
+async function markRead() {
+  const id = state.activeConversation;
+  if (!id || document.visibilityState !== "visible" || !state.me) {
+    return;
+  }
+  const conv = conversationById(id);
+  const list = state.messages[id] || [];
+  const unseen = list.filter((m) => !m.seen && m.sender !== state.me.id);
+  if (!conv || unseen.length === 0) {
+    return;
+  }
+  const last = unseen[unseen.length - 1];
+  await post(`${basePath(conv)}/read`, { message_id: last.message_id });
+  for (const m of list) {
+    if (m.sender !== state.me.id && list.indexOf(m) <= list.indexOf(last)) {
+      m.seen = true;
+    }
+  }
+  conv.unread = list.filter((m) => !m.seen && m.sender !== state.me.id).length;
+}
+
+// -- actions -----------------------------------------------------------------------------
+
+export async function sendText(conv, text) {
+  const reply = await post(`${basePath(conv)}/messages`, { text });
+  return reply.message_id;
+}
+
+let uploadKey = 0;
+
+/** Refuse files over 25 MB before any byte moves; the node enforces it too (413). */
+export function checkFileSize(file) {
+  if (file.size > MAX_FILE_BYTES) {
+    throw new ApiError(413, "file_too_large",
+      `“${file.name}” is ${formatBytes(file.size)}. Parley sends files of up to 25 MB.`);
+  }
+}
+
+/** Upload one file (with an optional caption); progress shows in state.uploads. */
+export async function sendFile(conv, file, text) {
+  checkFileSize(file);
+  const entry = reactive({ key: ++uploadKey, name: file.name, size: file.size, loaded: 0, error: "" });
+  const list = state.uploads[conv.id] || (state.uploads[conv.id] = []);
+  list.push(entry);
+  const job = upload(`${basePath(conv)}/messages`, file, text, (loaded) => {
+    entry.loaded = loaded;
+  });
+  entry.abort = job.abort;
+  try {
+    const reply = await job.promise;
+    entry.loaded = file.size;
+    removeUpload(conv.id, entry.key);
+    return reply && reply.message_id;
+  } catch (err) {
+    entry.error = describeError(err);
+    throw err;
+  }
+}
+
+export function removeUpload(convId, key) {
+  const list = state.uploads[convId] || [];
+  const i = list.findIndex((u) => u.key === key);
+  if (i >= 0) {
+    list.splice(i, 1);
+  }
+}
+
+export async function createGroup(name) {
+  const reply = await post("/groups", { name });
+  await loadConversations();
+  return reply.group_id;
+}
+
+export function makeInvite(groupId) {
+  return post(`/groups/${groupId}/invites`, {});
+}
+
+/** POST /join: {group_id, joined} (joined false: the inviter did not answer in time). */
+export async function joinGroup(invite) {
+  const reply = await post("/join", { invite });
+  await loadConversations().catch(() => {});
+  return reply;
+}
+
+export async function removeMember(groupId, userId) {
+  await del(`/groups/${groupId}/members/${userId}`);
+  if (state.me && userId === state.me.id) {
+    delete state.groups[groupId];
+    await loadConversations().catch(() => {});
+  } else {
+    await loadGroup(groupId);
+  }
+}
+
+export async function promote(groupId, userId) {
+  state.groups[groupId] = await post(`/groups/${groupId}/admins`, { id: userId });
+}
+
+export async function addContact(userId) {
+  const contact = await post("/contacts", { id: userId });
+  await loadConversations();
+  return contact;
+}
+
+export function safety(userId) {
+  return get(`/safety/${userId}`);
+}
+
+export async function markVerified(userId) {
+  // Only offered when GET /safety/{id} reports a "verified" field (docs/api.md).
+  return post(`/safety/${userId}/verified`, {});
+}
