@@ -59,7 +59,7 @@ from mesh.errors import MeshError, RemoteError
 from mesh.gossip_state import InvalidMessage, Message
 from mesh.identity import KeyPair
 
-__all__ = ["EventSink", "MeshPort", "Messenger"]
+__all__ = ["AttachmentHooks", "EventSink", "MeshPort", "Messenger"]
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,16 @@ class EventSink(Protocol):
     def publish(self, event_type: str, data: dict[str, Any]) -> None: ...
 
 
+class AttachmentHooks(Protocol):
+    """What the messenger tells groups.attachments (set as ``Messenger.attachments``)."""
+
+    def announced(self, message_id: bytes, topic: bytes, sender: str, file: FileRef) -> None:
+        """A Text with ``file`` is being committed (called inside the transaction)."""
+
+    def describe(self, message_id: bytes, file: bytes) -> dict[str, Any]:
+        """The API's ``attachment`` of a message whose stored FileRef is ``file``."""
+
+
 class Messenger:
     def __init__(self, identity: KeyPair, conn: Any, crypto: Crypto, directory: Directory,
                  mesh: MeshPort, events: EventSink, *, clock: Callable[[], float] = time.time,
@@ -109,6 +119,8 @@ class Messenger:
         self._outbox_wakeup = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._unpublished: list[Message] = []
+        self._refreshed: dict[str, float] = {}
+        self.attachments: AttachmentHooks | None = None
 
     def spawn(self, coro: Any) -> None:
         """Run a background coroutine, kept referenced until it ends."""
@@ -262,6 +274,9 @@ class Messenger:
                       content.lamport, content.sent_at, content.text,
                       None if content.file is None else _pack_file(content.file), False)
         if history.insert_chat_message(self.conn, row):
+            if content.file is not None and self.attachments is not None:
+                self.attachments.announced(message.msg_id, message.topic, message.origin,
+                                           content.file)
             history.owe_receipt(self.conn, message.msg_id, message.topic, "delivered")
             self.events.publish("message", self.describe(row))
             self._outbox_wakeup.set()
@@ -316,6 +331,8 @@ class Messenger:
             row = ChatRow(message.msg_id, topic, self.me, message.seq, lamport, content.sent_at,
                           text, None if file is None else _pack_file(file), True)
             history.insert_chat_message(self.conn, row)
+            if file is not None and self.attachments is not None:
+                self.attachments.announced(message.msg_id, topic, self.me, file)
             for member in recipients:
                 history.set_delivery(self.conn, message.msg_id, member, "pending", now)
         self.flush()
@@ -434,6 +451,51 @@ class Messenger:
             self.flush()
         return bool(blocked)
 
+    # -- records of peers we cannot reach ---------------------------------------------
+
+    def peers_of_interest(self) -> set[str]:
+        """Everyone we share a conversation with (group members, 1:1 peers)."""
+        users: set[str] = set()
+        for conv in history.conversations(self.conn):
+            if conv.left_at is not None:
+                continue
+            if conv.kind == "group":
+                users |= set(self.groups.log_of(conv.topic).state.members)
+            elif conv.peer:
+                users.add(conv.peer)
+        users.discard(self.me)
+        return users
+
+    async def refresh_unreachable(self, linked: set[str], *, every: float = 300.0) -> int:
+        """Look up again the records of peers we have no link to (each at most once per
+        ``every`` seconds): their endpoints may have changed. Topics that include a peer
+        whose record got newer are announced again. Returns how many records changed."""
+        now = self.clock()
+        changed = 0
+        for user in sorted(self.peers_of_interest() - linked):
+            if now - self._refreshed.get(user, -every) < every:
+                continue
+            self._refreshed[user] = now
+            before = self.directory.record(user)
+            try:
+                record = await self.directory.refresh(user, now)
+            except MeshError as exc:
+                log.info("record of %s not refreshed: %s", user, exc)
+                continue
+            if before is None or record.seq > before.seq:
+                changed += 1
+                self._announce_peer(user)
+        return changed
+
+    def _announce_peer(self, user: str) -> None:
+        for conv in history.conversations(self.conn):
+            if conv.left_at is not None:
+                continue
+            if conv.kind == "group" and self.groups.is_member(conv.topic, user):
+                self.groups.announce(conv.topic)
+            elif conv.peer == user:
+                self.announce_direct(conv.topic, user)
+
     # -- queries -----------------------------------------------------------------------
 
     def describe(self, row: ChatRow) -> dict[str, Any]:
@@ -442,7 +504,9 @@ class Messenger:
                    if s["reason"]}
         out: dict[str, Any] = {
             "message_id": row.message_id.hex(), "conversation": row.topic.hex(),
-            "sender": row.sender, "text": row.text, "attachment": None,
+            "sender": row.sender, "text": row.text,
+            "attachment": None if row.file is None or self.attachments is None
+            else self.attachments.describe(row.message_id, row.file),
             "sent_at": row.sent_at, "lamport": row.lamport, "seen": row.seen,
             "status": status if row.sender == self.me else {}}
         if reasons:

@@ -23,11 +23,12 @@ from typing import Any
 
 from groups import history, prekeys
 from groups import store as node_store
+from groups.attachments import AttachmentService
 from groups.crypto import Crypto, safety_number, safety_number_qr
 from groups.directory import Directory
 from groups.errors import NotFound
 from groups.invites import qr_svg
-from groups.messages import direct_topic
+from groups.messages import FileRef, direct_topic
 from groups.messenger import Messenger
 from mesh.discovery import DiscoveryClient
 from mesh.errors import DiscoveryRefused, MeshError
@@ -55,6 +56,7 @@ class NodeConfig:
     mesh_port: int = 0
     mesh_host: str = "127.0.0.1"
     advertise: tuple[str, ...] = ()   # endpoints to publish; default ws://host:port/mesh
+    refresh_interval: float = 30.0    # how often unreachable peers' records are re-read
 
 
 class Node:
@@ -73,6 +75,7 @@ class Node:
         self._tasks: list[asyncio.Task[Any]] = []
         self.runtime: MeshRuntime
         self.messenger: Messenger
+        self.attachments: AttachmentService
         self.ui: UiServer
 
     # -- life cycle ------------------------------------------------------------------------
@@ -91,7 +94,8 @@ class Node:
             identity, provisional, history.Mailbox(conn),
             commit=lambda message: node.messenger.commit(message),
             validate=lambda message: node.messenger.validate(message),
-            on_event=node._on_mesh_event, on_link=node._on_link)
+            on_event=node._on_mesh_event, on_link=node._on_link,
+            on_other_frame=lambda peer, frame: node.attachments.on_frame(peer, frame))
         port = node.runtime.start(config.mesh_port, config.mesh_host)
         endpoints = config.advertise or (f"ws://{config.mesh_host}:{port}{MESH_PATH}",)
         node.record = prekeys.build_record(identity, update, endpoints=endpoints,
@@ -101,11 +105,16 @@ class Node:
         node.messenger = Messenger(identity, conn, node.crypto, node.directory,
                                    _MeshPort(node.runtime), node.hub,
                                    invite_info=node._invite_info)
+        node.attachments = AttachmentService(node.messenger, data_dir / "files",
+                                             node.runtime.links)
+        node.messenger.attachments = node.attachments
         node.messenger.load()
+        await node.attachments.start()
         node.ui = start_ui_server(data_dir, api_routes=api_routes(), node=node, hub=node.hub,
                                   port=config.ui_port)
         node._tasks = [asyncio.ensure_future(node._register_loop(update)),
-                       asyncio.ensure_future(node.messenger.run_outbox(node._stop))]
+                       asyncio.ensure_future(node.messenger.run_outbox(node._stop)),
+                       asyncio.ensure_future(node._refresh_loop())]
         log.info("node %s up: mesh %s, UI port %d", display_user_id(node.user_id),
                  ", ".join(endpoints), node.ui.port)
         return node
@@ -119,6 +128,7 @@ class Node:
                 await task
         await self.ui.stop()
         await self.runtime.close()
+        await self.attachments.close()
         self.conn.close()
 
     @property
@@ -170,6 +180,15 @@ class Node:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), wait)
 
+    async def _refresh_loop(self) -> None:
+        """Peers we cannot reach may have moved: re-read their records now and then."""
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.config.refresh_interval)
+            if not self._stop.is_set():
+                await self.messenger.refresh_unreachable(
+                    set(self.runtime.links()), every=self.config.refresh_interval * 5)
+
     def _new_record(self, update: prekeys.PrekeyUpdate) -> Record:
         assert self.record is not None
         self.record = prekeys.build_record(self.identity, update,
@@ -190,6 +209,7 @@ class Node:
         if conn.peer is not None and conn.peer_id is not None:
             self.directory.remember(conn.peer, time.time())
             self.messenger.peer_connected(conn.peer_id)
+            self.attachments.link_up(conn.peer_id)
 
     def _on_mesh_event(self, event: Event) -> None:
         if isinstance(event, Acked):
@@ -231,11 +251,15 @@ class Node:
             raise NotFound("no chat with this user; add them as a contact first")
         return topic
 
-    async def send_direct(self, user_id: str, text: str) -> bytes:
+    async def open_chat(self, user_id: str) -> bytes:
+        """The 1:1 topic with ``user_id``, adding the contact first if needed."""
         if history.conversation(self.conn, direct_topic(self.user_id, user_id)) is None \
                 or not self.crypto.has_session(user_id):
             await self.add_contact(user_id)
-        return self.messenger.send_text(direct_topic(self.user_id, user_id), text)
+        return direct_topic(self.user_id, user_id)
+
+    async def send_direct(self, user_id: str, text: str, file: FileRef | None = None) -> bytes:
+        return self.messenger.send_text(await self.open_chat(user_id), text, file)
 
     def group_list(self) -> list[dict[str, Any]]:
         out = []
