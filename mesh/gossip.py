@@ -1,14 +1,18 @@
-"""Per-topic dissemination, sans-IO: a bounded mesh with Plumtree eager/lazy push.
+"""Per-topic dissemination, sans-IO: a bounded mesh with eager and lazy push.
 
 A topic is an opaque id (a group id); the layer above says which peers may share it
 (its members) and supplies a validate hook. For each topic the engine keeps a mesh of
 at most ``d_hi`` connected members, formed by a Subscribe handshake on each link (both
-ends subscribed = a mesh edge; a full end answers Unsubscribe). Along mesh edges:
+ends subscribed = a mesh edge; a full end answers Unsubscribe). Along mesh edges, as in
+Plumtree but with one tree per origin (mesh/gossip_topic.py explains why):
 
-* new messages are pushed whole along EAGER edges; a duplicate push PRUNEs its edge to
-  LAZY, so the eager edges settle into a spanning tree (one copy per node);
-* LAZY edges get batched IHave digests; a digested id that has not arrived within
-  ``graft_timeout`` is fetched with IWant and its edge GRAFTed back to eager;
+* a new message is pushed whole along edges that push its origin eagerly (an unseen
+  origin's first message to ``fanout_new`` random peers); a duplicate push makes us
+  PRUNE that origin on that edge, so each origin's eager edges settle into a spanning
+  tree and each node gets one copy;
+* everyone else in the mesh gets batched IHave digests; a digested id that has not
+  arrived within ``graft_timeout`` is fetched with IWant, and when it arrives that way
+  we GRAFT its origin on the edge that had it;
 * topics with at most ``full_mesh_max`` members are a full mesh: the author pushes to
   everyone directly and relays only send digests.
 
@@ -42,6 +46,7 @@ from mesh.gossip_state import (
     TTLCache,
     Validator,
 )
+from mesh.gossip_topic import Edge, TopicState
 from mesh.sync import SyncEngine
 
 __all__ = ["FRAME_TYPES", "GossipEngine", "drive"]
@@ -51,31 +56,18 @@ FRAME_TYPES: tuple[type[wire.Frame], ...] = (
     wire.Prune, wire.Ack, wire.SyncSummary)
 
 
-class _Topic:
-    """Our view of one joined topic: who may share it and the mesh over it."""
-
-    __slots__ = ("backoff", "full_mesh", "ihave", "members", "mesh", "they_sub", "we_sub")
-
-    def __init__(self, members: frozenset[str], full_mesh: bool) -> None:
-        self.members = members
-        self.full_mesh = full_mesh
-        self.mesh: dict[str, EdgeState] = {}       # mutual subscription = mesh edge
-        self.we_sub: set[str] = set()              # we sent Subscribe (pending or mutual)
-        self.they_sub: set[str] = set()            # they sent Subscribe
-        self.backoff: dict[str, float] = {}        # no Subscribe to them before this time
-        self.ihave: dict[str, list[bytes]] = {}    # queued lazy digests per peer
-
-
 class _Pending:
     """Validated, waiting for the layer above to commit it."""
 
-    __slots__ = ("asked", "holders", "message", "peers")
+    __slots__ = ("asked", "graft_to", "holders", "message", "peers")
 
-    def __init__(self, message: Message, peer: str, holders: set[str], asked: set[str]):
+    def __init__(self, message: Message, peer: str, holders: set[str], asked: set[str],
+                 graft_to: str | None) -> None:
         self.message = message
         self.peers = [peer]          # sent it to us; each gets an ack after the commit
         self.holders = holders       # known to have it: no push or digest to them
         self.asked = asked           # we IWANTed it from them: their copy is no duplicate
+        self.graft_to = graft_to     # reached us only by digest via them: GRAFT its origin
 
 
 class _Cached:
@@ -90,7 +82,7 @@ class _Cached:
 class _Missing:
     """An id we saw digested but do not hold."""
 
-    __slots__ = ("announcers", "asked", "current", "deadline", "topic")
+    __slots__ = ("announcers", "asked", "current", "deadline", "graft", "topic")
 
     def __init__(self, topic: bytes, deadline: float) -> None:
         self.topic = topic
@@ -98,6 +90,7 @@ class _Missing:
         self.asked: set[str] = set()
         self.current: str | None = None
         self.deadline = deadline
+        self.graft = False  # asked after graft_timeout (gossip), not as an offer (sync)
 
 
 def _chunks(ids: list[bytes]) -> Iterable[tuple[bytes, ...]]:
@@ -123,7 +116,7 @@ class GossipEngine:
         self._frames: list[Send] = []
         self._events: list[Event] = []
         self._peers: set[str] = set()
-        self._topics: dict[bytes, _Topic] = {}
+        self._topics: dict[bytes, TopicState] = {}
         self._seen: TTLCache[bytes, None] = TTLCache(self.params.seen_ttl)
         self._rejected: TTLCache[bytes, str] = TTLCache(self.params.seen_ttl)
         self._mcache: TTLCache[bytes, _Cached] = TTLCache(self.params.mcache_ttl,
@@ -163,9 +156,14 @@ class GossipEngine:
 
     # -- introspection -----------------------------------------------------------
 
-    def mesh(self, topic: bytes) -> dict[str, EdgeState]:
+    def mesh(self, topic: bytes) -> set[str]:
+        """Our mesh peers in ``topic``."""
         t = self._topics.get(topic)
-        return dict(t.mesh) if t is not None else {}
+        return set(t.mesh) if t is not None else set()
+
+    def edge_state(self, topic: bytes, peer: str, origin: str) -> EdgeState:
+        """Do we push ``origin``'s messages in ``topic`` to ``peer`` eagerly?"""
+        return self._topics[topic].mesh[peer].state(origin)
 
     def is_full_mesh(self, topic: bytes) -> bool:
         return self._topics[topic].full_mesh
@@ -193,7 +191,7 @@ class GossipEngine:
         if topic in self._topics:
             raise LocalError("topic already joined")
         peers = frozenset(members) - {self.local_id}
-        t = self._topics[topic] = _Topic(peers, self._is_full(peers))
+        t = self._topics[topic] = TopicState(peers, self._is_full(peers))
         for origin, head in self.store.heads(topic).items():
             self._released[(topic, origin)] = head
         self._arm(now)
@@ -208,8 +206,7 @@ class GossipEngine:
         full = self._is_full(peers)
         if full != t.full_mesh:
             t.full_mesh = full
-            for peer in t.mesh:
-                t.mesh[peer] = EdgeState.EAGER
+            t.reset_edges(self.local_id)
         for peer in removed & (t.we_sub | t.they_sub):
             self._drop(peer, topic, t, unsubscribe=True)
         self._fill_mesh(topic, t, now)
@@ -240,10 +237,7 @@ class GossipEngine:
             return
         self._peers.discard(peer)
         for t in self._topics.values():
-            t.mesh.pop(peer, None)
-            t.we_sub.discard(peer)
-            t.they_sub.discard(peer)
-            t.ihave.pop(peer, None)
+            t.drop(peer)
         self.sync.peer_down(peer)
         for msg_id, m in self._missing.items():
             if m.current == peer:  # ask the next announcer now rather than time out
@@ -253,10 +247,10 @@ class GossipEngine:
 
     # -- mesh membership --------------------------------------------------------------
 
-    def _target(self, t: _Topic) -> int:
+    def _target(self, t: TopicState) -> int:
         return self.params.d_hi if t.full_mesh else self.params.d
 
-    def _fill_mesh(self, topic: bytes, t: _Topic, now: float) -> None:
+    def _fill_mesh(self, topic: bytes, t: TopicState, now: float) -> None:
         need = self._target(t) - len(t.we_sub)
         if need <= 0:
             return
@@ -272,19 +266,16 @@ class GossipEngine:
             if peer in t.they_sub:
                 self._mesh_up(peer, topic, t, now)
 
-    def _mesh_up(self, peer: str, topic: bytes, t: _Topic, now: float) -> None:
-        t.mesh[peer] = EdgeState.EAGER
+    def _mesh_up(self, peer: str, topic: bytes, t: TopicState, now: float) -> None:
+        t.mesh[peer] = Edge((self.local_id,))  # our own messages: direct push
         self.stats["mesh_up"] += 1
         self.sync.mesh_up(peer, topic, now)
 
-    def _drop(self, peer: str, topic: bytes, t: _Topic, *, unsubscribe: bool) -> None:
-        if t.mesh.pop(peer, None) is not None:
-            self.sync.mesh_down(peer, topic)
+    def _drop(self, peer: str, topic: bytes, t: TopicState, *, unsubscribe: bool) -> None:
         if unsubscribe and peer in self._peers and peer in t.we_sub | t.they_sub:
             self.send(peer, wire.Unsubscribe((topic,)))
-        t.we_sub.discard(peer)
-        t.they_sub.discard(peer)
-        t.ihave.pop(peer, None)
+        if t.drop(peer):
+            self.sync.mesh_down(peer, topic)
 
     def _on_subscribe(self, peer: str, frame: wire.Subscribe, now: float) -> None:
         accept: list[bytes] = []
@@ -330,7 +321,7 @@ class GossipEngine:
     def _on_graft(self, peer: str, frame: wire.Graft, now: float) -> None:
         t = self._topics.get(frame.topic)
         if t is not None and peer in t.mesh:
-            t.mesh[peer] = EdgeState.EAGER
+            t.mesh[peer].eager.update(t.origins_or_all(frame.origins))
             self.stats["grafts_received"] += 1
         else:
             self.stats["ignored_frames"] += 1
@@ -338,7 +329,7 @@ class GossipEngine:
     def _on_prune(self, peer: str, frame: wire.Prune, now: float) -> None:
         t = self._topics.get(frame.topic)
         if t is not None and peer in t.mesh:
-            t.mesh[peer] = EdgeState.LAZY
+            t.mesh[peer].eager.difference_update(t.origins_or_all(frame.origins))
             self.stats["prunes_received"] += 1
         else:
             self.stats["ignored_frames"] += 1
@@ -391,20 +382,22 @@ class GossipEngine:
             return
         miss = self._missing.pop(mid, None)
         holders = {peer, *(miss.announcers if miss else ())}
-        self._pending[mid] = _Pending(msg, peer, holders, miss.asked if miss else set())
+        graft_to = peer if miss is not None and miss.graft and peer in miss.asked else None
+        self._pending[mid] = _Pending(msg, peer, holders, miss.asked if miss else set(),
+                                      graft_to)
         self.emit(Commit(msg, peer))
 
-    def _duplicate(self, peer: str, msg: Message, t: _Topic, asked: set[str]) -> None:
-        """A copy we already hold. Along an eager edge that is Plumtree's signal that the
-        edge closes a cycle: PRUNE it. Copies we asked for (IWANT) or that a summary
-        said the peer held before (anti-entropy) are not eager pushes."""
+    def _duplicate(self, peer: str, msg: Message, t: TopicState, asked: set[str]) -> None:
+        """A copy we already hold: an eager push that closes a cycle in its origin's
+        tree, so ask the peer to PRUNE that origin towards us. Copies we asked for
+        (IWANT) or that a summary said the peer held before (anti-entropy) are not
+        eager pushes."""
         self.stats["duplicates"] += 1
         if t.full_mesh or peer not in t.mesh or peer in asked:
             return
         if msg.seq <= self.sync.summary_head(peer, msg.topic, msg.origin):
             return
-        t.mesh[peer] = EdgeState.LAZY
-        self.send(peer, wire.Prune(msg.topic))
+        self.send(peer, wire.Prune(msg.topic, (msg.origin,)))
 
     def _on_ihave(self, peer: str, frame: wire.IHave, now: float) -> None:
         topic = frame.topic
@@ -428,8 +421,7 @@ class GossipEngine:
             if m is None:
                 if self.store.has(mid):
                     continue
-                m = self._missing[mid] = _Missing(
-                    topic, now + self.params.graft_timeout * self.rng.uniform(1.0, 2.0))
+                m = self._missing[mid] = _Missing(topic, now + self.params.graft_timeout)
                 heapq.heappush(self._missing_heap, (m.deadline, mid))
             if peer in m.announcers:
                 continue
@@ -472,6 +464,11 @@ class GossipEngine:
         for peer in pend.peers:
             if peer in self._peers:
                 self.sync.ack(peer, msg_id, now)
+        t = self._topics.get(msg.topic)
+        if pend.graft_to is not None and t is not None and pend.graft_to in t.mesh:
+            # Its tree missed us: take the branch that had it (Plumtree's GRAFT).
+            self.send(pend.graft_to, wire.Graft(msg.topic, (msg.origin,)))
+            self.stats["grafts_sent"] += 1
         self._forward(msg, cached, now, own=False)
         self._release(msg, pend.peers[0])
         self.sync.committed(msg, now)
@@ -511,6 +508,8 @@ class GossipEngine:
             return
         frame = msg.to_frame()
         skip = cached.holders
+        if msg.origin not in t.origins and not t.full_mesh:
+            t.first_sight(msg.origin, skip, self.params.fanout_new, self.rng, own=own)
         if t.full_mesh:
             if own:
                 for peer in t.mesh:
@@ -521,10 +520,10 @@ class GossipEngine:
                 lazy = self.rng.sample(lazy, self.params.full_mesh_gossip)
         else:
             lazy = []
-            for peer, state in t.mesh.items():
+            for peer, edge in t.mesh.items():
                 if peer in skip or peer == msg.origin:
                     continue
-                if state is EdgeState.EAGER:
+                if edge.pushes(msg.origin):
                     self._push(peer, msg, frame)
                 else:
                     lazy.append(peer)
@@ -581,7 +580,6 @@ class GossipEngine:
 
     def _missing_timers(self, now: float) -> None:
         iwants: dict[str, list[bytes]] = {}
-        grafts: dict[str, set[bytes]] = {}
         while self._missing_heap and self._missing_heap[0][0] <= now:
             due, mid = heapq.heappop(self._missing_heap)
             m = self._missing.get(mid)
@@ -599,14 +597,7 @@ class GossipEngine:
             m.deadline = now + self.params.iwant_timeout
             heapq.heappush(self._missing_heap, (m.deadline, mid))
             iwants.setdefault(peer, []).append(mid)
-            t = self._topics[m.topic]
-            if not t.full_mesh and peer in t.mesh:
-                # Sent even if we think the edge is eager: a lost PRUNE/GRAFT heals here.
-                t.mesh[peer] = EdgeState.EAGER
-                grafts.setdefault(peer, set()).add(m.topic)
-        for peer, topics in grafts.items():
-            for topic in sorted(topics):
-                self.send(peer, wire.Graft(topic))
+            m.graft = not self._topics[m.topic].full_mesh
         for peer, ids in iwants.items():
             for chunk in _chunks(ids):
                 self.send(peer, wire.IWant(chunk))

@@ -47,6 +47,7 @@ class Params:
     d_hi: int = 12              # never more mesh peers than this per topic
     full_mesh_max: int = 13     # topics with at most this many members: direct push
     full_mesh_gossip: int = 6   # full mesh: IHAVE fan-out of a relaying member
+    fanout_new: int = 3         # eager pushes of an unseen origin's first message
     ihave_interval: float = 0.2  # lazy digests are batched for this long
     graft_timeout: float = 0.6   # an announced message may take this long to come eagerly
     iwant_timeout: float = 1.0   # then ask the next announcer

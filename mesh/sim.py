@@ -355,43 +355,58 @@ class Network:
 
 @dataclass
 class SimReport:
+    """Outcome of ``run_scenario``. Copies are full payloads a node received for one
+    message (duplicates = copies - 1), over (node, message) pairs other than the author;
+    "first" = an author's first message (its tree does not exist yet), "repeat" = later
+    ones. Hops are the length of the path the first copy took."""
+
     nodes: int
     messages: int
+    senders: int
     alive: int
     missing: int                 # (node, message) pairs alive at the end without it
-    duplicates_median: float     # extra full copies per (node, message)
-    duplicates_p99: float
-    duplicates_max: int
-    copies_mean: float           # full copies received per (node, message)
+    exactly_once: bool           # no message delivered twice by any engine
+    order_ok: bool               # per-origin seq order held at every node
+    copies_first: float          # mean
+    copies_repeat: float         # mean
+    dup_median: float
+    dup_p99: int
+    dup_max: int
+    dup_repeat_median: float
+    dup_repeat_max: int
     hops_median: float
     hops_max: int
-    order_ok: bool
-    exactly_once: bool
     frames: dict[str, int]
     virtual_seconds: float
 
-    def table(self) -> str:
-        return (f"| {self.nodes} | {self.messages} | {self.alive} | {self.missing} | "
-                f"{self.copies_mean:.3f} | {self.duplicates_median:g} | "
-                f"{self.duplicates_p99:g} | {self.duplicates_max} | {self.hops_median:g} | "
-                f"{self.hops_max} | {self.virtual_seconds:.0f} |")
+    HEADER = ("| nodes | msgs | senders | alive | missing | copies first | copies repeat | "
+              "dup median | dup p99 | dup max | hops median | hops max | virtual s |\n"
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+
+    def row(self) -> str:
+        return (f"| {self.nodes} | {self.messages} | {self.senders} | {self.alive} | "
+                f"{self.missing} | {self.copies_first:.2f} | {self.copies_repeat:.3f} | "
+                f"{self.dup_median:g} | {self.dup_p99} | {self.dup_max} | "
+                f"{self.hops_median:g} | {self.hops_max} | {self.virtual_seconds:.0f} |")
 
 
-def run_scenario(*, nodes: int = 1000, messages: int = 60, loss: float = 0.01,
-                 churn: float = 0.2, seed: int = 7, latency: tuple[float, float] = (0.01, 0.08),
-                 publish_window: float = 30.0, payload_size: int = 64,
-                 params: Params | None = None) -> SimReport:
-    """One topic, ``nodes`` members, messages from random live senders while a fraction
-    ``churn`` of the nodes crash and restart; then run until anti-entropy settles and
-    check every node that is up holds every message."""
-    net = Network(seed=seed, latency=latency, loss=loss, params=params or sim_params(),
-                  degree=(params or sim_params()).d)
+def run_scenario(*, nodes: int = 1000, messages: int = 60, senders: int = 20,
+                 loss: float = 0.01, churn: float = 0.2, seed: int = 7,
+                 latency: tuple[float, float] = (0.01, 0.08), publish_window: float = 30.0,
+                 payload_size: int = 64, params: Params | None = None) -> SimReport:
+    """One topic with ``nodes`` members; ``senders`` of them (a group's active talkers)
+    publish ``messages`` while a fraction ``churn`` of all nodes crash and restart with
+    their stores; then run until every node that is up holds every message (or three
+    sync intervals pass) and report."""
+    params = params or sim_params()
+    net = Network(seed=seed, latency=latency, loss=loss, params=params, degree=params.d)
     topic = b"sim-topic-000001"
     members = net.add_nodes(nodes)
     net.add_topic(topic, [n.id for n in members])
     for node in members:
         net.start(node.id)
     net.run(10.0)  # mesh forms
+    talkers = net.rng.sample(members, min(senders, nodes))
     churners = net.rng.sample([n.id for n in members], int(nodes * churn))
     t0 = net.now
     for node_id in churners:  # each crashes once, stays down 2-15 s, restarts
@@ -401,44 +416,47 @@ def run_scenario(*, nodes: int = 1000, messages: int = 60, loss: float = 0.01,
     published: list[Message] = []
     for i in range(messages):
         net.run(t0 + publish_window * i / messages)
-        live = [n for n in members if n.up]
-        sender = net.rng.choice(live)
+        live = [n for n in talkers if n.up] or [n for n in members if n.up]
         payload = i.to_bytes(4, "big") * (payload_size // 4)
-        published.append(net.publish(sender.id, topic, payload))
+        published.append(net.publish(net.rng.choice(live).id, topic, payload))
     net.run(t0 + publish_window + 16.0)   # all churners back
     ids = [m.msg_id for m in published]
     net.run_until(lambda: all(n.store.has(i) for n in members if n.up for i in ids),
-                  step=1.0, limit=3 * net.params.sync_interval)
+                  step=1.0, limit=3 * params.sync_interval)
     return _report(net, members, published)
+
+
+def _percentile(values: list[int], q: float) -> int:
+    return sorted(values)[min(len(values) - 1, int(len(values) * q))] if values else 0
 
 
 def _report(net: Network, members: list[SimNode], published: list[Message]) -> SimReport:
     alive = [n for n in members if n.up]
+    first_ids = {m.msg_id for m in published if m.seq == 1}
     missing = sum(1 for n in alive for m in published if not n.store.has(m.msg_id))
-    dups: list[int] = []
-    copies: list[int] = []
+    first: list[int] = []
+    repeat: list[int] = []
     hops: list[int] = []
-    exactly_once = True
     for n in alive:
         for m in published:
             if n.id == m.origin:
                 continue
             c = n.copies.get(m.msg_id, 0)
-            copies.append(c)
-            dups.append(max(c - 1, 0))
-            h = n.hops.get(m.msg_id, -1)
-            if h > 0:
-                hops.append(h)
-            if n.delivered.get(m.msg_id, 0) > 1:
-                exactly_once = False
-    dups.sort()
+            (first if m.msg_id in first_ids else repeat).append(c)
+            if n.hops.get(m.msg_id, -1) > 0:
+                hops.append(n.hops[m.msg_id])
+    dups = [max(c - 1, 0) for c in first + repeat]
+    rdups = [max(c - 1, 0) for c in repeat]
     return SimReport(
-        nodes=len(members), messages=len(published), alive=len(alive), missing=missing,
-        duplicates_median=statistics.median(dups) if dups else 0.0,
-        duplicates_p99=dups[int(len(dups) * 0.99)] if dups else 0,
-        duplicates_max=max(dups, default=0),
-        copies_mean=statistics.fmean(copies) if copies else 0.0,
-        hops_median=statistics.median(hops) if hops else 0.0,
-        hops_max=max(hops, default=0),
-        order_ok=all(n.order_ok for n in alive), exactly_once=exactly_once,
+        nodes=len(members), messages=len(published),
+        senders=len({m.origin for m in published}), alive=len(alive), missing=missing,
+        exactly_once=all(c == 1 for n in alive for c in n.delivered.values()),
+        order_ok=all(n.order_ok for n in alive),
+        copies_first=statistics.fmean(first) if first else 0.0,
+        copies_repeat=statistics.fmean(repeat) if repeat else 0.0,
+        dup_median=statistics.median(dups) if dups else 0.0,
+        dup_p99=_percentile(dups, 0.99), dup_max=max(dups, default=0),
+        dup_repeat_median=statistics.median(rdups) if rdups else 0.0,
+        dup_repeat_max=max(rdups, default=0),
+        hops_median=statistics.median(hops) if hops else 0.0, hops_max=max(hops, default=0),
         frames=dict(net.frames), virtual_seconds=net.now)

@@ -196,6 +196,7 @@ def message_id(topic: bytes, origin: str, seq: int, payload: bytes) -> bytes:
 _TOPIC = Limit(min=TOPIC_MIN, max=TOPIC_MAX)
 _ID = Limit(exact=ID_LEN)
 _USER = Limit(exact=15)
+_ORIGINS = Limit(exact=15, items=MAX_HEADS)
 
 # Handshake (see mesh/link.py; Hello travels in clear, Auth under handshake keys)
 
@@ -285,16 +286,25 @@ class IWant(Frame):
 
 @dataclass(frozen=True)
 class Graft(Frame):
+    """Push messages of these origins (authors) in this topic to me eagerly again;
+    no origins means all. Per-origin, because one tree shared by many concurrent
+    authors keeps PRUNEing edges that are another author's tree (mesh/gossip.py)."""
+
     TYPE = "graft"
-    LIMITS = {"topic": _TOPIC}
+    LIMITS = {"topic": _TOPIC, "origins": _ORIGINS}
     topic: bytes
+    origins: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class Prune(Frame):
+    """Stop pushing me messages of these origins in this topic (send IHave instead);
+    no origins means all."""
+
     TYPE = "prune"
-    LIMITS = {"topic": _TOPIC}
+    LIMITS = {"topic": _TOPIC, "origins": _ORIGINS}
     topic: bytes
+    origins: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

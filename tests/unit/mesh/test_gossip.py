@@ -17,7 +17,7 @@ P = Params()
 
 def test_eager_push_relays_along_the_mesh_once() -> None:
     net, (a, b, c) = build(3, links=[(0, 1), (1, 2)])
-    assert b.engine.mesh(TOPIC) == {a.id: EdgeState.EAGER, c.id: EdgeState.EAGER}
+    assert b.engine.mesh(TOPIC) == {a.id, c.id}
     m = net.publish(a.id, TOPIC, b"hello")
     net.run(net.now)  # zero latency: the push needs no timer
     assert c.store.has(m.msg_id) and b.store.has(m.msg_id)
@@ -28,22 +28,35 @@ def test_eager_push_relays_along_the_mesh_once() -> None:
     assert [d.msg_id for d in c.deliveries] == [m.msg_id]
 
 
-def test_duplicate_prunes_the_edge_to_lazy_and_the_next_message_has_none() -> None:
+def test_duplicate_prunes_that_origin_on_that_edge_only() -> None:
     net, (a, b, c) = build(3)
     net.publish(a.id, TOPIC, b"one")
     net.run(net.now + 1)
-    # b and c both got it from a and relayed it to each other: two duplicates, two PRUNEs
-    assert b.engine.mesh(TOPIC)[c.id] is EdgeState.LAZY
-    assert c.engine.mesh(TOPIC)[b.id] is EdgeState.LAZY
-    assert set(a.engine.mesh(TOPIC).values()) == {EdgeState.EAGER}
-    assert {(type(f), f.topic) for f in sent(net, wire.Prune)} == {(wire.Prune, TOPIC)}
-    assert len(sent(net, wire.Prune)) == 2
+    # b and c both got it from a and relayed it to each other: two duplicates, and each
+    # asks the other to stop pushing a's messages.
+    assert b.engine.edge_state(TOPIC, c.id, a.id) is EdgeState.LAZY
+    assert c.engine.edge_state(TOPIC, b.id, a.id) is EdgeState.LAZY
+    assert sent(net, wire.Prune) == [wire.Prune(TOPIC, (a.id,))] * 2
+    assert a.engine.edge_state(TOPIC, b.id, a.id) is EdgeState.EAGER
+    assert b.engine.edge_state(TOPIC, c.id, b.id) is EdgeState.EAGER  # other origins untouched
     t = net.now
     m2 = net.publish(a.id, TOPIC, b"two")
     net.run(net.now + 1)
     assert sorted(publish_ids(net, since=t)) == [m2.msg_id, m2.msg_id]  # a->b, a->c only
     assert b.copies[m2.msg_id] == c.copies[m2.msg_id] == 1
-    assert m2.msg_id in sent(net, wire.IHave, b, c, since=t)[0].ids  # lazy edge: digest
+    assert m2.msg_id in sent(net, wire.IHave, b, c, since=t)[0].ids  # lazy for a: digest
+    # b's messages grow their own tree: a and c both relay b's first message to each
+    # other once, then b's later messages go out with no duplicate at all.
+    t = net.now
+    net.publish(b.id, TOPIC, b"b one")
+    net.run(net.now + 1)
+    assert sent(net, wire.Prune, since=t) == [wire.Prune(TOPIC, (b.id,))] * 2
+    t = net.now
+    m4 = net.publish(b.id, TOPIC, b"b two")
+    net.run(net.now + 1)
+    assert sorted(publish_ids(net, since=t)) == [m4.msg_id, m4.msg_id]
+    assert sent(net, wire.Prune, since=t) == []
+    assert a.engine.edge_state(TOPIC, b.id, a.id) is EdgeState.EAGER  # a's tree intact
 
 
 def test_ihave_digests_are_batched_per_interval() -> None:
@@ -62,11 +75,11 @@ def test_ihave_digests_are_batched_per_interval() -> None:
     assert sent(net, wire.Graft, since=t) == []
 
 
-def test_missing_message_is_fetched_with_graft_and_iwant_after_the_timeout() -> None:
+def test_missing_message_is_fetched_by_iwant_and_its_origin_grafted() -> None:
     net, (a, b, c) = build(3)
     net.publish(a.id, TOPIC, b"warm-up")
     net.run(net.now + 1)
-    assert c.engine.mesh(TOPIC)[b.id] is EdgeState.LAZY
+    assert b.engine.edge_state(TOPIC, c.id, a.id) is EdgeState.LAZY
     net.drop = lambda s, d, f: isinstance(f, wire.Publish) and (s, d) == (a.id, c.id)
     t = net.now
     m = net.publish(a.id, TOPIC, b"lost on a->c")
@@ -79,10 +92,17 @@ def test_missing_message_is_fetched_with_graft_and_iwant_after_the_timeout() -> 
                   and (x[1], x[2]) == (b.id, c.id)]
     (iwant_t,) = [x[0] for x in net.log if x[0] >= t and isinstance(x[3], wire.IWant)]
     assert iwant_t >= ihave_t + P.graft_timeout
-    assert sent(net, wire.Graft, c, b, since=t) == [wire.Graft(TOPIC)]
     assert sent(net, wire.IWant, c, b, since=t) == [wire.IWant((m.msg_id,))]
-    assert b.engine.mesh(TOPIC)[c.id] is EdgeState.EAGER  # grafted both ways
-    assert c.engine.mesh(TOPIC)[b.id] is EdgeState.EAGER
+    assert sent(net, wire.Graft, c, b, since=t) == [wire.Graft(TOPIC, (a.id,))]
+    assert b.engine.edge_state(TOPIC, c.id, a.id) is EdgeState.EAGER  # b now feeds c
+    # Next time a's push to c is the duplicate: c prunes a on a->c instead.
+    t = net.now
+    net.drop = None
+    net.publish(a.id, TOPIC, b"after the graft")
+    net.run(t + 1)
+    prunes = [(s, d, f) for at, s, d, f, _ in net.log if isinstance(f, wire.Prune) and at >= t]
+    assert prunes in ([(c.id, a.id, wire.Prune(TOPIC, (a.id,)))],
+                      [(c.id, b.id, wire.Prune(TOPIC, (a.id,)))])
 
 
 def _engine(peers: list[str]) -> tuple[GossipEngine, MemoryStore]:
@@ -111,14 +131,15 @@ def test_iwant_falls_back_to_the_next_announcer() -> None:
     eng.handle_timer(1.0 + P.graft_timeout - 0.01)
     assert _frames(eng) == []
     eng.handle_timer(1.0 + P.graft_timeout)
-    assert _frames(eng) == [(b, wire.Graft(TOPIC)), (b, wire.IWant((m.msg_id,)))]
+    assert _frames(eng) == [(b, wire.IWant((m.msg_id,)))]
     t = 1.0 + P.graft_timeout + P.iwant_timeout
     eng.handle_timer(t)  # b did not answer
-    assert _frames(eng) == [(d, wire.Graft(TOPIC)), (d, wire.IWant((m.msg_id,)))]
+    assert _frames(eng) == [(d, wire.IWant((m.msg_id,)))]
     eng.receive(d, m.to_frame(), t + 0.1)
     (commit,) = eng.take_events()
     store.add(commit.message)
     eng.committed(m.msg_id, t + 0.1)
+    assert _frames(eng)[0] == (d, wire.Graft(TOPIC, (m.origin,)))  # d's branch had it
     eng.handle_timer(t + 5)
     assert (d, wire.Ack((m.msg_id,))) in _frames(eng)
     # d's copy was asked for: no PRUNE when b's late copy turns up, but b is acked.
