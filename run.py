@@ -43,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
                       help="requests per second allowed per client address")
     boot.add_argument("--burst", type=int, default=BootstrapConfig.burst,
                       help="burst size of the per-client rate limit")
+    boot.add_argument("--dht-port", type=int, default=DEFAULT_BOOTSTRAP_PORT,
+                      help="UDP port of the bootstrap's DHT node (0 picks a free one)")
+    boot.add_argument("--no-dht", action="store_true", help="run no DHT node")
 
     node = sub.add_parser("node", parents=[common], help="run your node")
     _node_options(node, bootstrap_default=f"http://127.0.0.1:{DEFAULT_BOOTSTRAP_PORT}")
@@ -73,12 +76,22 @@ def _node_options(parser: argparse.ArgumentParser, *, bootstrap_default: str) ->
                              "(repeatable; default: ws://MESH_HOST:MESH_PORT/mesh)")
     parser.add_argument("--bootstrap", default=bootstrap_default,
                         help="URL of the bootstrap server")
+    parser.add_argument("--dht-port", type=int, default=0,
+                        help="UDP port of your DHT node (default: a free one)")
+    parser.add_argument("--no-dht", action="store_true",
+                        help="do not join the DHT (find people through the bootstrap only)")
+    parser.add_argument("--discovery", choices=("auto", "dht"), default="auto",
+                        help="auto: bootstrap first, DHT when it fails; dht: DHT only")
+    parser.add_argument("--dht-contact", action="append", default=[],
+                        help="ip:port of a DHT node to join through (repeatable)")
 
 
 def _node_config(args: argparse.Namespace, bootstrap: str) -> NodeConfig:
     return NodeConfig(data_dir=Path(args.data_dir), bootstrap=bootstrap,
                       ui_port=args.ui_port, mesh_port=args.mesh_port,
-                      mesh_host=args.mesh_host, advertise=tuple(args.advertise))
+                      mesh_host=args.mesh_host, advertise=tuple(args.advertise),
+                      dht_port=None if args.no_dht else args.dht_port,
+                      discovery=args.discovery, dht_contacts=tuple(args.dht_contact))
 
 
 def _announce(node: Node, label: str = "") -> None:
@@ -88,8 +101,10 @@ def _announce(node: Node, label: str = "") -> None:
 
 async def _serve_bootstrap(args: argparse.Namespace) -> None:
     config = BootstrapConfig(rate=args.rate, burst=args.burst)
-    server = start_bootstrap(args.host, args.port, Path(args.db), config)
-    print(f"Parley bootstrap listening on {server.url} (database {args.db})", flush=True)
+    server = start_bootstrap(args.host, args.port, Path(args.db), config,
+                             dht_port=None if args.no_dht else args.dht_port)
+    dht = f", DHT on udp {server.dht.address[1]}" if server.dht is not None else ""
+    print(f"Parley bootstrap listening on {server.url} (database {args.db}{dht})", flush=True)
     await _until_signalled()
     await server.stop()
 
@@ -108,7 +123,8 @@ def _private_dir(path: Path) -> Path:
 
 async def _serve_all(args: argparse.Namespace) -> None:
     data_dir = _private_dir(Path(args.data_dir))
-    server = start_bootstrap("127.0.0.1", args.bootstrap_port, data_dir / "bootstrap.db")
+    server = start_bootstrap("127.0.0.1", args.bootstrap_port, data_dir / "bootstrap.db",
+                             dht_port=None if args.no_dht else args.bootstrap_port)
     print(f"Parley bootstrap listening on {server.url}", flush=True)
     node = await Node.start(_node_config(args, args.bootstrap or server.url))
     _announce(node)
@@ -120,7 +136,8 @@ async def _serve_all(args: argparse.Namespace) -> None:
 async def _serve_demo(args: argparse.Namespace) -> None:
     """Three users on one machine, already in a group called "Demo"."""
     base = _private_dir(Path(args.data_dir or tempfile.mkdtemp(prefix="parley-demo-")))
-    server: BootstrapServer = start_bootstrap("127.0.0.1", 0, base / "bootstrap.db")
+    server: BootstrapServer = start_bootstrap("127.0.0.1", 0, base / "bootstrap.db",
+                                              dht_port=0)
     nodes: dict[str, Node] = {}
     for name in ("alice", "bob", "carol"):
         nodes[name] = await Node.start(NodeConfig(data_dir=base / name, bootstrap=server.url))
@@ -157,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The kademlia package logs every routing-table change at INFO.
+    logging.getLogger("kademlia").setLevel(max(logging.WARNING, logging.root.level))
+    logging.getLogger("rpcudp").setLevel(max(logging.WARNING, logging.root.level))
     serve = {"bootstrap": _serve_bootstrap, "node": _serve_node, "all": _serve_all,
              "demo": _serve_demo}[args.command]
     asyncio.run(serve(args))

@@ -71,7 +71,7 @@ def row(name: str, clients: int, result: LoadResult) -> str:
 async def measure(duration: float, registrations: int) -> list[str]:
     tmp = tempfile.mkdtemp(prefix="parley-bench-")
     boot, boot_port = start_server_process(
-        ["run.py", "bootstrap", "--port", "0", "--db", f"{tmp}/b.db", "--rate", "1e9",
+        ["run.py", "bootstrap", "--port", "0", "--no-dht", "--db", f"{tmp}/b.db", "--rate", "1e9",
          "--burst", "1000000000", "--log-level", "WARNING"])
     bare, bare_port = start_server_process(["-m", "bench.bootstrap", "--serve-bare"])
     try:

@@ -156,7 +156,7 @@ async def bench_bootstrap(users: list[tuple[KeyPair, Record]],
                           lookups: int) -> tuple[Sample, Sample]:
     tmp = tempfile.mkdtemp(prefix="parley-bench-dht-")
     proc, port = start_server_process(
-        ["run.py", "bootstrap", "--port", "0", "--db", f"{tmp}/b.db", "--rate", "1e9",
+        ["run.py", "bootstrap", "--port", "0", "--no-dht", "--db", f"{tmp}/b.db", "--rate", "1e9",
          "--burst", "1000000000", "--log-level", "WARNING"])
     try:
         regs = [registration(identity, record) for identity, record in users]

@@ -68,7 +68,7 @@ async def until_registered(node: NodeProcess) -> None:
 
 
 async def start_group(base: Path) -> tuple[list[subprocess.Popen[str]], list[NodeProcess], str]:
-    boot, match = start(["bootstrap", "--port", "0", "--db", str(base / "b.db"),
+    boot, match = start(["bootstrap", "--port", "0", "--dht-port", "0", "--db", str(base / "b.db"),
                          "--rate", "1e6", "--burst", "1000000"], r"listening on (http://\S+)")
     procs, nodes = [boot], []
     for i in range(NODES):

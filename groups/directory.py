@@ -20,12 +20,13 @@ __all__ = ["Directory", "Lookup"]
 
 
 class Lookup(Protocol):
-    """What the directory needs from discovery (mesh.discovery.DiscoveryClient, or the
-    bootstrap-then-DHT combinator)."""
+    """What the directory needs from discovery (mesh.lookup.Discovery: the bootstrap,
+    the DHT, or the bootstrap with the DHT as fallback)."""
 
-    async def lookup(self, user_id: str) -> Record: ...
+    async def lookup(self, user_id: str, *, identity_key: bytes | None = None,
+                     newer_than: int = 0) -> Record: ...
 
-    async def claim_bundle(self, user_id: str) -> Bundle: ...
+    async def bundle(self, user_id: str, *, identity_key: bytes | None = None) -> Bundle: ...
 
 
 class Directory:
@@ -64,8 +65,14 @@ class Directory:
                                  (user_id,)).fetchone() is not None
 
     async def refresh(self, user_id: str, now: float) -> Record:
-        """Look the user up (raises discovery's typed errors) and keep the record."""
-        record = await self.lookup.lookup(user_id)
+        """Look the user up (raises discovery's typed errors) and keep the record.
+
+        A record we hold already names the key to expect, and its seq the one to beat:
+        the DHT is asked too when the bootstrap has nothing newer."""
+        known = self.record(user_id)
+        record = await self.lookup.lookup(
+            user_id, identity_key=known.identity_key if known else None,
+            newer_than=known.seq if known else 0)
         self.remember(record, now)
         return self.record(user_id) or record
 
@@ -73,7 +80,9 @@ class Directory:
         """Have a Signal session with ``user_id``: claim a bundle if there is none."""
         if self.crypto.has_session(user_id):
             return
-        bundle = await self.lookup.claim_bundle(user_id)
+        known = self.record(user_id)
+        bundle = await self.lookup.bundle(user_id,
+                                          identity_key=known.identity_key if known else None)
         if self.crypto.has_session(user_id):  # a session arrived while we waited
             return
         self.crypto.start_session(bundle.record, bundle.prekey, now=now)

@@ -30,10 +30,13 @@ from groups.errors import NotFound
 from groups.invites import qr_svg
 from groups.messages import FileRef, direct_topic
 from groups.messenger import Messenger
+from mesh.dht import DhtNode
+from mesh.dht_records import format_dht_contact, parse_dht_contacts
 from mesh.discovery import DiscoveryClient
 from mesh.errors import DiscoveryRefused, MeshError
 from mesh.gossip_state import Acked, Event, Message, Rejected
 from mesh.identity import KeyPair, Record, display_user_id, load_or_create_identity
+from mesh.lookup import Discovery, DiscoveryMode, bootstrap_dht_contact
 from mesh.runtime import MeshRuntime
 from mesh.websocket import MESH_PATH, LinkConnection
 from webapp.api import api_routes
@@ -57,17 +60,24 @@ class NodeConfig:
     mesh_host: str = "127.0.0.1"
     advertise: tuple[str, ...] = ()   # endpoints to publish; default ws://host:port/mesh
     refresh_interval: float = 30.0    # how often unreachable peers' records are re-read
+    dht_port: int | None = 0          # UDP port of our DHT node; None: no DHT (--no-dht)
+    discovery: str = "auto"           # auto (bootstrap, then DHT) | dht | bootstrap
+    dht_contacts: tuple[str, ...] = ()  # "ip:port" of DHT nodes to join through
 
 
 class Node:
-    def __init__(self, config: NodeConfig, identity: KeyPair, conn: Any, crypto: Crypto) -> None:
+    def __init__(self, config: NodeConfig, identity: KeyPair, conn: Any, crypto: Crypto,
+                 dht: DhtNode | None) -> None:
         self.config = config
         self.identity = identity
         self.user_id = identity.user_id
         self.conn = conn
         self.crypto = crypto
         self.hub = EventHub()
-        self.discovery = DiscoveryClient(config.bootstrap, identity)
+        self.client = DiscoveryClient(config.bootstrap, identity) if config.bootstrap else None
+        self.dht = dht
+        mode = DiscoveryMode(config.discovery) if dht is not None else DiscoveryMode.BOOTSTRAP
+        self.discovery = Discovery(bootstrap=self.client, dht=dht, mode=mode)
         self.directory = Directory(conn, crypto, self.discovery)
         self.record: Record | None = None
         self.registered = asyncio.Event()
@@ -86,7 +96,11 @@ class Node:
         identity = load_or_create_identity(data_dir)
         conn = node_store.open_store(data_dir / "node.db")
         now = time.time()
-        node = cls(config, identity, conn, Crypto(conn, identity, now=now))
+        dht = None
+        if config.dht_port is not None:
+            dht = DhtNode()
+            await dht.listen(config.dht_port, config.mesh_host)
+        node = cls(config, identity, conn, Crypto(conn, identity, now=now), dht)
         update = prekeys.maintain_prekeys(node.crypto, now, server_left=None)
         provisional = prekeys.build_record(identity, update, endpoints=(),
                                            seq=node._record_seq(bump=False) or 1, now=now)
@@ -115,6 +129,8 @@ class Node:
         node._tasks = [asyncio.ensure_future(node._register_loop(update)),
                        asyncio.ensure_future(node.messenger.run_outbox(node._stop)),
                        asyncio.ensure_future(node._refresh_loop())]
+        if dht is not None:
+            node._tasks.append(asyncio.ensure_future(node._dht_loop()))
         log.info("node %s up: mesh %s, UI port %d", display_user_id(node.user_id),
                  ", ".join(endpoints), node.ui.port)
         return node
@@ -128,6 +144,8 @@ class Node:
                 await task
         await self.ui.stop()
         await self.runtime.close()
+        if self.dht is not None:
+            await self.dht.stop()
         await self.attachments.close()
         self.conn.close()
 
@@ -149,6 +167,9 @@ class Node:
         that cannot be reached is retried with backoff; the node works meanwhile."""
         delay = REGISTER_RETRY[0]
         first = True
+        if self.client is None:  # DHT-only: the DHT loop publishes our record
+            self.registered.set()
+            return
         while not self._stop.is_set():
             try:
                 assert self.record is not None
@@ -156,21 +177,21 @@ class Node:
                     fresh = prekeys.initial_prekeys(self.crypto, time.time()) \
                         if self._record_seq(bump=False) <= 1 else update
                     try:
-                        left = await self.discovery.register(self.record,
+                        left = await self.client.register(self.record,
                                                              fresh.one_time_prekeys)
                     except DiscoveryRefused as exc:
                         if exc.reason != "stale_seq":
                             raise
                         self.record = self._new_record(update)
-                        left = await self.discovery.register(self.record, ())
+                        left = await self.client.register(self.record, ())
                     first = False
                     self.registered.set()
                 else:
-                    left = await self.discovery.update()
+                    left = await self.client.update()
                 update = prekeys.maintain_prekeys(self.crypto, time.time(), server_left=left)
                 if update.record_changed or update.one_time_prekeys:
                     record = self._new_record(update) if update.record_changed else None
-                    await self.discovery.update(record, update.one_time_prekeys)
+                    await self.client.update(record, update.one_time_prekeys)
                 delay = REGISTER_RETRY[0]
                 wait = MAINTENANCE_INTERVAL
             except MeshError as exc:
@@ -189,6 +210,44 @@ class Node:
                 await self.messenger.refresh_unreachable(
                     set(self.runtime.links()), every=self.config.refresh_interval * 5)
 
+    async def _dht_loop(self) -> None:
+        """Join the DHT (through configured contacts and the bootstrap's DHT node) and
+        keep our record published there; retried with backoff until it works."""
+        assert self.dht is not None
+        delay = REGISTER_RETRY[0]
+        while not self._stop.is_set():
+            contacts = parse_dht_contacts(list(self.config.dht_contacts))
+            if self.client is not None:
+                with contextlib.suppress(MeshError):
+                    if (boot := await bootstrap_dht_contact(self.client)) is not None:
+                        contacts.append(boot)
+            try:
+                await self.dht.join(contacts)
+            except MeshError as exc:
+                log.info("DHT not joined yet (%s); retrying in %.0f s", exc, delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay)
+                delay = min(delay * 2, REGISTER_RETRY[1])
+                continue
+            assert self.record is not None
+            self.dht.publish_own(self.record, resign=self._resign)
+            return
+
+    async def _resign(self, record: Record) -> Record:
+        """A fresh copy of our record (seq + 1, now): DHT records expire by age."""
+        fresh = self._new_record(prekeys.maintain_prekeys(self.crypto, time.time(),
+                                                          server_left=None))
+        if self.client is not None:
+            with contextlib.suppress(MeshError):
+                await self.client.update(fresh)
+        return fresh
+
+    async def join_dht_contacts(self, contacts: tuple[str, ...]) -> None:
+        """Contacts from an invite: a way into the DHT that needs no bootstrap."""
+        if self.dht is not None and contacts:
+            with contextlib.suppress(MeshError):
+                await self.dht.join(parse_dht_contacts(list(contacts)))
+
     def _new_record(self, update: prekeys.PrekeyUpdate) -> Record:
         assert self.record is not None
         self.record = prekeys.build_record(self.identity, update,
@@ -196,11 +255,21 @@ class Node:
                                            seq=self._record_seq(bump=True), now=time.time())
         self.runtime.manager.set_record(self.record)
         self.directory.remember(self.record, time.time())
+        if self.dht is not None and self.dht.running:
+            self.dht.publish_own(self.record)
         return self.record
 
     def _invite_info(self) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
         endpoints = self.record.endpoints if self.record else ()
-        return self.config.bootstrap, endpoints, ()
+        dht: list[str] = []
+        if self.dht is not None and self.dht.running and self.dht.address is not None:
+            host, port = self.dht.address
+            if host in ("0.0.0.0", "::"):  # noqa: S104 - an unspecified bind: use loopback
+                host = self.config.mesh_host if self.config.mesh_host not in (
+                    "0.0.0.0", "::") else "127.0.0.1"  # noqa: S104
+            dht = [format_dht_contact(host, port)]
+            dht += [format_dht_contact(h, p) for h, p in self.dht.contacts(limit=3)]
+        return self.config.bootstrap, endpoints, tuple(dict.fromkeys(dht))
 
     # -- mesh callbacks ------------------------------------------------------------------
 

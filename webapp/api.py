@@ -20,10 +20,12 @@ from groups.errors import (
 )
 from groups.invites import Invite, qr_svg
 from groups.membership import INVITE_TTL
+from mesh.dht_records import DhtError, RecordNotFound
 from mesh.encoding import FormatError
 from mesh.errors import DiscoveryRefused, DiscoveryUnavailable, MeshError, RecordError
 from mesh.identity import parse_user_id
 from mesh.jsonapi import ApiError, check_fields
+from webapp.files import AttachmentMixin, UploadMixin
 from webapp.server import API_PREFIX, UiApiHandler
 
 __all__ = ["api_routes"]
@@ -33,7 +35,8 @@ _MESSAGE_ID = re.compile(r"^[0-9a-f]{64}$")
 MIN_INVITE_TTL = 1
 MAX_INVITE_TTL = 30 * 24 * 3600.0
 _STATUS_OF_REASON = {"text_too_long": 413, "empty_message": 400, "bad_name": 400,
-                     "invite_malformed": 400}
+                     "invite_malformed": 400, "file_too_large": 413, "empty_file": 400,
+                     "bad_file_name": 400}
 
 
 def to_api_error(exc: Exception) -> ApiError:
@@ -52,7 +55,9 @@ def to_api_error(exc: Exception) -> ApiError:
     if isinstance(exc, DiscoveryRefused):
         status = 404 if exc.status == 404 else 502
         return ApiError(status, "unknown_user" if status == 404 else reason, str(exc))
-    if isinstance(exc, DiscoveryUnavailable):
+    if isinstance(exc, RecordNotFound):
+        return ApiError(404, "unknown_user", "no user with this id could be found")
+    if isinstance(exc, DiscoveryUnavailable | DhtError):
         return ApiError(503, "discovery_unavailable",
                         "the bootstrap server (and the DHT) could not be reached")
     if isinstance(exc, RecordError):
@@ -127,13 +132,19 @@ class ContactsHandler(NodeHandler):
         self.send_json(201, contact)
 
 
-class ChatMessagesHandler(NodeHandler):
+class ChatMessagesHandler(UploadMixin, NodeHandler):
     def get(self, raw_id: str) -> None:
         topic = self.node.chat_topic(_user_id(raw_id))
         self.send_json(200, {"messages": self.node.messenger.messages(topic)})
 
     async def post(self, raw_id: str) -> None:
         user_id = _user_id(raw_id)
+        upload = self.upload()
+        if upload is not None:
+            topic = await self.node.open_chat(user_id)
+            self.send_json(201, await self.send_upload(
+                topic, upload, lambda text, ref: self.node.send_direct(user_id, text, ref)))
+            return
         text = self.text_field()
         message_id = await self.node.send_direct(user_id, text)
         self.send_json(201, {"message_id": message_id.hex()})
@@ -187,6 +198,7 @@ class JoinHandler(NodeHandler):
         body = self.json_body()
         check_fields(body, {"invite"})
         invite = Invite.parse(body["invite"])
+        await self.node.join_dht_contacts(invite.dht)
         group_id, joined = await self.node.messenger.groups.join(invite)
         self.send_json(200 if joined else 202, {"group_id": group_id.hex(), "joined": joined})
 
@@ -206,14 +218,21 @@ class AdminsHandler(NodeHandler):
         self.send_json(200, self.node.messenger.groups.info(_group_id(raw_group)))
 
 
-class GroupMessagesHandler(NodeHandler):
+class GroupMessagesHandler(UploadMixin, NodeHandler):
     def get(self, raw_id: str) -> None:
         group_id = _group_id(raw_id)
         self.node.messenger.groups.log_of(group_id)
         self.send_json(200, {"messages": self.node.messenger.messages(group_id)})
 
-    def post(self, raw_id: str) -> None:
+    async def post(self, raw_id: str) -> None:
         group_id = _group_id(raw_id)
+        upload = self.upload()
+        if upload is not None:
+            self.node.messenger.groups.log_of(group_id)  # a group we are in, or 404
+            self.send_json(201, await self.send_upload(
+                group_id, upload,
+                lambda text, ref: self.node.messenger.send_text(group_id, text, ref)))
+            return
         message_id = self.node.messenger.send_text(group_id, self.text_field())
         self.send_json(201, {"message_id": message_id.hex()})
 
@@ -223,6 +242,26 @@ class GroupReadHandler(ChatReadHandler):
         group_id = _group_id(raw_id)
         self.node.messenger.groups.log_of(group_id)
         self._read(group_id)
+
+
+class AttachmentHandler(AttachmentMixin, NodeHandler):
+    """GET/HEAD /attachments/{id}: the file (webapp/files.py)."""
+
+
+class AttachmentInfoHandler(NodeHandler):
+    def get(self, raw_id: str) -> None:
+        self.send_json(200, self.node.attachments.info(_attachment_id(raw_id)))
+
+
+class TransfersHandler(NodeHandler):
+    def get(self) -> None:
+        self.send_json(200, self.node.attachments.stats())
+
+
+def _attachment_id(raw: str) -> bytes:
+    if not _MESSAGE_ID.match(raw):
+        raise ApiError(400, "bad_attachment_id", "an attachment id is 64 hex characters")
+    return bytes.fromhex(raw)
 
 
 class SafetyHandler(NodeHandler):
@@ -246,5 +285,8 @@ def api_routes() -> list[tuple[str, type[UiApiHandler]]]:
         (p + f"/groups/{gid}/read", GroupReadHandler),
         (p + "/join", JoinHandler),
         (p + f"/safety/{uid}", SafetyHandler),
+        (p + r"/attachments/([^/]+)", AttachmentHandler),
+        (p + r"/attachments/([^/]+)/info", AttachmentInfoHandler),
+        (p + "/transfers", TransfersHandler),
     ]
 

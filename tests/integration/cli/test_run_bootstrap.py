@@ -17,7 +17,7 @@ def fetch_json(url: str) -> dict:
 
 def test_bootstrap_command_serves_health_and_openapi(run_py, tmp_path: Path) -> None:
     db = tmp_path / "boot.db"
-    proc = run_py("bootstrap", "--port", "0", "--db", str(db))
+    proc = run_py("bootstrap", "--port", "0", "--dht-port", "0", "--db", str(db))
     url = proc.wait_for(r"listening on (http://127\.0\.0\.1:\d+)").group(1)
     assert fetch_json(f"{url}/v1/health")["status"] == "ok"
     assert fetch_json(f"{url}/v1/openapi.json")["openapi"].startswith("3.")

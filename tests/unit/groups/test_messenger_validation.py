@@ -62,10 +62,10 @@ class NoEvents:
 class NoLookup:
     """Every record is known in advance here; a lookup would be a test bug."""
 
-    async def lookup(self, user_id: str):
+    async def lookup(self, user_id: str, **_):
         raise AssertionError(f"unexpected lookup of {user_id}")
 
-    async def claim_bundle(self, user_id: str):
+    async def bundle(self, user_id: str, **_):
         raise AssertionError(f"unexpected bundle claim for {user_id}")
 
 
