@@ -38,10 +38,14 @@ const FRIENDLY = {
   own_invite: "That is an invite you made yourself.",
   bad_user_id: "A Parley ID has 15 digits.",
   empty_message: "Type a message or attach a file first.",
+  unsupported_media_type: "Your node did not accept that upload (is it older than this app?).",
 };
 
 /** A sentence for people: our wording for known codes, else the server's message. */
 export function describeError(err) {
+  if (err instanceof ApiError && err.local) {
+    return err.message; // made here, already in words for people
+  }
   if (err instanceof ApiError) {
     return FRIENDLY[err.code] || err.message || `The node refused (${err.code}).`;
   }

@@ -271,8 +271,10 @@ let uploadKey = 0;
 /** Refuse files over 25 MB before any byte moves; the node enforces it too (413). */
 export function checkFileSize(file) {
   if (file.size > MAX_FILE_BYTES) {
-    throw new ApiError(413, "file_too_large",
-      `“${file.name}” is ${formatBytes(file.size)}. Parley sends files of up to 25 MB.`);
+    const err = new ApiError(413, "file_too_large",
+      `“${file.name}” is ${formatBytes(file.size)}: too large. Parley sends files of up to 25 MB.`);
+    err.local = true;
+    throw err;
   }
 }
 
@@ -292,7 +294,8 @@ export async function sendFile(conv, file, text) {
     removeUpload(conv.id, entry.key);
     return reply && reply.message_id;
   } catch (err) {
-    entry.error = describeError(err);
+    entry.error = describeError(err); // shown on the upload itself
+    err.shown = true;
     throw err;
   }
 }

@@ -1,0 +1,143 @@
+"""Browser tests: the built Vue app (webapp/dist) in Debian's Chromium, driven by
+Playwright, against real node processes and a real bootstrap process.
+
+The browser is always /usr/bin/chromium (never one Playwright downloads). Without it
+the tests are skipped with the reason, except under ``CI=true``, where that fails the
+run: CI must not pass by testing nothing. Each test's screenshots go to
+``test-output/browser/<test>/`` (gitignored), on success and on failure.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.integration.messenger.conftest import Cluster, NodeProc, cluster, eventually
+
+__all__ = ["CHROMIUM", "UiPage", "browser", "cluster", "eventually", "open_ui", "output_dir"]
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run",
+                 "--disable-quic"]
+DIST_INDEX = ROOT / "webapp" / "dist" / "index.html"
+OUTPUT = ROOT / "test-output" / "browser"
+VIEWPORT = {"width": 1180, "height": 760}
+TIMEOUT_MS = 20_000
+
+# Chromium reports a refused resource or a failed subresource as a console error; the
+# app itself must log none (and in particular no CSP violation).
+_IGNORED_CONSOLE = re.compile(r"favicon\.ico")
+
+
+def _require_chromium() -> None:
+    if CHROMIUM.exists():
+        return
+    reason = f"{CHROMIUM} is not installed (apt-get install chromium)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"browser tests need Debian's Chromium under CI: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    """One headless Chromium per test module (each test gets fresh contexts)."""
+    _require_chromium()
+    if not DIST_INDEX.is_file():
+        pytest.fail("webapp/dist is not built: run `make` (npm ci && npm run build in webapp/)",
+                    pytrace=False)
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=TIMEOUT_MS)
+
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS,
+                                      headless=True)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def output_dir(request: pytest.FixtureRequest) -> Path:
+    """test-output/browser/<test name>/, emptied first."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)
+    path = OUTPUT / name
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
+@dataclass
+class UiPage:
+    """One user's browser window (its own context: own cookie jar) on their node."""
+
+    name: str
+    node: NodeProc | None
+    context: object
+    page: object
+    console_errors: list[str] = field(default_factory=list)
+
+    def screenshot(self, folder: Path, what: str) -> Path:
+        path = folder / f"{self.name}-{what}.png"
+        self.page.screenshot(path=str(path))  # type: ignore[attr-defined]
+        return path
+
+
+@pytest.fixture
+def open_ui(browser: object, output_dir: Path) -> Iterator[Callable[..., UiPage]]:
+    """Open a node's UI from the URL it printed (fragment token -> cookie -> app) in a
+    fresh browser context. Every page's console errors and uncaught exceptions are
+    collected and must be empty at the end; screenshots of every open page are saved
+    at teardown, whatever the outcome."""
+    pages: list[UiPage] = []
+
+    def open_(name: str, node: NodeProc, path: str = "/", *, viewport: dict[str, int] | None = None,
+              color_scheme: str = "light", unlock: bool = True) -> UiPage:
+        context = browser.new_context(  # type: ignore[attr-defined]
+            viewport=viewport or VIEWPORT, device_scale_factor=1, locale="en-GB",
+            permissions=["clipboard-read", "clipboard-write"], color_scheme=color_scheme)
+        context.set_default_timeout(TIMEOUT_MS)
+        page = context.new_page()
+        ui = UiPage(name, node, context, page)
+
+        def on_console(message: Any) -> None:
+            if message.type == "error":
+                text = f"{message.text} ({message.location.get('url', '')})"
+                if not _IGNORED_CONSOLE.search(text):
+                    ui.console_errors.append(text)
+
+        page.on("console", on_console)
+        page.on("pageerror", lambda exc: ui.console_errors.append(f"uncaught: {exc}"))
+        pages.append(ui)
+        if unlock:
+            page.goto(f"{node.url}{path}#token={node.token}")
+            page.locator(".shell").wait_for()
+            # The locked page's own requests answered 401 before the unlock: not the app's.
+            ui.console_errors.clear()
+        return ui
+
+    try:
+        yield open_
+    finally:
+        for ui in pages:
+            try:
+                ui.screenshot(output_dir, "final")
+            except Exception as exc:
+                print(f"no screenshot of {ui.name}: {exc}")
+            ui.context.close()  # type: ignore[attr-defined]
+    for ui in pages:
+        assert not ui.console_errors, f"{ui.name}'s page logged errors: {ui.console_errors}"
+
+
+# Keep the fixtures imported from the messenger tests visible to pytest and linters.
+_ = (Cluster, cluster, eventually)
