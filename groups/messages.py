@@ -27,6 +27,8 @@ from mesh.errors import RemoteError
 __all__ = [
     "DIRECT_CONTENTS",
     "GROUP_CONTENTS",
+    "MAX_FILE_CHUNKS",
+    "MAX_FILE_SIZE",
     "MAX_TEXT_BYTES",
     "BadContent",
     "Content",
@@ -45,6 +47,9 @@ __all__ = [
 ]
 
 MAX_TEXT_BYTES = 64 * 1024
+MAX_FILE_SIZE = 26_214_400          # 25 MiB per attachment
+FILE_CHUNK_SIZE = 256 * 1024        # groups.crypto.ATTACHMENT_CHUNK_SIZE
+MAX_FILE_CHUNKS = MAX_FILE_SIZE // FILE_CHUNK_SIZE   # 100
 MAX_RECEIPT_IDS = 512
 MAX_WELCOME_OPS = 10_000
 
@@ -165,7 +170,9 @@ def _check(value: Any, hint: str, limit: int | None, item_len: int | None,
 
 @dataclass(frozen=True)
 class FileRef:
-    """An attachment announced in a message (groups/attachments.py fills it in)."""
+    """An attachment announced in a message (groups/attachments.py fills it in):
+    ``chunk_hashes`` holds the SHA-256 of each encrypted chunk, one per 256 KiB of
+    ``size`` (rounded up), so at most MAX_FILE_CHUNKS."""
 
     file_id: bytes
     key: bytes
@@ -183,10 +190,11 @@ class FileRef:
         ok = (isinstance(obj, dict) and set(obj) == {"id", "key", "size", "mime", "name", "h"}
               and type(obj["id"]) is bytes and len(obj["id"]) == 32
               and type(obj["key"]) is bytes and len(obj["key"]) == 32
-              and type(obj["size"]) is int and 0 < obj["size"] <= 26_214_400
+              and type(obj["size"]) is int and 0 < obj["size"] <= MAX_FILE_SIZE
               and type(obj["mime"]) is str and len(obj["mime"]) <= 100
               and type(obj["name"]) is str and len(obj["name"].encode()) <= 255
-              and type(obj["h"]) is list and len(obj["h"]) <= 101
+              and type(obj["h"]) is list and len(obj["h"]) <= MAX_FILE_CHUNKS
+              and len(obj["h"]) == -(-obj["size"] // FILE_CHUNK_SIZE)
               and all(type(h) is bytes and len(h) == 32 for h in obj["h"]))
         if not ok:
             raise BadContent(f"{where} is not a valid file reference")

@@ -229,7 +229,31 @@ CREATE TABLE undecrypted (
 );
 """
 
-MIGRATIONS: list[str] = [_V1_KEYS, _V2_MESSENGER]
+# Version 3: attachments (see groups/attachments.py and docs/parts/attachments-protocol.md).
+_V3_ATTACHMENTS = """
+-- One row per announced file (the first message that announced it). The chunks live in
+-- <data-dir>/files/<file_id hex>/, encrypted with file_key; which of them are held is
+-- what is on disk and matches chunk_hashes (verified on resume), so no per-chunk rows.
+-- mime is the sender's claim until the file is complete, then what its bytes say.
+CREATE TABLE attachments (
+    file_id      BLOB PRIMARY KEY,
+    topic        BLOB NOT NULL REFERENCES conversations (topic),
+    message_id   BLOB NOT NULL,
+    sender       TEXT NOT NULL,
+    name         TEXT NOT NULL,
+    mime         TEXT NOT NULL,
+    size         INTEGER NOT NULL,
+    file_key     BLOB NOT NULL,
+    chunk_hashes BLOB NOT NULL,              -- SHA-256 of each encrypted chunk, concatenated
+    state        TEXT NOT NULL CHECK (state IN ('downloading', 'complete', 'failed')),
+    bytes_done   INTEGER NOT NULL DEFAULT 0,
+    reason       TEXT,
+    created_at   INTEGER NOT NULL
+);
+CREATE INDEX attachments_message ON attachments (message_id);
+"""
+
+MIGRATIONS: list[str] = [_V1_KEYS, _V2_MESSENGER, _V3_ATTACHMENTS]
 
 def open_store(path: str | PathLike[str]) -> sqlite3.Connection:
     """Open (create, migrate) the node database at ``path`` (or ``":memory:"``)."""
