@@ -84,6 +84,9 @@ def _node_options(parser: argparse.ArgumentParser, *, bootstrap_default: str) ->
                         help="auto: bootstrap first, DHT when it fails; dht: DHT only")
     parser.add_argument("--dht-contact", action="append", default=[],
                         help="ip:port of a DHT node to join through (repeatable)")
+    parser.add_argument("--refresh-interval", type=float, default=30.0,
+                        help="seconds between looks for peers that moved (their records "
+                             "are re-read at most every 5 intervals)")
 
 
 def _node_config(args: argparse.Namespace, bootstrap: str) -> NodeConfig:
@@ -91,7 +94,8 @@ def _node_config(args: argparse.Namespace, bootstrap: str) -> NodeConfig:
                       ui_port=args.ui_port, mesh_port=args.mesh_port,
                       mesh_host=args.mesh_host, advertise=tuple(args.advertise),
                       dht_port=None if args.no_dht else args.dht_port,
-                      discovery=args.discovery, dht_contacts=tuple(args.dht_contact))
+                      discovery=args.discovery, dht_contacts=tuple(args.dht_contact),
+                      refresh_interval=args.refresh_interval)
 
 
 def _announce(node: Node, label: str = "") -> None:

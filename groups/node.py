@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +50,8 @@ __all__ = ["Node", "NodeConfig"]
 log = logging.getLogger("parley.node")
 
 MAINTENANCE_INTERVAL = 3600.0
+DHT_CONTACTS_FILE = "dht-contacts.json"
+DHT_CONTACTS_SAVE_INTERVAL = 60.0
 REGISTER_RETRY = (2.0, 120.0)
 
 
@@ -81,6 +85,7 @@ class Node:
         self.directory = Directory(conn, crypto, self.discovery)
         self.record: Record | None = None
         self.registered = asyncio.Event()
+        self.dht_joined = False
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self.runtime: MeshRuntime
@@ -145,6 +150,8 @@ class Node:
         await self.ui.stop()
         await self.runtime.close()
         if self.dht is not None:
+            if self.dht_joined:
+                self._save_dht_contacts()
             await self.dht.stop()
         await self.attachments.close()
         self.conn.close()
@@ -217,6 +224,7 @@ class Node:
         delay = REGISTER_RETRY[0]
         while not self._stop.is_set():
             contacts = parse_dht_contacts(list(self.config.dht_contacts))
+            contacts += [c for c in self._saved_dht_contacts() if c not in contacts]
             if self.client is not None:
                 with contextlib.suppress(MeshError):
                     if (boot := await bootstrap_dht_contact(self.client)) is not None:
@@ -231,7 +239,29 @@ class Node:
                 continue
             assert self.record is not None
             self.dht.publish_own(self.record, resign=self._resign)
-            return
+            self.dht_joined = True
+            break
+        while not self._stop.is_set():  # remember a way back in that needs no bootstrap
+            self._save_dht_contacts()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), DHT_CONTACTS_SAVE_INTERVAL)
+
+    def _saved_dht_contacts(self) -> list[tuple[str, int]]:
+        """DHT nodes we knew last time (plain JSON in the data dir, never pickle)."""
+        path = Path(self.config.data_dir) / DHT_CONTACTS_FILE
+        try:
+            return parse_dht_contacts(json.loads(path.read_text())[:8])
+        except (OSError, ValueError, MeshError):
+            return []
+
+    def _save_dht_contacts(self) -> None:
+        assert self.dht is not None
+        contacts = [format_dht_contact(h, p) for h, p in self.dht.contacts(limit=8)]
+        if contacts:
+            path = Path(self.config.data_dir) / DHT_CONTACTS_FILE
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(contacts))
+            os.replace(tmp, path)
 
     async def _resign(self, record: Record) -> Record:
         """A fresh copy of our record (seq + 1, now): DHT records expire by age."""
@@ -294,7 +324,10 @@ class Node:
                 "identity_key": self.identity.public.hex(),
                 "safety_qr": qr_svg(f"parley:user/{self.user_id}/{self.identity.public.hex()}"),
                 "endpoints": list(self.record.endpoints if self.record else ()),
-                "bootstrap": self.config.bootstrap, "registered": self.registered.is_set()}
+                "bootstrap": self.config.bootstrap, "registered": self.registered.is_set(),
+                "dht": None if self.dht is None else {
+                    "joined": self.dht_joined,
+                    "peers": self.dht.routing_table_size() if self.dht.running else 0}}
 
     def contacts(self) -> list[dict[str, Any]]:
         return [{"id": uid, "display_id": display_user_id(uid),

@@ -33,20 +33,27 @@ class NodeProc:
     data_dir: Path
     bootstrap: str
     mesh_port: int = field(default_factory=free_port)
+    extra: tuple[str, ...] = ()
     proc: Proc | None = None
     url: str = ""
     token: str = ""
     user_id: str = ""
 
-    def start(self) -> NodeProc:
+    def start(self, *, ready: str = "registered") -> NodeProc:
+        """Start and wait until the node is ``ready``: "registered" with the bootstrap,
+        or "dht" (joined the DHT), or "" (serving its API)."""
         self.proc = start_run_py("node", "--data-dir", str(self.data_dir), "--ui-port", "0",
                                  "--mesh-port", str(self.mesh_port), "--bootstrap",
-                                 self.bootstrap, "--log-level", "WARNING")
+                                 self.bootstrap, "--log-level", "WARNING", *self.extra)
         match = self.proc.wait_for(r"Parley node ([0-9 ]+): open (http://127\.0\.0\.1:\d+)/#token=(\S+)")
         self.user_id = match.group(1).replace(" ", "")
         self.url, self.token = match.group(2), match.group(3)
-        eventually(lambda: self.ok("GET", "/api/v1/me")["registered"],
-                   message=f"{self.name} registered with the bootstrap")
+        if ready == "registered":
+            eventually(lambda: self.ok("GET", "/api/v1/me")["registered"],
+                       message=f"{self.name} registered with the bootstrap")
+        elif ready == "dht":
+            eventually(lambda: (self.ok("GET", "/api/v1/me")["dht"] or {}).get("joined"),
+                       message=f"{self.name} joined the DHT")
         return self
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
@@ -124,10 +131,11 @@ def eventually(check: Callable[[], Any], timeout: float = 30.0, interval: float 
 class Cluster:
     bootstrap_url: str
     base: Path
+    boot: Proc
     nodes: dict[str, NodeProc] = field(default_factory=dict)
 
-    def add(self, name: str) -> NodeProc:
-        node = NodeProc(name, self.base / name, self.bootstrap_url).start()
+    def add(self, name: str, *extra: str) -> NodeProc:
+        node = NodeProc(name, self.base / name, self.bootstrap_url, extra=extra).start()
         self.nodes[name] = node
         return node
 
@@ -138,7 +146,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
                         str(tmp_path / "boot.db"),
                         "--rate", "10000", "--burst", "10000", "--log-level", "WARNING")
     url = boot.wait_for(r"listening on (http://\S+)").group(1)
-    cluster = Cluster(url, tmp_path)
+    cluster = Cluster(url, tmp_path, boot)
     try:
         yield cluster
     finally:
