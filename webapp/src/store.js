@@ -20,6 +20,7 @@ export const state = reactive({
   uploads: {}, // conversation id -> [{key, name, size, loaded, error}]
   connection: "connecting", // connecting | live | offline
   identityChanged: {}, // user id -> true: a contact's safety number changed
+  leftGroups: {}, // group id -> true: we left or were removed (while this page was open)
   notices: [], // global notices [{key, text, kind}] shown in a live region
   activeConversation: null, // the conversation on screen (marks read while visible)
 });
@@ -168,15 +169,28 @@ function onEvent(event) {
     case "attachment":
       applyAttachment(data);
       break;
-    case "group":
+    case "group": {
       refreshConversationsSoon();
-      if (state.groups[data.group_id]) {
-        loadGroup(data.group_id).catch(() => {});
-      }
-      if (data.event === "joined") {
-        notify("You joined a group.", "info", 4000);
+      if (data.event === "left") {
+        // We left, or an admin removed us: the node no longer answers for this group.
+        const conv = conversationById(data.group_id);
+        const known = Boolean(state.groups[data.group_id]);
+        delete state.groups[data.group_id];
+        state.leftGroups[data.group_id] = true;
+        if (known || conv) {
+          notify(`You are no longer a member of “${(conv && conv.name) || "the group"}”.`, "info", 8000);
+        }
+      } else {
+        delete state.leftGroups[data.group_id];
+        if (state.groups[data.group_id]) {
+          loadGroup(data.group_id).catch(() => {});
+        }
+        if (data.event === "joined") {
+          notify("You joined a group.", "info", 4000);
+        }
       }
       break;
+    }
     case "join_refused":
       notify(`Joining the group was refused${data.reason ? `: ${data.reason}` : ""}.`);
       break;
@@ -197,7 +211,12 @@ async function reloadAll() {
       const conv = conversationById(id);
       return conv ? loadMessages(conv).catch(() => {}) : Promise.resolve();
     }),
-    ...Object.keys(state.groups).map((id) => loadGroup(id).catch(() => {})),
+    ...Object.keys(state.groups).map((id) => loadGroup(id).catch((err) => {
+      if (err.status === 404 || err.status === 403) {
+        delete state.groups[id];
+        state.leftGroups[id] = true;
+      }
+    })),
   ]);
   if (state.activeConversation) {
     scheduleRead();
@@ -329,6 +348,7 @@ export async function removeMember(groupId, userId) {
   await del(`/groups/${groupId}/members/${userId}`);
   if (state.me && userId === state.me.id) {
     delete state.groups[groupId];
+    state.leftGroups[groupId] = true;
     await loadConversations().catch(() => {});
   } else {
     await loadGroup(groupId);
