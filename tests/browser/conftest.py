@@ -22,7 +22,8 @@ import pytest
 from tests.conftest import ROOT
 from tests.integration.messenger.conftest import Cluster, NodeProc, cluster, eventually
 
-__all__ = ["CHROMIUM", "UiPage", "browser", "cluster", "eventually", "open_ui", "output_dir"]
+__all__ = ["CHROMIUM", "UiPage", "browser", "cluster", "drop_files", "eventually", "open_ui",
+           "output_dir"]
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -137,6 +138,26 @@ def open_ui(browser: object, output_dir: Path) -> Iterator[Callable[..., UiPage]
             ui.context.close()  # type: ignore[attr-defined]
     for ui in pages:
         assert not ui.console_errors, f"{ui.name}'s page logged errors: {ui.console_errors}"
+
+
+_DROP_JS = """(files) => {
+  const data = new DataTransfer();
+  for (const f of files) {
+    const body = f.text !== undefined ? [f.text] : [new Uint8Array(f.size)];
+    data.items.add(new File(body, f.name, {type: f.type || "application/octet-stream"}));
+  }
+  const target = document.querySelector("section.chat");
+  for (const type of ["dragenter", "dragover", "drop"]) {
+    const init = {bubbles: true, cancelable: true, dataTransfer: data};
+    target.dispatchEvent(new DragEvent(type, init));
+  }
+}"""
+
+
+def drop_files(page: Any, *files: dict[str, Any]) -> None:
+    """Drop files made in the page ({name, text} or {name, size}, optional type) on the
+    open chat, as a drag from the desktop would."""
+    page.evaluate(_DROP_JS, list(files))
 
 
 # Keep the fixtures imported from the messenger tests visible to pytest and linters.

@@ -16,11 +16,14 @@ from playwright.sync_api import Page, expect
 
 from tests.conftest import ROOT
 
-from .conftest import Cluster, UiPage, eventually
+from .conftest import Cluster, UiPage, drop_files, eventually
 
 pytestmark = pytest.mark.browser
 
 SCREENSHOT = ROOT / "docs" / "screenshots" / "chat.png"
+
+
+PACKING_LIST = "map\ntickets\nsandwiches\n"
 
 
 def make_png(width: int = 160, height: int = 96) -> bytes:
@@ -135,6 +138,25 @@ def test_alice_and_bob_chat_in_a_group(cluster: Cluster, open_ui: Callable[..., 
     expect(own.get_by_test_id("image-preview")).to_be_visible()
     expect(own.locator(".ticks")).to_have_attribute("data-status", re.compile("delivered|read"))
     expect(own.locator(".ticks")).to_have_attribute("data-status", "read")
+
+    # Bob drops a document on the chat: Alice gets a card with its size and downloads it.
+    drop_files(b, {"name": "packing-list.txt", "text": PACKING_LIST, "type": "text/plain"})
+    expect(b.get_by_role("list", name="Files to send")).to_contain_text("packing-list.txt")
+    b.get_by_role("button", name="Send", exact=True).click()
+    card = a.locator(".message", has_text="packing-list.txt")
+    download = card.get_by_role("link", name="Download packing-list.txt")
+    expect(download).to_be_visible(timeout=30_000)
+    expect(card).to_contain_text(f"{len(PACKING_LIST)} B")
+    with a.expect_download() as info:
+        download.click()
+    saved = tmp_path / "downloaded.txt"
+    info.value.save_as(saved)
+    assert saved.read_text() == PACKING_LIST
+    assert info.value.suggested_filename == "packing-list.txt"
+
+    # The conversation list follows: last message first.
+    for page in (a, b):
+        expect(page.locator(".conv-preview")).to_contain_text("File: packing-list.txt")
 
     # Screenshots of both windows (the fixture saves the final state as well).
     alice.screenshot(output_dir, "chat")

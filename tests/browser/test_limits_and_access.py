@@ -15,23 +15,13 @@ from typing import Any
 import pytest
 from playwright.sync_api import expect
 
-from .conftest import Cluster, UiPage
+from .conftest import Cluster, UiPage, drop_files
 
 pytestmark = pytest.mark.browser
 
 MAX_FILE = 26_214_400
 PHONE = {"width": 390, "height": 800}
 
-DROP_BIG_FILE = """(size) => {
-  const file = new File([new Uint8Array(size)], "dropped.bin", {type: "application/octet-stream"});
-  const data = new DataTransfer();
-  data.items.add(file);
-  const target = document.querySelector("section.chat");
-  for (const type of ["dragenter", "dragover", "drop"]) {
-    const init = {bubbles: true, cancelable: true, dataTransfer: data};
-    target.dispatchEvent(new DragEvent(type, init));
-  }
-}"""
 
 
 def test_a_file_over_25_mb_is_refused_with_a_readable_message(
@@ -59,7 +49,7 @@ def test_a_file_over_25_mb_is_refused_with_a_readable_message(
     # Dropped on the chat: the same refusal.
     page.get_by_role("button", name="Dismiss the error").click()
     expect(error).to_have_count(0)
-    page.evaluate(DROP_BIG_FILE, MAX_FILE + 1)
+    drop_files(page, {"name": "dropped.bin", "size": MAX_FILE + 1})
     expect(page.get_by_role("alert").filter(has_text="dropped.bin")).to_contain_text("up to 25 MB")
 
     # A file of exactly 25 MB is fine to stage (the limit is not off by one).

@@ -38,6 +38,7 @@ const FRIENDLY = {
   own_invite: "That is an invite you made yourself.",
   bad_user_id: "A Parley ID has 15 digits.",
   empty_message: "Type a message or attach a file first.",
+  empty_file: "That file is empty: there is nothing to send.",
   internal_error: "Your node hit an unexpected error (its log has the details).",
   unsupported_media_type: "Your node did not accept that upload (is it older than this app?).",
 };

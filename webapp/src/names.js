@@ -30,8 +30,10 @@ export function messagePreview(message) {
   }
   const who = state.me && message.sender === state.me.id ? "You: " : "";
   if (message.attachment) {
+    const mime = String(message.attachment.mime || "");
+    const kind = mime.startsWith("image/") ? "Photo" : mime.startsWith("video/") ? "Video" : "File";
     const name = message.attachment.name || "file";
-    return `${who}📎 ${name}${message.text ? ` — ${message.text}` : ""}`;
+    return `${who}${kind}: ${name}${message.text ? ` — ${message.text}` : ""}`;
   }
   return who + (message.text || "");
 }

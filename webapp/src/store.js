@@ -185,8 +185,9 @@ function onEvent(event) {
         if (state.groups[data.group_id]) {
           loadGroup(data.group_id).catch(() => {});
         }
-        if (data.event === "joined") {
-          notify("You joined a group.", "info", 4000);
+        if (data.event === "joined" && joinsInFlight === 0) {
+          // A join that was queued (the inviter was offline) went through later.
+          notify("You joined a group: it is in your list now.", "info", 6000);
         }
       }
       break;
@@ -289,6 +290,11 @@ let uploadKey = 0;
 
 /** Refuse files over 25 MB before any byte moves; the node enforces it too (413). */
 export function checkFileSize(file) {
+  if (file.size === 0) {
+    const err = new ApiError(400, "empty_file", `“${file.name}” is empty: there is nothing to send.`);
+    err.local = true;
+    throw err;
+  }
   if (file.size > MAX_FILE_BYTES) {
     const err = new ApiError(413, "file_too_large",
       `“${file.name}” is ${formatBytes(file.size)}: too large. Parley sends files of up to 25 MB.`);
@@ -337,11 +343,18 @@ export function makeInvite(groupId) {
   return post(`/groups/${groupId}/invites`, {});
 }
 
+let joinsInFlight = 0;
+
 /** POST /join: {group_id, joined} (joined false: the inviter did not answer in time). */
 export async function joinGroup(invite) {
-  const reply = await post("/join", { invite });
-  await loadConversations().catch(() => {});
-  return reply;
+  joinsInFlight += 1;
+  try {
+    const reply = await post("/join", { invite });
+    await loadConversations().catch(() => {});
+    return reply;
+  } finally {
+    joinsInFlight -= 1;
+  }
 }
 
 export async function removeMember(groupId, userId) {
