@@ -71,12 +71,14 @@ class _Pending:
 
 
 class _Cached:
-    __slots__ = ("asked", "holders", "message")
+    __slots__ = ("asked", "first", "holders", "message")
 
-    def __init__(self, message: Message, holders: set[str], asked: set[str]) -> None:
+    def __init__(self, message: Message, holders: set[str], asked: set[str],
+                 first: str | None) -> None:
         self.message = message
         self.holders = holders
         self.asked = asked
+        self.first = first  # who sent us the first copy (None: our own)
 
 
 class _Missing:
@@ -360,14 +362,17 @@ class GossipEngine:
             if peer not in pend.peers:
                 pend.peers.append(peer)
             pend.holders.add(peer)
-            self._duplicate(peer, msg, t, pend.asked)
+            self._duplicate(peer, msg, t, pend.asked, pend.peers[0])
             return
         cached = self._mcache.get(mid)
         if cached is not None or mid in self._seen or self.store.has(mid):
             self.sync.ack(peer, mid, now)  # committed already: ack at once
             if cached is not None:
                 cached.holders.add(peer)
-            self._duplicate(peer, msg, t, cached.asked if cached is not None else set())
+            if cached is not None:
+                self._duplicate(peer, msg, t, cached.asked, cached.first)
+            else:
+                self._duplicate(peer, msg, t, set(), None)
             return
         try:
             if msg.seq < 1:
@@ -387,17 +392,21 @@ class GossipEngine:
                                       graft_to)
         self.emit(Commit(msg, peer))
 
-    def _duplicate(self, peer: str, msg: Message, t: TopicState, asked: set[str]) -> None:
+    def _duplicate(self, peer: str, msg: Message, t: TopicState, asked: set[str],
+                   first: str | None) -> None:
         """A copy we already hold: an eager push that closes a cycle in its origin's
-        tree, so ask the peer to PRUNE that origin towards us. Copies we asked for
-        (IWANT) or that a summary said the peer held before (anti-entropy) are not
-        eager pushes."""
+        tree, so ask the peer to PRUNE that origin towards us. The author's own push is
+        never pruned (it is the shortest path); the relay whose copy beat it is. Copies
+        we asked for (IWANT) or that a summary said the peer held before (anti-entropy)
+        are not eager pushes."""
         self.stats["duplicates"] += 1
-        if t.full_mesh or peer not in t.mesh or peer in asked:
+        if peer not in t.mesh or msg.seq <= self.sync.summary_head(peer, msg.topic,
+                                                                   msg.origin):
             return
-        if msg.seq <= self.sync.summary_head(peer, msg.topic, msg.origin):
+        culprit = first if peer == msg.origin else peer
+        if culprit is None or culprit == msg.origin or culprit in asked or culprit not in t.mesh:
             return
-        self.send(peer, wire.Prune(msg.topic, (msg.origin,)))
+        self.send(culprit, wire.Prune(msg.topic, (msg.origin,)))
 
     def _on_ihave(self, peer: str, frame: wire.IHave, now: float) -> None:
         topic = frame.topic
@@ -459,7 +468,7 @@ class GossipEngine:
             raise LocalError("committed() for a message that is not pending")
         msg = pend.message
         self._seen.put(msg_id, None, now)
-        cached = _Cached(msg, pend.holders, pend.asked)
+        cached = _Cached(msg, pend.holders, pend.asked, pend.peers[0])
         self._mcache.put(msg_id, cached, now)
         for peer in pend.peers:
             if peer in self._peers:
@@ -491,7 +500,7 @@ class GossipEngine:
         if message.msg_id in self._seen:
             return
         self._seen.put(message.msg_id, None, now)
-        cached = _Cached(message, set(), set())
+        cached = _Cached(message, set(), set(), None)
         self._mcache.put(message.msg_id, cached, now)
         self._forward(message, cached, now, own=True)
         self._release(message, None)
@@ -508,25 +517,21 @@ class GossipEngine:
             return
         frame = msg.to_frame()
         skip = cached.holders
-        if msg.origin not in t.origins and not t.full_mesh:
-            t.first_sight(msg.origin, skip, self.params.fanout_new, self.rng, own=own)
-        if t.full_mesh:
-            if own:
-                for peer in t.mesh:
-                    self._push(peer, msg, frame)
-                return
-            lazy = [p for p in t.mesh if p not in skip and p != msg.origin]
-            if len(lazy) > self.params.full_mesh_gossip:
-                lazy = self.rng.sample(lazy, self.params.full_mesh_gossip)
-        else:
-            lazy = []
-            for peer, edge in t.mesh.items():
-                if peer in skip or peer == msg.origin:
-                    continue
-                if edge.pushes(msg.origin):
-                    self._push(peer, msg, frame)
-                else:
-                    lazy.append(peer)
+        if msg.origin not in t.origins:
+            if t.full_mesh:  # everyone hears the author directly: relays push nothing
+                t.origins.add(msg.origin)
+            else:
+                t.first_sight(msg.origin, skip, self.params.fanout_new, self.rng, own=own)
+        lazy = []
+        for peer, edge in t.mesh.items():
+            if peer in skip or peer == msg.origin:
+                continue
+            if edge.pushes(msg.origin):
+                self._push(peer, msg, frame)
+            else:
+                lazy.append(peer)
+        if t.full_mesh and len(lazy) > self.params.full_mesh_gossip:
+            lazy = self.rng.sample(lazy, self.params.full_mesh_gossip)
         for peer in lazy:
             t.ihave.setdefault(peer, []).append(msg.msg_id)
         if lazy and self._ihave_due is None:
@@ -597,7 +602,7 @@ class GossipEngine:
             m.deadline = now + self.params.iwant_timeout
             heapq.heappush(self._missing_heap, (m.deadline, mid))
             iwants.setdefault(peer, []).append(mid)
-            m.graft = not self._topics[m.topic].full_mesh
+            m.graft = True
         for peer, ids in iwants.items():
             for chunk in _chunks(ids):
                 self.send(peer, wire.IWant(chunk))

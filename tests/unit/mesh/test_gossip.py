@@ -221,15 +221,35 @@ def test_small_group_is_a_full_mesh_with_direct_push_from_the_author() -> None:
     assert sent(net, wire.Prune) == [] and sent(net, wire.Graft) == []
 
 
-def test_full_mesh_member_cut_off_from_the_author_gets_it_by_digest() -> None:
+def test_full_mesh_member_cut_off_from_the_author_is_fed_by_a_relay() -> None:
     pairs = [(i, j) for i in range(5) for j in range(i + 1, 5) if (i, j) != (0, 4)]
     net, nodes = build(5, big=False, links=pairs)
+    author, cut = nodes[0], nodes[4]
     t = net.now
-    m = net.publish(nodes[0].id, TOPIC, b"via a relay")
+    m = net.publish(author.id, TOPIC, b"via a relay")
     net.run(t + 3)
-    assert nodes[4].store.has(m.msg_id) and nodes[4].hops[m.msg_id] == 2
-    assert sent(net, wire.Graft, since=t) == []  # full mesh: nothing to graft
-    assert len(sent(net, wire.IWant, nodes[4], since=t)) == 1
+    assert cut.store.has(m.msg_id) and cut.hops[m.msg_id] == 2
+    (iwant,) = [(d, f) for at, s, d, f, _ in net.log
+                if at >= t and s == cut.id and isinstance(f, wire.IWant)]
+    relay = iwant[0]
+    # Fetched by digest once, then that relay is asked to push the author's messages.
+    assert sent(net, wire.Graft, since=t) == [wire.Graft(TOPIC, (author.id,))]
+    assert sent(net, wire.Graft, cut, net.nodes[relay], since=t)
+    t = net.now
+    m2 = net.publish(author.id, TOPIC, b"pushed by the relay now")
+    net.run(t + 0.01)
+    assert cut.store.has(m2.msg_id) and sent(net, wire.IWant, since=t) == []
+    # The author's link comes up: its direct push makes the relay's copy the duplicate.
+    net.connect(author.id, cut.id)
+    net.run(net.now + 1)
+    t = net.now
+    net.publish(author.id, TOPIC, b"direct again")
+    net.run(t + 1)
+    assert sent(net, wire.Prune, cut, since=t) == [wire.Prune(TOPIC, (author.id,))]
+    t = net.now
+    m4 = net.publish(author.id, TOPIC, b"one copy")
+    net.run(t + 1)
+    assert cut.copies[m4.msg_id] == 1 and cut.hops[m4.msg_id] == 1
 
 
 def test_mesh_is_bounded_by_d_hi_and_refusals_are_explicit() -> None:
