@@ -121,3 +121,22 @@ def test_leaving_a_group(cluster: Cluster, open_ui: Callable[..., UiPage]) -> No
         expect(sidebar(page).get_by_role("link", name=re.compile("Book club"))).to_have_count(0)
     finally:
         ui.console_errors.clear()  # the failure is asserted above, not as a console error
+
+
+def test_an_unreachable_contact_is_shown_as_offline(cluster: Cluster,
+                                                    open_ui: Callable[..., UiPage]) -> None:
+    alice_node, bob_node = cluster.add("alice"), cluster.add("bob")
+    bob_node.stop()  # registered, then gone
+    ui = open_ui("alice", alice_node, "/add-contact")
+    page = ui.page
+    page.get_by_label("Their Parley ID").fill(bob_node.user_id)
+    page.get_by_role("button", name="Add contact").click()
+    page.get_by_label("Message (Enter sends").fill("Are you there?")
+    page.get_by_label("Message (Enter sends").press("Enter")
+    ticks = page.locator(".message", has_text="Are you there?").locator(".ticks")
+    expect(ticks).to_have_attribute("data-status", "pending")
+    expect(page.get_by_test_id("peer-offline")).to_contain_text("They seem to be offline",
+                                                                 timeout=15_000)
+    ticks.click()
+    expect(page.get_by_role("region", name="Delivery per member")).to_contain_text(
+        "waiting (offline or not reached yet)")

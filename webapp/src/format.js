@@ -50,7 +50,7 @@ export function fullTime(ms) {
 export const STATES = ["pending", "sent", "delivered", "read"];
 
 export const STATE_LABEL = {
-  pending: "Pending: no other member has it yet",
+  pending: "Pending: not with anyone else yet",
   sent: "Sent: a member's node stored it",
   delivered: "Delivered to everyone",
   read: "Read by everyone",
