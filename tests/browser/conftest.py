@@ -88,6 +88,11 @@ class UiPage:
     page: object
     console_errors: list[str] = field(default_factory=list)
 
+    def assert_labelled(self) -> None:
+        """Every visible control has a name a screen reader can say."""
+        unnamed = self.page.evaluate(_UNNAMED_JS)  # type: ignore[attr-defined]
+        assert unnamed == [], f"controls without an accessible name: {unnamed}"
+
     def screenshot(self, folder: Path, what: str) -> Path:
         path = folder / f"{self.name}-{what}.png"
         self.page.screenshot(path=str(path))  # type: ignore[attr-defined]
@@ -139,6 +144,21 @@ def open_ui(browser: object, output_dir: Path) -> Iterator[Callable[..., UiPage]
     for ui in pages:
         assert not ui.console_errors, f"{ui.name}'s page logged errors: {ui.console_errors}"
 
+
+_UNNAMED_JS = """() => {
+  const controls = document.querySelectorAll("button, a[href], input, textarea, select");
+  return [...controls].filter((el) => {
+    if (el.closest("[aria-hidden=true]") || el.type === "hidden" || !el.getClientRects().length) {
+      return false;
+    }
+    const byId = (el.getAttribute("aria-labelledby") || "").split(" ").filter(Boolean)
+      .map((id) => (document.getElementById(id) || {}).textContent || "").join(" ");
+    const label = [...(el.labels || [])].map((l) => l.textContent).join(" ");
+    const name = [el.getAttribute("aria-label"), byId, label, el.textContent, el.title]
+      .map((t) => (t || "").trim()).find(Boolean);
+    return !name;
+  }).map((el) => el.outerHTML.slice(0, 120));
+}"""
 
 _DROP_JS = """(files) => {
   const data = new DataTransfer();

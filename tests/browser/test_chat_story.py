@@ -158,6 +158,9 @@ def test_alice_and_bob_chat_in_a_group(cluster: Cluster, open_ui: Callable[..., 
     for page in (a, b):
         expect(page.locator(".conv-preview")).to_contain_text("File: packing-list.txt")
 
+    alice.assert_labelled()
+    bob.assert_labelled()
+
     # Screenshots of both windows (the fixture saves the final state as well).
     alice.screenshot(output_dir, "chat")
     bob.screenshot(output_dir, "chat")

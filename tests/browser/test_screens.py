@@ -71,11 +71,13 @@ def test_contacts_safety_numbers_settings_and_group_admin(
     assert numbers[0] == numbers[1] and re.fullmatch(r"\d{60}", numbers[0])
     assert numbers[0] == alice_node.ok("GET", f"/api/v1/safety/{bob_node.user_id}")["safety_number"]
     alice.screenshot(output_dir, "safety")
+    alice.assert_labelled()
 
     # Settings show the bootstrap server this node uses.
     a.get_by_role("link", name="Settings").click()
     expect(a.get_by_text(cluster.bootstrap_url, exact=True)).to_be_visible()
     expect(a.get_by_text(alice_node.user_id[:3] + " ")).not_to_have_count(0)
+    alice.assert_labelled()
 
     # A join link in the address only fills the form: nothing happens until "Join group".
     group = alice_node.create_group("Book club")
@@ -94,6 +96,7 @@ def test_contacts_safety_numbers_settings_and_group_admin(
     b.get_by_role("link", name="Group info").click()
     b_bob_row = b.get_by_test_id("member-list").locator("li", has_text=grouped(bob_node.user_id))
     expect(b_bob_row).not_to_contain_text("admin")
+    alice.assert_labelled()
     bob_row.get_by_role("button", name="Make admin").click()
     expect(bob_row).to_contain_text("admin")
     expect(b_bob_row).to_contain_text("admin")
