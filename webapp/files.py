@@ -201,8 +201,11 @@ class UploadMixin:
         """Encrypt the upload into the store and send it with ``send(caption, file_ref)``
         (which returns the message id); the staged chunks go if the send fails."""
         attachments = self.node.attachments
-        ref = await attachments.stage(topic, upload.path, check_upload_name(upload.name),
-                                      upload.size)
+        try:
+            ref = await attachments.stage(topic, upload.path, check_upload_name(upload.name),
+                                          upload.size)
+        finally:
+            self._drop_upload()  # the plaintext goes before the answer does
         try:
             message_id = send(upload.caption, ref)
             if hasattr(message_id, "__await__"):
@@ -216,6 +219,10 @@ class UploadMixin:
         if getattr(self, "_sink", None) is not None:
             self._sink.discard()  # type: ignore[union-attr]
             self._sink = None
+
+    def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
+        self._drop_upload()  # a refused upload is gone before the client hears of it
+        super().send_error(status_code, **kwargs)  # type: ignore[misc]
 
     def on_finish(self) -> None:
         self._drop_upload()

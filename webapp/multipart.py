@@ -55,8 +55,9 @@ Event = PartStart | PartData | PartEnd | Finished
 
 def parse_header_params(value: str) -> tuple[str, dict[str, str]]:
     """``form-data; name="file"; filename="a.png"`` -> ("form-data", {...}). Parameter
-    names are lower-cased; quoted strings may hold backslash escapes; a parameter named
-    twice, or a quote left open, is an error."""
+    names are lower-cased; in quoted strings only ``\\"`` and ``\\\\`` are escapes (browsers
+    send other backslashes as they are, e.g. in Windows paths); a parameter named twice,
+    or a quote left open, is an error."""
     head, _, rest = value.partition(";")
     kind = head.strip().lower()
     params: dict[str, str] = {}
@@ -79,7 +80,7 @@ def parse_header_params(value: str) -> tuple[str, dict[str, str]]:
                 if i >= n:
                     raise MultipartError("a quoted header parameter is not closed")
                 ch = rest[i]
-                if ch == "\\" and i + 1 < n:
+                if ch == "\\" and i + 1 < n and rest[i + 1] in '"\\':
                     out.append(rest[i + 1])
                     i += 2
                 elif ch == '"':
