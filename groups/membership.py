@@ -154,7 +154,8 @@ class Membership:
         if me not in after.members:
             history.mark_left(self.m.conn, group_id, now)
             self.m.crypto.forget_sender(group_id)
-            self.m.mesh.leave_topic(group_id)
+            # After our own LEAVE (if this is it) went out on the topic.
+            self.m.after_flush(lambda: self.m.mesh.leave_topic(group_id))
             self.m.events.publish("group", {"group_id": group_id.hex(), "event": "left",
                                             "epoch": after.epoch})
             return

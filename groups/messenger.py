@@ -119,6 +119,7 @@ class Messenger:
         self._outbox_wakeup = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._unpublished: list[Message] = []
+        self._after_flush: list[Callable[[], None]] = []
         self._refreshed: dict[str, float] = {}
         self.attachments: AttachmentHooks | None = None
 
@@ -129,10 +130,22 @@ class Messenger:
         task.add_done_callback(self._tasks.discard)
 
     def flush(self) -> None:
-        """Hand our newly committed messages to the mesh (only ever after the commit)."""
+        """Hand our newly committed messages to the mesh (only ever after the commit),
+        then run what had to wait for them (leaving a topic waits for our last op)."""
         messages, self._unpublished = self._unpublished, []
         for message in messages:
             self.mesh.publish(message)
+        actions, self._after_flush = self._after_flush, []
+        for action in actions:
+            action()
+
+    def after_flush(self, action: Callable[[], None]) -> None:
+        self._after_flush.append(action)
+
+    def _discard_unpublished(self) -> None:
+        """The transaction that made them rolled back: they never happened."""
+        self._unpublished.clear()
+        self._after_flush.clear()
 
     # -- start-up ----------------------------------------------------------------------
 
@@ -190,7 +203,7 @@ class Messenger:
                     return self.mailbox.has(message.msg_id)
                 self._process(message)
         except (RemoteError, GroupsError) as exc:
-            self._unpublished.clear()
+            self._discard_unpublished()
             log.info("refused message %s from %s: %s", message.msg_id.hex()[:12],
                      message.origin, getattr(exc, "reason", type(exc).__name__))
             return False
@@ -378,7 +391,7 @@ class Messenger:
                         self.publish_own(topic, envelope)
                         history.settle_receipts(self.conn, topic, d, r)
                 except GroupsError as exc:
-                    self._unpublished.clear()
+                    self._discard_unpublished()
                     log.warning("receipts for %s wait: %s", topic.hex()[:12], exc)
                     break
                 self.flush()
@@ -442,7 +455,7 @@ class Messenger:
                         self.publish_own(direct, envelope)
                     self.conn.execute("DELETE FROM pairwise_outbox WHERE id = ?", (row_id,))
             except MeshError as exc:
-                self._unpublished.clear()
+                self._discard_unpublished()
                 blocked.add(peer)
                 self.conn.execute("UPDATE pairwise_outbox SET attempts = attempts + 1, "
                                   "last_error = ? WHERE id = ?", (str(exc)[:200], row_id))

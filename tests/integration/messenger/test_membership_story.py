@@ -58,6 +58,14 @@ def test_removed_member_reads_nothing_sent_later(cluster: Cluster) -> None:
     assert (status, reply["error"]) == (403, "not_member")
     assert before in {m["message_id"] for m in alice.messages(group)}
 
+    # Dave leaves on his own; the others see it and go on without him.
+    assert dave.call("DELETE", f"/api/v1/groups/{group}/members/{dave.user_id}")[0] == 204
+    for node in (alice, bob):
+        eventually(lambda node=node: node.members(group) == {alice.user_id, bob.user_id})
+    assert dave.call("GET", f"/api/v1/groups/{group}")[0] == 404
+    alice.send(group, "just us")
+    eventually(lambda: "just us" in bob.texts(group))
+
 
 def test_offline_member_catches_up_and_receipts_flow_back(cluster: Cluster) -> None:
     group, (alice, bob, dave) = setup_group(cluster, ["alice", "bob", "dave"])
