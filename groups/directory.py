@@ -13,6 +13,7 @@ import sqlite3
 from typing import Protocol
 
 from groups.crypto import Crypto
+from groups.errors import NotFound
 from mesh.discovery import Bundle
 from mesh.identity import Record
 
@@ -59,6 +60,19 @@ class Directory:
     def contacts(self) -> list[str]:
         return [row[0] for row in self.conn.execute(
             "SELECT user_id FROM peers WHERE is_contact = 1 ORDER BY added_at")]
+
+    def is_verified(self, user_id: str, identity_key: bytes) -> bool:
+        """Did our user mark this key of ``user_id`` verified (safety number compared)?"""
+        row = self.conn.execute("SELECT verified, record FROM peers WHERE user_id = ?",
+                                (user_id,)).fetchone()
+        return bool(row and row[0]) and Record.decode(row[1]).identity_key == identity_key
+
+    def set_verified(self, user_id: str, identity_key: bytes, verified: bool) -> None:
+        record = self.record(user_id)
+        if record is None or record.identity_key != identity_key:
+            raise NotFound("no record with this key for this user")
+        self.conn.execute("UPDATE peers SET verified = ? WHERE user_id = ?",
+                          (int(verified), user_id))
 
     def is_contact(self, user_id: str) -> bool:
         return self.conn.execute("SELECT 1 FROM peers WHERE user_id = ? AND is_contact = 1",

@@ -28,7 +28,7 @@ from groups import store as node_store
 from groups.attachments import AttachmentService
 from groups.crypto import Crypto, safety_number, safety_number_qr
 from groups.directory import Directory
-from groups.errors import NotFound
+from groups.errors import NotFound, PermissionDenied
 from groups.invites import qr_svg
 from groups.messages import FileRef, direct_topic
 from groups.messenger import Messenger
@@ -325,6 +325,7 @@ class Node:
                 "safety_qr": qr_svg(f"parley:user/{self.user_id}/{self.identity.public.hex()}"),
                 "endpoints": list(self.record.endpoints if self.record else ()),
                 "bootstrap": self.config.bootstrap, "registered": self.registered.is_set(),
+                "storage_bytes": self.storage_bytes(),
                 "dht": None if self.dht is None else {
                     "joined": self.dht_joined,
                     "peers": self.dht.routing_table_size() if self.dht.running else 0}}
@@ -385,8 +386,27 @@ class Node:
                 raise NotFound("no key known for this user yet")
             key = record.identity_key
         number = safety_number(self.identity.public, key)
-        return {"id": user_id, "safety_number": number,
+        return {"id": user_id, "safety_number": number, "identity_key": key.hex(),
+                "verified": self.directory.is_verified(user_id, key),
                 "qr_svg": qr_svg(safety_number_qr(self.identity.public, key))}
+
+    def set_verified(self, user_id: str, identity_key: bytes, verified: bool) -> dict[str, Any]:
+        """Our user compared the safety number in person (for exactly this key)."""
+        current = self.safety(user_id)
+        if bytes.fromhex(current["identity_key"]) != identity_key:
+            raise PermissionDenied("the key changed since you compared it; compare again",
+                                   "key_mismatch")
+        self.directory.set_verified(user_id, identity_key, verified)
+        return self.safety(user_id)
+
+    def storage_bytes(self) -> int:
+        """What this node keeps on disk (database, its WAL, attachment chunks)."""
+        total = 0
+        for path in Path(self.config.data_dir).rglob("*"):
+            with contextlib.suppress(OSError):
+                if path.is_file():
+                    total += path.stat().st_size
+        return total
 
 
 

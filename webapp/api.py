@@ -269,6 +269,26 @@ class SafetyHandler(NodeHandler):
         self.send_json(200, self.node.safety(_user_id(raw_id)))
 
 
+class VerifiedHandler(NodeHandler):
+    """Mark a contact's safety number as compared in person (or take that back). The
+    body names the key that was compared, so a key that changed meanwhile is refused."""
+
+    def post(self, raw_id: str) -> None:
+        self._set(raw_id, True)
+
+    def delete(self, raw_id: str) -> None:
+        self._set(raw_id, False)
+
+    def _set(self, raw_id: str, verified: bool) -> None:
+        body = self.json_body()
+        check_fields(body, {"identity_key"})
+        raw = body["identity_key"]
+        if not isinstance(raw, str) or not re.fullmatch(r"05[0-9a-f]{64}", raw):
+            raise ApiError(400, "bad_request", "identity_key is 66 hexadecimal characters")
+        self.send_json(200, self.node.set_verified(_user_id(raw_id), bytes.fromhex(raw),
+                                                   verified))
+
+
 def api_routes() -> list[tuple[str, type[UiApiHandler]]]:
     p, gid, uid = API_PREFIX, r"([^/]+)", r"([^/]+)"
     return [
@@ -285,6 +305,7 @@ def api_routes() -> list[tuple[str, type[UiApiHandler]]]:
         (p + f"/groups/{gid}/read", GroupReadHandler),
         (p + "/join", JoinHandler),
         (p + f"/safety/{uid}", SafetyHandler),
+        (p + f"/safety/{uid}/verified", VerifiedHandler),
         (p + r"/attachments/([^/]+)", AttachmentHandler),
         (p + r"/attachments/([^/]+)/info", AttachmentInfoHandler),
         (p + "/transfers", TransfersHandler),

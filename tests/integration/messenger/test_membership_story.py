@@ -119,3 +119,15 @@ def test_direct_chat_between_strangers(cluster: Cluster) -> None:
     texts = [m["text"] for m in alice.ok("GET", f"/api/v1/chats/{bob.user_id}/messages")[
         "messages"]]
     assert texts == ["hi bob, it's alice", "hi alice"]
+
+    # Both see the same 60-digit safety number; alice marks it verified.
+    mine, theirs = (alice.ok("GET", f"/api/v1/safety/{bob.user_id}"),
+                    bob.ok("GET", f"/api/v1/safety/{alice.user_id}"))
+    assert mine["safety_number"] == theirs["safety_number"]
+    assert len(mine["safety_number"]) == 60 and not mine["verified"]
+    status, reply = alice.call("POST", f"/api/v1/safety/{bob.user_id}/verified",
+                               {"identity_key": "05" + "00" * 32})
+    assert (status, reply["error"]) == (403, "key_mismatch")
+    done = alice.ok("POST", f"/api/v1/safety/{bob.user_id}/verified",
+                    {"identity_key": mine["identity_key"]})
+    assert done["verified"] and alice.ok("GET", f"/api/v1/safety/{bob.user_id}")["verified"]
