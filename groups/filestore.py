@@ -159,8 +159,9 @@ class FileStore:
         try:
             with source.open("rb") as f:
                 for index in range(count):
-                    plain = f.read(ATTACHMENT_CHUNK_SIZE)
-                    if index < count - 1 and len(plain) != ATTACHMENT_CHUNK_SIZE:
+                    expected = min(ATTACHMENT_CHUNK_SIZE, size - index * ATTACHMENT_CHUNK_SIZE)
+                    plain = f.read(expected)
+                    if len(plain) != expected:
                         raise StorageError("the upload changed while it was encrypted")
                     sealed = encrypt_chunk(key, file_id, index, count, plain)
                     hashes.append(hashlib.sha256(sealed).digest())
