@@ -36,6 +36,8 @@ const FRIENDLY = {
   invite_invalid: "That invite is not valid (it may have been used already). Ask for a new one.",
   removed_member: "You were removed from that group, so this invite does not work for you.",
   own_invite: "That is an invite you made yourself.",
+  key_mismatch:
+    "Their key changed while you were comparing: this is a new safety number. Compare it again.",
   bad_user_id: "A Parley ID has 15 digits.",
   empty_message: "Type a message or attach a file first.",
   empty_file: "That file is empty: there is nothing to send.",
@@ -110,7 +112,7 @@ export async function request(method, path, body) {
 
 export const get = (path) => request("GET", path);
 export const post = (path, body = {}) => request("POST", path, body);
-export const del = (path) => request("DELETE", path);
+export const del = (path, body) => request("DELETE", path, body);
 
 /**
  * Multipart upload (field `file`, optional `text`) with progress: fetch() cannot report

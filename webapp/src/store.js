@@ -382,7 +382,15 @@ export function safety(userId) {
   return get(`/safety/${userId}`);
 }
 
-export async function markVerified(userId) {
-  // Only offered when GET /safety/{id} reports a "verified" field (docs/api.md).
-  return post(`/safety/${userId}/verified`, {});
+/** Mark (or unmark) the safety number verified, for exactly the key that was shown:
+ *  the node refuses (403 key_mismatch) if the key changed meanwhile. */
+export async function setVerified(userId, identityKey, verified) {
+  const body = { identity_key: identityKey };
+  const reply = verified
+    ? await post(`/safety/${userId}/verified`, body)
+    : await del(`/safety/${userId}/verified`, body);
+  if (verified) {
+    delete state.identityChanged[userId];
+  }
+  return reply;
 }
