@@ -76,7 +76,9 @@ def test_alice_and_bob_chat_in_a_group(cluster: Cluster, open_ui: Callable[..., 
     expect(a.get_by_text("Copied")).to_be_visible()
     invite = a.evaluate("navigator.clipboard.readText()")
     assert invite == link_box.input_value()
-    expect(a.get_by_alt_text("QR code of the invite link")).to_be_visible()
+    qr = a.get_by_alt_text("QR code of the invite link")
+    expect(qr).to_be_visible()
+    assert qr.evaluate("img => img.src.startsWith('blob:') && img.naturalWidth > 0")
 
     # Bob joins with it and lands in the group's chat.
     b.get_by_role("link", name="Join", exact=True).click()
