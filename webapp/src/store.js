@@ -265,18 +265,22 @@ async function markRead() {
   }
   const conv = conversationById(id);
   const list = state.messages[id] || [];
-  const unseen = list.filter((m) => !m.seen && m.sender !== state.me.id);
-  if (!conv || unseen.length === 0) {
+  const mine = (m) => m.sender === state.me.id;
+  let last = -1;
+  list.forEach((m, i) => {
+    if (!m.seen && !mine(m)) {
+      last = i;
+    }
+  });
+  if (!conv || last < 0) {
     return;
   }
-  const last = unseen[unseen.length - 1];
-  await post(`${basePath(conv)}/read`, { message_id: last.message_id });
-  for (const m of list) {
-    if (m.sender !== state.me.id && list.indexOf(m) <= list.indexOf(last)) {
-      m.seen = true;
-    }
-  }
-  conv.unread = list.filter((m) => !m.seen && m.sender !== state.me.id).length;
+  await post(`${basePath(conv)}/read`, { message_id: list[last].message_id });
+  // "This and every earlier message were seen" (docs/api.md).
+  list.slice(0, last + 1).forEach((m) => {
+    m.seen = true;
+  });
+  conv.unread = list.filter((m) => !m.seen && !mine(m)).length;
 }
 
 // -- actions -----------------------------------------------------------------------------
@@ -303,11 +307,17 @@ export function checkFileSize(file) {
   }
 }
 
+/** Where a conversation's uploads are listed (a 1:1 chat may not exist yet). */
+export function uploadsKey(conv) {
+  return conv.id || `direct:${conv.peer}`;
+}
+
 /** Upload one file (with an optional caption); progress shows in state.uploads. */
 export async function sendFile(conv, file, text) {
   checkFileSize(file);
   const entry = reactive({ key: ++uploadKey, name: file.name, size: file.size, loaded: 0, error: "" });
-  const list = state.uploads[conv.id] || (state.uploads[conv.id] = []);
+  const key = uploadsKey(conv);
+  const list = state.uploads[key] || (state.uploads[key] = []);
   list.push(entry);
   const job = upload(`${basePath(conv)}/messages`, file, text, (loaded) => {
     entry.loaded = loaded;
@@ -316,7 +326,7 @@ export async function sendFile(conv, file, text) {
   try {
     const reply = await job.promise;
     entry.loaded = file.size;
-    removeUpload(conv.id, entry.key);
+    removeUpload(key, entry.key);
     return reply && reply.message_id;
   } catch (err) {
     entry.error = describeError(err); // shown on the upload itself
@@ -325,8 +335,8 @@ export async function sendFile(conv, file, text) {
   }
 }
 
-export function removeUpload(convId, key) {
-  const list = state.uploads[convId] || [];
+export function removeUpload(listKey, key) {
+  const list = state.uploads[listKey] || [];
   const i = list.findIndex((u) => u.key === key);
   if (i >= 0) {
     list.splice(i, 1);
