@@ -142,6 +142,9 @@ class AttachmentService:
         self.store = FileStore(files_dir)
         self.core = transfers or Transfers(self.me)
         self.links = links
+        # Set by the node: may a file of this many bytes move over our link to this
+        # peer? (Bluetooth links can be limited by size: groups/meetups.py.)
+        self.may_move: Callable[[str, int], bool] = lambda peer, size: True
         self.counters: Counter[str] = Counter()
         self._rows: dict[bytes, AttachmentRow] = {}
         self._served: dict[bytes, Counter[str]] = {}
@@ -330,7 +333,8 @@ class AttachmentService:
         the peer may not have it, or we lack the chunk (no oracle for outsiders)."""
         no = wire.ChunkUnavailable(file_id, index)
         row = self._rows.get(file_id)
-        if row is None or not 0 <= index < row.count or not self._may_serve(row.topic, peer):
+        if row is None or not 0 <= index < row.count or not self._may_serve(row.topic, peer) \
+                or not self.may_move(peer, row.size):
             self.counters["refused"] += 1
             return no
         holds = row.state is AttachmentState.COMPLETE or (
@@ -446,7 +450,8 @@ class AttachmentService:
                 members = set(self.m.groups.recipients(row.topic))
             except GroupsError:
                 return []
-        return [p for p in members if p in links and not links[p].closed]
+        return [p for p in members if p in links and not links[p].closed
+                and self.may_move(p, row.size)]
 
     def _pump(self) -> None:
         """Tell the scheduler who is reachable, send what it asks, re-arm the timer."""

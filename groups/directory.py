@@ -15,9 +15,10 @@ from typing import Protocol
 from groups.crypto import Crypto
 from groups.errors import NotFound
 from mesh.discovery import Bundle
+from mesh.errors import DiscoveryUnavailable, MeshError
 from mesh.identity import Record
 
-__all__ = ["Directory", "Lookup"]
+__all__ = ["Directory", "Lookup", "NoDiscovery"]
 
 
 class Lookup(Protocol):
@@ -28,6 +29,21 @@ class Lookup(Protocol):
                      newer_than: int = 0) -> Record: ...
 
     async def bundle(self, user_id: str, *, identity_key: bytes | None = None) -> Bundle: ...
+
+
+class NoDiscovery:
+    """The Lookup of a node with neither a bootstrap server nor a DHT (a Bluetooth-only
+    node): every lookup fails with DiscoveryUnavailable, and records come only from
+    peers met over links (their handshakes carry them)."""
+
+    async def lookup(self, user_id: str, *, identity_key: bytes | None = None,
+                     newer_than: int = 0) -> Record:
+        raise DiscoveryUnavailable(f"cannot look up {user_id}: this node has no bootstrap "
+                                   "server and no DHT")
+
+    async def bundle(self, user_id: str, *, identity_key: bytes | None = None) -> Bundle:
+        raise DiscoveryUnavailable(f"cannot fetch a prekey of {user_id}: this node has no "
+                                   "bootstrap server and no DHT")
 
 
 class Directory:
@@ -91,12 +107,21 @@ class Directory:
         return self.record(user_id) or record
 
     async def ensure_session(self, user_id: str, now: float) -> None:
-        """Have a Signal session with ``user_id``: claim a bundle if there is none."""
+        """Have a Signal session with ``user_id``: claim a bundle if there is none.
+
+        When discovery fails and we hold a verified record of the user (one their node
+        showed us in a link handshake, say over Bluetooth with no internet), the session
+        starts from that record's last-resort prekey, as it would from the DHT."""
         if self.crypto.has_session(user_id):
             return
         known = self.record(user_id)
-        bundle = await self.lookup.bundle(user_id,
-                                          identity_key=known.identity_key if known else None)
+        try:
+            bundle = await self.lookup.bundle(
+                user_id, identity_key=known.identity_key if known else None)
+        except (MeshError, TimeoutError):
+            if known is None:
+                raise
+            bundle = Bundle(known, known.last_resort_prekey)
         if self.crypto.has_session(user_id):  # a session arrived while we waited
             return
         self.crypto.start_session(bundle.record, bundle.prekey, now=now)

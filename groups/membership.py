@@ -31,7 +31,7 @@ from groups.messages import (
 )
 from groups.prekeys import sender_key_due
 from groups.store import atomic
-from mesh.errors import MeshError
+from mesh.errors import DiscoveryUnavailable, MeshError
 from mesh.gossip_state import InvalidMessage, Message, NotYetValid
 
 if TYPE_CHECKING:
@@ -238,7 +238,12 @@ class Membership:
             raise InviteError("this is your own invite", "own_invite")
         if self.is_member(invite.group_id, self.m.me):
             return invite.group_id, True
-        await self.m.directory.ensure_session(invite.inviter, self.m.clock())
+        try:
+            await self.m.directory.ensure_session(invite.inviter, self.m.clock())
+        except DiscoveryUnavailable as exc:
+            # Offline (a Bluetooth meetup, say): the request waits in the outbox until a
+            # link to the inviter brings their record.
+            log.info("join request to %s queued until we meet: %s", invite.inviter, exc)
         future = asyncio.get_running_loop().create_future()
         self._joins[invite.group_id] = future
         with atomic(self.m.conn):

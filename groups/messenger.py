@@ -175,9 +175,12 @@ class Messenger:
         return topic
 
     def peer_connected(self, peer: str) -> None:
-        """A peer linked to us: let it talk to us 1:1 (its direct topic is ours too)."""
+        """A peer linked to us: let it talk to us 1:1 (its direct topic is ours too), and
+        retry the pairwise messages waiting for it now: the link brought its record, and
+        a meeting (over Bluetooth, say) may be short."""
         if peer != self.me:
             self.open_direct(peer, visible=False)
+            self._outbox_wakeup.set()
 
     # -- the mesh's entry points ------------------------------------------------------------
 

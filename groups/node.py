@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import os
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +28,10 @@ from groups import history, prekeys
 from groups import store as node_store
 from groups.attachments import AttachmentService
 from groups.crypto import Crypto, safety_number, safety_number_qr
-from groups.directory import Directory
+from groups.directory import Directory, NoDiscovery
 from groups.errors import NotFound, PermissionDenied
 from groups.invites import qr_svg
+from groups.meetups import Meetups
 from groups.messages import FileRef, direct_topic
 from groups.messenger import Messenger
 from mesh.dht import DhtNode
@@ -40,7 +42,7 @@ from mesh.gossip_state import Acked, Event, Message, Rejected
 from mesh.identity import KeyPair, Record, display_user_id, load_or_create_identity
 from mesh.lookup import Discovery, DiscoveryMode, bootstrap_dht_contact
 from mesh.runtime import MeshRuntime
-from mesh.websocket import MESH_PATH, LinkConnection
+from mesh.websocket import MESH_PATH, DialError, LinkConnection
 from webapp.api import api_routes
 from webapp.events import EventHub
 from webapp.server import UiServer, start_ui_server
@@ -60,13 +62,15 @@ class NodeConfig:
     data_dir: Path
     bootstrap: str = "http://127.0.0.1:8470"
     ui_port: int = 0
-    mesh_port: int = 0
+    mesh_port: int | None = 0  # None: no WebSocket mesh (no listener, endpoints or dials)
     mesh_host: str = "127.0.0.1"
     advertise: tuple[str, ...] = ()   # endpoints to publish; default ws://host:port/mesh
     refresh_interval: float = 30.0    # how often unreachable peers' records are re-read
     dht_port: int | None = 0          # UDP port of our DHT node; None: no DHT (--no-dht)
     discovery: str = "auto"           # auto (bootstrap, then DHT) | dht | bootstrap
     dht_contacts: tuple[str, ...] = ()  # "ip:port" of DHT nodes to join through
+    bluetooth: bool = False           # advertise, scan and link over Bluetooth RFCOMM
+    bluetooth_attachments: int | None = None  # max file bytes over Bluetooth; None: all
 
 
 class Node:
@@ -81,7 +85,8 @@ class Node:
         self.client = DiscoveryClient(config.bootstrap, identity) if config.bootstrap else None
         self.dht = dht
         mode = DiscoveryMode(config.discovery) if dht is not None else DiscoveryMode.BOOTSTRAP
-        self.discovery = Discovery(bootstrap=self.client, dht=dht, mode=mode)
+        self.discovery = Discovery(bootstrap=self.client, dht=dht, mode=mode) \
+            if self.client is not None or dht is not None else NoDiscovery()
         self.directory = Directory(conn, crypto, self.discovery)
         self.record: Record | None = None
         self.registered = asyncio.Event()
@@ -91,6 +96,7 @@ class Node:
         self.runtime: MeshRuntime
         self.messenger: Messenger
         self.attachments: AttachmentService
+        self.meetups: Meetups
         self.ui: UiServer
 
     # -- life cycle ------------------------------------------------------------------------
@@ -114,9 +120,11 @@ class Node:
             commit=lambda message: node.messenger.commit(message),
             validate=lambda message: node.messenger.validate(message),
             on_event=node._on_mesh_event, on_link=node._on_link,
-            on_other_frame=lambda peer, frame: node.attachments.on_frame(peer, frame))
+            on_other_frame=lambda peer, frame: node.attachments.on_frame(peer, frame),
+            manager_options=None if config.mesh_port is not None else {"dialer": _no_dial})
         port = node.runtime.start(config.mesh_port, config.mesh_host)
-        endpoints = config.advertise or (f"ws://{config.mesh_host}:{port}{MESH_PATH}",)
+        endpoints = config.advertise or (
+            () if port is None else (f"ws://{config.mesh_host}:{port}{MESH_PATH}",))
         node.record = prekeys.build_record(identity, update, endpoints=endpoints,
                                            seq=node._record_seq(bump=True), now=now)
         node.runtime.manager.set_record(node.record)
@@ -129,6 +137,10 @@ class Node:
         node.messenger.attachments = node.attachments
         node.messenger.load()
         await node.attachments.start()
+        node.meetups = Meetups(runtime=node.runtime, messenger=node.messenger, data_dir=data_dir,
+                               attachments_limit=config.bluetooth_attachments)
+        node.attachments.may_move = node.meetups.may_move
+        await node.meetups.start(config.bluetooth)
         node.ui = start_ui_server(data_dir, api_routes=api_routes(), node=node, hub=node.hub,
                                   port=config.ui_port)
         node._tasks = [asyncio.ensure_future(node._register_loop(update)),
@@ -147,6 +159,7 @@ class Node:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.meetups.close()
         await self.ui.stop()
         await self.runtime.close()
         if self.dht is not None:
@@ -271,6 +284,11 @@ class Node:
             with contextlib.suppress(MeshError):
                 await self.client.update(fresh)
         return fresh
+
+    async def attach_stream(self, sock: socket.socket, *, initiator: bool) -> LinkConnection:
+        """Run a link over an already connected stream socket (an RFCOMM socket, or a
+        socket pair standing in for one): see groups/meetups.py."""
+        return await self.meetups.attach_stream(sock, initiator=initiator)
 
     async def join_dht_contacts(self, contacts: tuple[str, ...]) -> None:
         """Contacts from an invite: a way into the DHT that needs no bootstrap."""
@@ -408,6 +426,11 @@ class Node:
                     total += path.stat().st_size
         return total
 
+
+
+async def _no_dial(url: str, *args: Any, **kwargs: Any) -> LinkConnection:
+    """The dialer of a node without a WebSocket mesh (mesh_port None)."""
+    raise DialError(f"not dialling {url}: this node has no WebSocket mesh")
 
 
 class _MeshPort:

@@ -243,6 +243,21 @@ class ConnectionManager:
         conn.attach(transport)
         return conn
 
+    def adopt(self, transport: Transport, *, initiator: bool,
+              **link_options: Any) -> LinkConnection | None:
+        """Run a link over a pipe someone else opened (a Bluetooth RFCOMM socket, in
+        either direction: ``initiator`` speaks first) in this same registry, so that
+        deduplication and callbacks treat it like any other link. ``link_options``
+        (keepalive, ...) override the manager's for this link. None when closing or
+        full."""
+        if self._closing or len(self._all) >= self.max_links:
+            return None
+        conn = LinkConnection(self.identity, self.record, initiator=initiator,
+                              **{**self._conn_kwargs(), **link_options})
+        self._all.add(conn)
+        conn.attach(transport)
+        return conn
+
     # Internals
 
     def _conn_kwargs(self) -> dict[str, Any]:
