@@ -43,7 +43,7 @@ from tornado.websocket import WebSocketHandler, websocket_connect
 from mesh.gossip_state import Deliver, Event
 from mesh.identity import LAST_RESORT_PREKEY_ID, KeyPair, PreKey, Record, SignedPreKey
 from mesh.memstore import MemoryStore
-from mesh.runtime import MeshRuntime
+from mesh.runtime import MeshRuntime, Meter
 
 TOPIC = b"bench-topic-0001"
 HEAD = struct.Struct(">8sd")  # message key, publish time (time.monotonic, system-wide)
@@ -186,8 +186,10 @@ class Worker:
         for node in self.gossip:
             node.runtime.join(TOPIC, members)
 
-    async def cmd_mesh(self) -> int:
-        return min(len(n.runtime.engine.mesh(TOPIC)) for n in self.gossip)
+    async def cmd_mesh(self) -> tuple[int, int]:
+        """Smallest mesh here, and how many links closed so far (startup churn)."""
+        return (min(len(n.runtime.engine.mesh(TOPIC)) for n in self.gossip),
+                sum(len(n.runtime.closures) for n in self.gossip))
 
     async def cmd_publish(self, count: int, rate: float, size: int,
                           everyone: bool) -> list[tuple[bytes, float]]:
@@ -218,11 +220,8 @@ class Worker:
     async def cmd_mark(self) -> None:
         self.cpu_mark = time.process_time()
         for n in self.gossip:
-            meter = n.runtime.meter
-            assert meter is not None
-            meter.frames.clear()
-            meter.bytes.clear()
-            meter.payload_bytes = 0
+            if n.runtime.meter is not None:
+                n.runtime.meter = Meter()
         for r in self.relay:
             r.payload_bytes = r.frames_in = 0
 
@@ -234,13 +233,17 @@ class Worker:
         by_type: dict[str, int] = {}
         payload = total = 0
         for n in self.gossip:
-            meter = n.runtime.meter
-            assert meter is not None
+            meter = n.runtime.meter or Meter()
             payload += meter.payload_bytes
             total += meter.total_bytes
             for k, v in meter.bytes.items():
                 by_type[k] = by_type.get(k, 0) + v
         return {"cpu": cpu, "payload": payload, "total": total, "bytes": by_type}
+
+    async def cmd_meter(self, on: bool) -> None:
+        """Metering re-encodes every frame; it is off while CPU time is measured."""
+        for n in self.gossip:
+            n.runtime.meter = Meter() if on else None
 
     async def cmd_edges(self) -> list[tuple[str, str]]:
         return [(n.id, p) for n in self.gossip for p in n.runtime.links()]
@@ -371,17 +374,24 @@ def run_size(n: int, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         members = {uid: [f"ws://127.0.0.1:{port}/mesh"] for uid, port in listing}
         cluster.all("join", members)
         need = min(4, n - 1)
-        if not wait(lambda: min(cluster.all("mesh")) >= need, 60):
-            raise SystemExit(f"mesh of {n} did not form")
-        time.sleep(2.0)  # let the connection manager settle
+        churn: list[int] = []
+
+        def settled() -> bool:
+            state = cluster.all("mesh")
+            churn.append(sum(c for _, c in state))
+            return min(m for m, _ in state) >= need and churn[-12:] == [churn[-1]] * 12
+
+        if not wait(settled, 120, 0.25):  # formed, and no link closed for 3 s
+            raise SystemExit(f"mesh of {n} did not settle")
         out: dict[str, dict[str, Any]] = {}
+        rate = args.rate or 1000.0 / n
         for name in ("mesh", "baseline"):
             for _ in range(2):  # warm-up: every node speaks, every author's tree forms
                 phase(cluster, 0, 200.0, args.size, 20.0, everyone=True)
-            out[name] = phase(cluster, int(args.rate * args.seconds), args.rate, args.size,
-                              30.0)
-            burst = phase(cluster, args.burst, args.burst_rate, args.size, 60.0)
-            out[name + "_burst"] = burst
+            out[name] = phase(cluster, int(rate * args.seconds), rate, args.size, 30.0)
+            cluster.all("meter", False)
+            out[name + "_burst"] = phase(cluster, args.burst, args.burst_rate, args.size, 60.0)
+            cluster.all("meter", True)
             if name == "mesh":
                 edges = sorted({tuple(sorted(e)) for part in cluster.all("edges")
                                 for e in part})
@@ -395,18 +405,19 @@ def run_size(n: int, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 
 def table(results: dict[int, dict[str, dict[str, Any]]], size: int) -> str:
-    rows = ["| nodes | system | links | p50 ms | p99 ms | delivery | msg/s offered | "
-            "payload ampl. | control / payload | burst msg/s | CPU µs per msg per node |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    rows = ["| nodes | system | links | steady msg/s | p50 ms | p99 ms | delivery | "
+            "payload ampl. | control / payload | burst msg/s | burst delivery | "
+            "CPU µs / msg / node | msg/s per node per core |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for n, res in results.items():
         for name, label in (("mesh", "Parley mesh"), ("baseline", "plain WS relay")):
             s, b = res[name], res[name + "_burst"]
             rows.append(
-                f"| {n} | {label} | {res['mesh'].get('edges', '')} | {1000 * s['p50']:.1f} | "
-                f"{1000 * s['p99']:.1f} | {100 * s['delivery']:.2f}% | "
-                f"{s['messages'] / max(1e-9, s['messages'] / s['rate']):.0f} | "
-                f"{s['amplification']:.2f} | {100 * s['control']:.0f}% | {b['rate']:.0f} | "
-                f"{b['cpu_us']:.0f} |")
+                f"| {n} | {label} | {res['mesh'].get('edges', '')} | {s['rate']:.0f} | "
+                f"{1000 * s['p50']:.1f} | {1000 * s['p99']:.1f} | "
+                f"{100 * s['delivery']:.2f}% | {s['amplification']:.2f} | "
+                f"{100 * s['control']:.0f}% | {b['rate']:.0f} | {100 * b['delivery']:.2f}% | "
+                f"{b['cpu_us']:.0f} | {1e6 / b['cpu_us']:.0f} |")
     return "\n".join(rows) + f"\n\nPayload {size} bytes."
 
 
@@ -415,7 +426,8 @@ def main() -> None:
     parser.add_argument("--nodes", default="10,50", help="comma-separated sizes")
     parser.add_argument("--procs", type=int, default=max(2, 2 * (os.cpu_count() or 1)))
     parser.add_argument("--size", type=int, default=1024, help="payload bytes")
-    parser.add_argument("--rate", type=float, default=100.0, help="steady msg/s, whole topic")
+    parser.add_argument("--rate", type=float, default=0.0,
+                        help="steady msg/s, whole topic (default 1000/N)")
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--burst", type=int, default=1000)
     parser.add_argument("--burst-rate", type=float, default=2000.0)

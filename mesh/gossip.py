@@ -59,15 +59,16 @@ FRAME_TYPES: tuple[type[wire.Frame], ...] = (
 class _Pending:
     """Validated, waiting for the layer above to commit it."""
 
-    __slots__ = ("asked", "graft_to", "holders", "message", "peers")
+    __slots__ = ("asked", "graft_to", "holders", "message", "peers", "slow")
 
     def __init__(self, message: Message, peer: str, holders: set[str], asked: set[str],
-                 graft_to: str | None) -> None:
+                 graft_to: str | None, slow: str | None = None) -> None:
         self.message = message
         self.peers = [peer]          # sent it to us; each gets an ack after the commit
         self.holders = holders       # known to have it: no push or digest to them
         self.asked = asked           # we IWANTed it from them: their copy is no duplicate
         self.graft_to = graft_to     # reached us only by digest via them: GRAFT its origin
+        self.slow = slow             # its eager push came late: PRUNE it (with graft_to)
 
 
 class _Cached:
@@ -84,10 +85,11 @@ class _Cached:
 class _Missing:
     """An id we saw digested but do not hold."""
 
-    __slots__ = ("announcers", "asked", "current", "deadline", "graft", "topic")
+    __slots__ = ("announcers", "asked", "created", "current", "deadline", "graft", "topic")
 
-    def __init__(self, topic: bytes, deadline: float) -> None:
+    def __init__(self, topic: bytes, created: float, deadline: float) -> None:
         self.topic = topic
+        self.created = created
         self.announcers: list[str] = []
         self.asked: set[str] = set()
         self.current: str | None = None
@@ -279,6 +281,7 @@ class GossipEngine:
         if t.drop(peer):
             self.sync.mesh_down(peer, topic)
 
+
     def _on_subscribe(self, peer: str, frame: wire.Subscribe, now: float) -> None:
         accept: list[bytes] = []
         refuse: list[bytes] = []
@@ -387,9 +390,16 @@ class GossipEngine:
             return
         miss = self._missing.pop(mid, None)
         holders = {peer, *(miss.announcers if miss else ())}
-        graft_to = peer if miss is not None and miss.graft and peer in miss.asked else None
+        graft_to = slow = None
+        if miss is not None and miss.graft and peer in miss.asked:
+            graft_to = peer
+        elif (miss is not None and peer not in miss.asked and miss.announcers
+              and peer != msg.origin and now - miss.created >= self.params.optimize_delta):
+            # Plumtree's optimisation, timed instead of hop-counted: a digest beat this
+            # eager copy by optimize_delta, so the announcer's branch is shorter. Swap.
+            graft_to, slow = miss.announcers[0], peer
         self._pending[mid] = _Pending(msg, peer, holders, miss.asked if miss else set(),
-                                      graft_to)
+                                      graft_to, slow)
         self.emit(Commit(msg, peer))
 
     def _duplicate(self, peer: str, msg: Message, t: TopicState, asked: set[str],
@@ -430,7 +440,7 @@ class GossipEngine:
             if m is None:
                 if self.store.has(mid):
                     continue
-                m = self._missing[mid] = _Missing(topic, now + self.params.graft_timeout)
+                m = self._missing[mid] = _Missing(topic, now, now + self.params.graft_timeout)
                 heapq.heappush(self._missing_heap, (m.deadline, mid))
             if peer in m.announcers:
                 continue
@@ -478,6 +488,9 @@ class GossipEngine:
             # Its tree missed us: take the branch that had it (Plumtree's GRAFT).
             self.send(pend.graft_to, wire.Graft(msg.topic, (msg.origin,)))
             self.stats["grafts_sent"] += 1
+            if pend.slow is not None and pend.slow in t.mesh:
+                self.send(pend.slow, wire.Prune(msg.topic, (msg.origin,)))
+                self.stats["optimized"] += 1
         self._forward(msg, cached, now, own=False)
         self._release(msg, pend.peers[0])
         self.sync.committed(msg, now)
@@ -530,8 +543,10 @@ class GossipEngine:
                 self._push(peer, msg, frame)
             else:
                 lazy.append(peer)
-        if t.full_mesh and len(lazy) > self.params.full_mesh_gossip:
-            lazy = self.rng.sample(lazy, self.params.full_mesh_gossip)
+        if len(lazy) > self.params.lazy_fanout:
+            # Digests are the safety net (trees repair themselves when a link drops);
+            # a few per message suffice, as GossipSub's D_lazy.
+            lazy = self.rng.sample(lazy, self.params.lazy_fanout)
         for peer in lazy:
             t.ihave.setdefault(peer, []).append(msg.msg_id)
         if lazy and self._ihave_due is None:

@@ -46,11 +46,12 @@ class Params:
     d_lo: int = 4               # below this, the heartbeat looks for more mesh peers
     d_hi: int = 12              # never more mesh peers than this per topic
     full_mesh_max: int = 13     # topics with at most this many members: direct push
-    full_mesh_gossip: int = 3   # full mesh: IHAVE fan-out of a relaying member
+    lazy_fanout: int = 3        # IHAVE digests of a message go to at most this many peers
     fanout_new: int = 3         # eager pushes of an unseen origin's first message
     ihave_interval: float = 0.2  # lazy digests are batched for this long
     graft_timeout: float = 0.6   # an announced message may take this long to come eagerly
     iwant_timeout: float = 1.0   # then ask the next announcer
+    optimize_delta: float = 0.25  # a digest this much ahead of the eager copy: swap parents
     ack_delay: float = 0.2       # hop-by-hop acks are batched for this long
     heartbeat: float = 1.0       # mesh upkeep and cache expiry
     seen_ttl: float = 600.0      # seen-cache lifetime (DESIGN §6: at least 10 min)

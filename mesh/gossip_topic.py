@@ -61,7 +61,8 @@ class TopicState:
         self.ihave: dict[str, list[bytes]] = {}    # queued lazy digests per peer
 
     def drop(self, peer: str) -> bool:
-        """Forget ``peer`` in this topic; True if it was a mesh edge."""
+        """Forget ``peer`` in this topic; True if it was a mesh edge. The trees it fed
+        us repair on their next message: a digest proves who has it (GRAFT+IWANT)."""
         self.we_sub.discard(peer)
         self.they_sub.discard(peer)
         self.ihave.pop(peer, None)

@@ -354,3 +354,46 @@ def test_engine_guards_its_api() -> None:
         eng.publish(not_ours, 0.0)
     with pytest.raises(LocalError):
         eng.publish(Message(TOPIC, "100000000000001", 1, b"x"), 0.0)  # not committed
+
+
+def test_a_much_earlier_digest_swaps_the_parent() -> None:
+    slow, fast = "100000000000002", "100000000000004"
+    origin = phantoms(1)[0]
+    eng, store = _engine([slow, fast])
+    for seq, late in ((1, P.optimize_delta + 0.01), (2, P.optimize_delta - 0.01)):
+        m = Message(TOPIC, origin, seq, b"m%d" % seq)
+        t = 10.0 * seq
+        eng.receive(fast, wire.IHave(TOPIC, (m.msg_id,)), t)
+        eng.receive(slow, m.to_frame(), t + late)  # before graft_timeout: no IWANT
+        (commit,) = eng.take_events()
+        store.add(commit.message)
+        eng.committed(m.msg_id, t + late)
+        frames = _frames(eng)
+        if seq == 1:  # the digest was optimize_delta ahead: take fast, drop slow
+            assert (fast, wire.Graft(TOPIC, (origin,))) in frames
+            assert (slow, wire.Prune(TOPIC, (origin,))) in frames
+        else:
+            assert [f for _, f in frames if isinstance(f, wire.Graft | wire.Prune)] == []
+        eng.take_events()
+
+
+def test_digests_of_a_message_go_to_at_most_lazy_fanout_peers() -> None:
+    peers = [f"10000000000001{i}" for i in range(7)]
+    eng, store = _engine(peers)
+    origin = phantoms(1)[0]
+    for seq in (1, 2):
+        m = Message(TOPIC, origin, seq, b"x%d" % seq)
+        eng.receive(peers[0], m.to_frame(), float(seq))
+        (commit,) = eng.take_events()
+        store.add(commit.message)
+        eng.committed(m.msg_id, float(seq))
+        eng.handle_timer(seq + P.ihave_interval)
+        frames = _frames(eng)
+        eng.take_events()
+        if seq == 1:  # an unseen origin: pushed to fanout_new peers, digests to 3 more
+            assert len([p for p, f in frames if isinstance(f, wire.Publish)]) == P.fanout_new
+            for p in peers[1:]:  # now everyone gets this origin elsewhere
+                eng.receive(p, wire.Prune(TOPIC, (origin,)), seq + 0.5)
+    digests = [p for p, f in frames if isinstance(f, wire.IHave)]
+    assert [f for _, f in frames if isinstance(f, wire.Publish)] == []
+    assert len(digests) == P.lazy_fanout and set(digests) <= set(peers[1:])
