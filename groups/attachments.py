@@ -25,17 +25,23 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from enum import StrEnum
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-import msgpack
-
 from groups import history
+from groups.attachment_rows import (
+    AttachmentRow,
+    AttachmentState,
+    all_rows,
+    insert_row,
+    load_row,
+    parse_file,
+    set_state,
+)
 from groups.crypto import ATTACHMENT_FILE_ID_LEN, attachment_chunk_count, new_attachment_key
 from groups.errors import ChunkError, GroupsError, NotFound, PermissionDenied
-from groups.filestore import FileStore, StorageError
+from groups.filestore import FileStore, StorageError, sealed_length
 from groups.filetypes import OCTET_STREAM, SNIFF_BYTES, clean_name, settle_mime, sniff_file
 from groups.messages import MAX_FILE_SIZE, BadContent, FileRef
 from groups.store import atomic
@@ -57,13 +63,6 @@ SERVE_QUEUE_LIMIT = 2 * 1024 * 1024  # bytes queued on a link beyond which we sa
 _MIME = re.compile(r"^[a-z0-9][a-z0-9.+-]{0,40}/[a-z0-9][a-z0-9.+-]{0,80}$")
 
 
-class AttachmentState(StrEnum):
-    UPLOADING = "uploading"       # ours, being encrypted (events only; no message yet)
-    DOWNLOADING = "downloading"
-    COMPLETE = "complete"
-    FAILED = "failed"
-
-
 class LinkPort(Protocol):
     """What the service needs of a link (mesh.websocket.LinkConnection)."""
 
@@ -71,62 +70,6 @@ class LinkPort(Protocol):
     queued_bytes: int
 
     def send(self, frame: wire.Frame) -> None: ...
-
-
-@dataclass(frozen=True)
-class AttachmentRow:
-    file_id: bytes
-    topic: bytes
-    message_id: bytes
-    sender: str
-    name: str
-    mime: str
-    size: int
-    key: bytes = field(repr=False)
-    hashes: tuple[bytes, ...] = field(repr=False)
-    state: AttachmentState
-    bytes_done: int
-    reason: str | None
-
-    @property
-    def count(self) -> int:
-        return len(self.hashes)
-
-
-_COLUMNS = ("file_id, topic, message_id, sender, name, mime, size, file_key, chunk_hashes, "
-            "state, bytes_done, reason")
-
-
-def _from_db(row: tuple[Any, ...]) -> AttachmentRow:
-    blob = bytes(row[8])
-    hashes = tuple(blob[i:i + 32] for i in range(0, len(blob), 32))
-    return AttachmentRow(bytes(row[0]), bytes(row[1]), bytes(row[2]), row[3], row[4], row[5],
-                         row[6], bytes(row[7]), hashes, AttachmentState(row[9]), row[10], row[11])
-
-
-def load_row(conn: Any, file_id: bytes) -> AttachmentRow | None:
-    row = conn.execute(f"SELECT {_COLUMNS} FROM attachments WHERE file_id = ?",  # noqa: S608
-                       (file_id,)).fetchone()
-    return _from_db(row) if row else None
-
-
-def _all_rows(conn: Any) -> list[AttachmentRow]:
-    return [_from_db(r) for r in conn.execute(f"SELECT {_COLUMNS} FROM attachments")]  # noqa: S608
-
-
-def _set_state(conn: Any, file_id: bytes, state: AttachmentState, bytes_done: int, *,
-               mime: str | None = None, reason: str | None = None) -> None:
-    conn.execute("UPDATE attachments SET state = ?, bytes_done = ?, reason = ?, "
-                 "mime = COALESCE(?, mime) WHERE file_id = ?",
-                 (state.value, bytes_done, reason, mime, file_id))
-
-
-def parse_file(blob: bytes) -> FileRef:
-    """The FileRef stored with a chat message (messenger packs FileRef.to_msgpack())."""
-    try:
-        return FileRef.from_msgpack(msgpack.unpackb(blob, raw=False), "file")
-    except (ValueError, TypeError, msgpack.UnpackException):
-        raise BadContent("stored file reference does not parse") from None
 
 
 class AttachmentService:
@@ -149,6 +92,8 @@ class AttachmentService:
         self._rows: dict[bytes, AttachmentRow] = {}
         self._served: dict[bytes, Counter[str]] = {}
         self._finished: dict[bytes, dict[str, Any]] = {}
+        self._settled: dict[bytes, str] = {}   # complete, not yet fsynced: file -> mime
+        self._sources_due = 0.0
         self._last_event: dict[bytes, float] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._timer: asyncio.TimerHandle | None = None
@@ -159,28 +104,29 @@ class AttachmentService:
 
     async def start(self) -> None:
         """Forget half-staged uploads, check what is on disk, resume downloads."""
-        rows = _all_rows(self.conn)
+        rows = all_rows(self.conn)
         await asyncio.to_thread(self.store.sweep, [r.file_id for r in rows])
         for row in rows:
             self._rows[row.file_id] = row
             if row.state is AttachmentState.COMPLETE and not await asyncio.to_thread(
-                    self.store.has_chunks, row.file_id, row.count):
+                    self.store.has_all, row.file_id, row.size):
                 log.warning("attachment %s lost chunks on disk; fetching them again",
                             row.file_id.hex()[:12])
                 row = self._demote(row)
             if row.state is AttachmentState.DOWNLOADING:
                 held = await asyncio.to_thread(self.store.verified_chunks, row.file_id,
-                                               row.hashes)
+                                               row.hashes, row.size)
                 self.core.add(row.file_id, row.sender, row.size, row.hashes, held)
-        self._pump()
+        self._pump(refresh=True)
 
     async def close(self) -> None:
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = self._timer_at = None
-        if self._tasks:  # disk writes in threads cannot be cancelled: let them land
+        if self._tasks:  # work in threads cannot be cancelled: let it land
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.store.close()
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -199,13 +145,9 @@ class AttachmentService:
         state = AttachmentState.COMPLETE if own else (
             AttachmentState.DOWNLOADING if consistent else AttachmentState.FAILED)
         mime = file.mime if _MIME.match(file.mime) else OCTET_STREAM
-        self.conn.execute(
-            "INSERT INTO attachments (file_id, topic, message_id, sender, name, mime, size, "
-            "file_key, chunk_hashes, state, bytes_done, reason, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (file.file_id, topic, message_id, sender, clean_name(file.name), mime, file.size,
-             file.key, b"".join(file.chunk_hashes), state.value, file.size if own else 0,
-             None if consistent else "bad_reference", int(self.m.clock())))
+        insert_row(self.conn, file, topic, message_id, sender, clean_name(file.name), mime,
+                   state, file.size if own else 0, None if consistent else "bad_reference",
+                   self.m.clock())
         asyncio.get_running_loop().call_soon(self._activate, file.file_id)
 
     def _activate(self, file_id: bytes) -> None:
@@ -216,7 +158,7 @@ class AttachmentService:
         if row.state is AttachmentState.DOWNLOADING:
             self.core.add(file_id, row.sender, row.size, row.hashes)
             self._event(row, force=True)
-            self._pump()
+            self._pump(refresh=True)
 
     def describe(self, message_id: bytes, blob: bytes) -> dict[str, Any]:
         """The ``attachment`` of an API message."""
@@ -233,8 +175,17 @@ class AttachmentService:
             out.update(self._describe_row(row))
         return out
 
+    def _effective(self, row: AttachmentRow) -> AttachmentRow:
+        """The row as the user sees it: complete as soon as every chunk is verified."""
+        mime = self._settled.get(row.file_id)
+        if mime is None or row.state is not AttachmentState.DOWNLOADING:
+            return row
+        return replace(row, state=AttachmentState.COMPLETE, mime=mime, bytes_done=row.size)
+
     def _describe_row(self, row: AttachmentRow) -> dict[str, Any]:
-        done = self.core.bytes_done(row.file_id) if row.file_id in self.core else row.bytes_done
+        row = self._effective(row)
+        done = row.bytes_done if row.file_id not in self.core or row.file_id in self._settled \
+            else self.core.bytes_done(row.file_id)
         return {"id": row.file_id.hex(), "name": row.name, "mime": row.mime, "size": row.size,
                 "state": row.state.value, "bytes_done": done}
 
@@ -281,7 +232,7 @@ class AttachmentService:
         row = load_row(self.conn, file_id)
         if row is None or not self._visible(row.topic):
             raise NotFound("no such attachment")
-        return row
+        return self._effective(row)
 
     def info(self, file_id: bytes) -> dict[str, Any]:
         row = self.get(file_id)
@@ -301,7 +252,7 @@ class AttachmentService:
         """Chunk ``index`` of a complete file, decrypted (in a thread)."""
         try:
             return await asyncio.to_thread(self.store.plain_chunk, row.file_id, row.key,
-                                           row.hashes, index)
+                                           row.hashes, row.size, index)
         except (StorageError, ChunkError):
             if row.state is AttachmentState.COMPLETE:
                 self._demote(row)
@@ -311,7 +262,7 @@ class AttachmentService:
     # -- the mesh's entry points -------------------------------------------------------------
 
     def link_up(self, peer: str) -> None:
-        self._pump()
+        self._pump(refresh=True)
 
     def on_frame(self, peer: str, frame: wire.Frame) -> None:
         """A non-gossip frame from a linked peer (MeshRuntime's on_other_frame)."""
@@ -344,8 +295,8 @@ class AttachmentService:
         if link.queued_bytes > SERVE_QUEUE_LIMIT:
             self.counters["busy"] += 1
             return no
-        try:
-            data = self.store.read_chunk(file_id, index, row.hashes[index])
+        try:  # unchecked: the receiver checks the hash (and avoids us if it is wrong)
+            data = self.store.read_chunk(file_id, index, sealed_length(row.size, index))
         except StorageError as exc:
             log.warning("attachment %s: %s", file_id.hex()[:12], exc)
             if row.state is AttachmentState.COMPLETE:
@@ -367,7 +318,7 @@ class AttachmentService:
     def _receive(self, peer: str, frame: wire.Chunk) -> None:
         verdict = self.core.receive(peer, frame.file_id, frame.index, frame.data, self._now())
         if verdict is Verdict.ACCEPT:
-            self._spawn(self._store(frame.file_id, frame.index, frame.data))
+            self._store(frame.file_id, frame.index, frame.data)
         elif verdict is Verdict.BAD:
             self.counters["bad_chunks"] += 1
             log.info("peer %s sent a chunk of %s that does not match its hash; asking others",
@@ -376,46 +327,55 @@ class AttachmentService:
             self.counters["unsolicited"] += 1
         self._pump()
 
-    async def _store(self, file_id: bytes, index: int, data: bytes) -> None:
+    def _store(self, file_id: bytes, index: int, data: bytes) -> None:
+        """A verified chunk goes to its slot (a page-cache write, on the loop)."""
         try:
-            await asyncio.to_thread(self.store.write_chunk, file_id, index, data)
+            self.store.write_chunk(file_id, index, data)
         except StorageError as exc:
             log.warning("attachment %s: %s", file_id.hex()[:12], exc)
             self.core.store_failed(file_id, index)
-            self._pump()
-            return
-        if file_id not in self.core or self._closed:
             return
         self.counters["stored"] += 1
         if self.core.stored(file_id, index):
-            await self._finish(file_id)
+            self._spawn(self._finish(file_id))
         else:
             self._event(self._rows[file_id])
-        self._pump()
 
     async def _finish(self, file_id: bytes) -> None:
+        """Every chunk is verified and written: the file is complete for the user and
+        its peers at once; the database says so once the file is fsynced (a crash in
+        between leaves a download whose chunks all verify on restart)."""
         row = self._rows[file_id]
         try:
-            head = (await asyncio.to_thread(self.store.plain_chunk, file_id, row.key,
-                                            row.hashes, 0))[:SNIFF_BYTES]
-            await asyncio.to_thread(self.store.sync, file_id)
+            head = self.store.plain_chunk(file_id, row.key, row.hashes, row.size,
+                                          0)[:SNIFF_BYTES]
             state, mime, reason = AttachmentState.COMPLETE, settle_mime(row.mime, head,
                                                                         row.name), None
+            self._settled[file_id] = mime
+            self._event(row, force=True)
+            await asyncio.to_thread(self.store.sync, file_id)
         except ChunkError:  # the sender announced chunks its own key does not open
             state, mime, reason = AttachmentState.FAILED, None, "undecryptable"
-        except StorageError:
-            return  # read_chunk dropped the damaged chunk; the next pump refetches it
+        except StorageError as exc:  # the disk lost or broke a chunk: find out which
+            log.warning("attachment %s: %s", file_id.hex()[:12], exc)
+            self._settled.pop(file_id, None)
+            self.core.remove(file_id)
+            self._resume_later(file_id)
+            return
         self._finished[file_id] = self.core.stats(file_id)
+        self._settled.pop(file_id, None)
         self.core.remove(file_id)
+        if self._closed:
+            return
         with atomic(self.conn):
-            _set_state(self.conn, file_id, state, row.size if reason is None else 0,
+            set_state(self.conn, file_id, state, row.size if reason is None else 0,
                        mime=mime, reason=reason)
         self._rows[file_id] = load_row(self.conn, file_id) or row
         self._event(self._rows[file_id], force=True)
 
     def _demote(self, row: AttachmentRow) -> AttachmentRow:
         with atomic(self.conn):
-            _set_state(self.conn, row.file_id, AttachmentState.DOWNLOADING, 0)
+            set_state(self.conn, row.file_id, AttachmentState.DOWNLOADING, 0)
         row = load_row(self.conn, row.file_id) or row
         self._rows[row.file_id] = row
         return row
@@ -423,10 +383,11 @@ class AttachmentService:
     def _resume_later(self, file_id: bytes) -> None:
         async def resume() -> None:
             row = self._rows[file_id]
-            held = await asyncio.to_thread(self.store.verified_chunks, file_id, row.hashes)
+            held = await asyncio.to_thread(self.store.verified_chunks, file_id, row.hashes,
+                                           row.size)
             if file_id not in self.core and not self._closed:
                 self.core.add(file_id, row.sender, row.size, row.hashes, held)
-                self._pump()
+                self._pump(refresh=True)
         if file_id not in self.core:
             self._spawn(resume())
 
@@ -453,17 +414,23 @@ class AttachmentService:
         return [p for p in members if p in links and not links[p].closed
                 and self.may_move(p, row.size)]
 
-    def _pump(self) -> None:
-        """Tell the scheduler who is reachable, send what it asks, re-arm the timer."""
+    def _pump(self, *, refresh: bool = False) -> None:
+        """Send what the scheduler asks for and re-arm the timer. Who is reachable (links
+        and membership) is looked up again when ``refresh`` is asked or every TICK/2,
+        not for every frame."""
         if self._closed:
             return
         now = self._now()
         links = self.links()
-        for file_id in self.core.files():
-            self.core.set_sources(file_id, self._sources(self._rows[file_id], links))
+        if refresh or now >= self._sources_due:
+            self._sources_due = now + TICK / 2
+            for file_id in self.core.files():
+                self.core.set_sources(file_id, self._sources(self._rows[file_id], links))
         for request in self.core.poll(now):
-            self.counters["requested"] += 1
-            self._send(links[request.peer], wire.ChunkRequest(request.file_id, request.index))
+            link = links.get(request.peer)
+            if link is not None:  # else the next refresh gives the request back
+                self.counters["requested"] += 1
+                self._send(link, wire.ChunkRequest(request.file_id, request.index))
         self._rearm(now)
 
     def _rearm(self, now: float) -> None:

@@ -1,19 +1,27 @@
-"""Attachment chunks on disk, encrypted with the file's key: blocking I/O, run in threads.
+"""Attachment chunks on disk, encrypted with the file's key.
 
 Layout under ``<data-dir>/files`` (mode 0700):
 
-    <file id hex>/<index>     chunk ``index`` exactly as it travels: AES-256-GCM
-                              ciphertext + tag (groups.crypto.encrypt_chunk)
-    <file id hex>/<index>.tmp a chunk being written
-    uploads/                  plaintext of uploads while they are received (deleted
-                              as soon as they are encrypted or refused)
+    <file id hex>.chunks   every chunk exactly as it travels (AES-256-GCM ciphertext +
+                           16-byte tag, groups.crypto.encrypt_chunk), chunk i at offset
+                           i * (256 KiB + 16); the file is sparse while it downloads
+    uploads/               plaintext of uploads while they are received (deleted as soon
+                           as they are encrypted or refused)
 
-A chunk is written to ``.tmp``, fsynced, then renamed: a chunk file that exists is
-complete. Whether it is *right* is checked against the announced SHA-256 whenever it is
-trusted anew: when a restarted node resumes a download (``verified_chunks``) and every
-time a chunk is served or decrypted. So a torn write after a power cut costs a
-re-download, never a wrong byte. No file ever exists in plaintext except an upload
-between its last byte and its encryption; finished files are their chunks.
+Which chunks a node holds is never written down: it is what is on disk *and* matches
+the announced SHA-256. A download in memory knows; a restarted node finds out again by
+hashing each slot (``verified_chunks``, about 30 ms for 25 MiB). So a chunk needs no
+rename, no per-chunk fsync and no database row to be safe: a write torn by a crash or
+a power cut simply fails its hash and is fetched again, and nothing a node acknowledged
+depends on it. A finished file is fsynced once before it is recorded complete.
+
+An earlier layout (one file per chunk, tmp + fsync + rename each) cost more CPU and
+wall time on the receiving node than the whole transfer does now; see
+docs/parts/attachments-performance.md.
+
+No file exists in plaintext except an upload between its last byte and its encryption.
+Chunk reads and writes are small (one 256 KiB pread/pwrite to the page cache) and run
+on the event loop; whole-file work (staging, verifying, fsync) runs in threads.
 """
 
 from __future__ import annotations
@@ -36,23 +44,20 @@ from groups.crypto import (
 from groups.errors import GroupsError
 from mesh.errors import LocalError
 
-__all__ = ["FileStore", "StorageError"]
+__all__ = ["STRIDE", "FileStore", "StorageError", "sealed_length"]
 
-_HEX_ID = re.compile(r"^[0-9a-f]{64}$")
-_CHUNK_NAME = re.compile(r"^(0|[1-9][0-9]{0,5})$")
+TAG = 16
+STRIDE = ATTACHMENT_CHUNK_SIZE + TAG
+_CHUNKS_FILE = re.compile(r"^([0-9a-f]{64})\.chunks$")
 
 
 class StorageError(GroupsError, LocalError):
     """A chunk is missing or damaged on disk, or the disk refused a write."""
 
 
-def _fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+def sealed_length(size: int, index: int) -> int:
+    """Length of encrypted chunk ``index`` of a file of ``size`` plaintext bytes."""
+    return min(ATTACHMENT_CHUNK_SIZE, size - index * ATTACHMENT_CHUNK_SIZE) + TAG
 
 
 class FileStore:
@@ -61,86 +66,111 @@ class FileStore:
         self.uploads = self.root / "uploads"
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.uploads.mkdir(mode=0o700, exist_ok=True)
+        self._writers: dict[bytes, int] = {}
 
-    def directory(self, file_id: bytes) -> Path:
-        return self.root / file_id.hex()
-
-    def chunk_path(self, file_id: bytes, index: int) -> Path:
-        return self.directory(file_id) / str(index)
+    def path(self, file_id: bytes) -> Path:
+        return self.root / f"{file_id.hex()}.chunks"
 
     # -- chunks --------------------------------------------------------------------------
 
     def write_chunk(self, file_id: bytes, index: int, data: bytes) -> None:
-        """Store one encrypted chunk durably and atomically (tmp, fsync, rename)."""
-        directory = self.directory(file_id)
+        """Put one encrypted chunk in its slot (to the page cache; see ``sync``)."""
         try:
-            directory.mkdir(mode=0o700, exist_ok=True)
-            tmp = directory / f"{index}.tmp"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, directory / str(index))
+            fd = self._writers.get(file_id)
+            if fd is None:
+                fd = self._writers[file_id] = os.open(self.path(file_id),
+                                                      os.O_RDWR | os.O_CREAT, 0o600)
+            view, offset = memoryview(data), index * STRIDE
+            while view:
+                written = os.pwrite(fd, view, offset)
+                view, offset = view[written:], offset + written
         except OSError as exc:
             raise StorageError(f"could not store chunk {index}: {exc.strerror}") from None
 
-    def read_chunk(self, file_id: bytes, index: int, expected_hash: bytes) -> bytes:
-        """One encrypted chunk, checked against its announced hash."""
+    def read_chunk(self, file_id: bytes, index: int, length: int) -> bytes:
+        """The encrypted chunk in slot ``index`` (``length`` bytes), unchecked: readers
+        check its hash (receivers) or its tag (decryption)."""
         try:
-            data = self.chunk_path(file_id, index).read_bytes()
+            fd = os.open(self.path(file_id), os.O_RDONLY)
         except OSError:
             raise StorageError(f"chunk {index} is not here") from None
-        if hashlib.sha256(data).digest() != expected_hash:
-            with contextlib.suppress(OSError):
-                self.chunk_path(file_id, index).unlink()
-            raise StorageError(f"chunk {index} was damaged on disk and is gone")
+        try:
+            data = os.pread(fd, length, index * STRIDE)
+        except OSError as exc:
+            raise StorageError(f"could not read chunk {index}: {exc.strerror}") from None
+        finally:
+            os.close(fd)
+        if len(data) != length:
+            raise StorageError(f"chunk {index} is not here")
         return data
 
-    def has_chunks(self, file_id: bytes, count: int) -> bool:
-        """Every chunk file is there (a cheap check for files recorded complete)."""
-        return all(self.chunk_path(file_id, i).is_file() for i in range(count))
+    def has_all(self, file_id: bytes, size: int) -> bool:
+        """The file is as long as all its chunks (a cheap check for complete files)."""
+        count = attachment_chunk_count(size)
+        expected = (count - 1) * STRIDE + sealed_length(size, count - 1)
+        try:
+            return self.path(file_id).stat().st_size >= expected
+        except OSError:
+            return False
 
-    def verified_chunks(self, file_id: bytes, hashes: tuple[bytes, ...]) -> set[int]:
-        """The chunks on disk that match their hashes; damaged ones and leftovers of
-        interrupted writes are deleted."""
+    def verified_chunks(self, file_id: bytes, hashes: tuple[bytes, ...], size: int) -> set[int]:
+        """The slots whose content matches its announced hash (one chunk in memory at a
+        time)."""
         held: set[int] = set()
-        directory = self.directory(file_id)
-        if not directory.is_dir():
-            return held
-        for entry in directory.iterdir():
-            index = int(entry.name) if _CHUNK_NAME.match(entry.name) else -1
-            if 0 <= index < len(hashes):
-                with contextlib.suppress(StorageError):
-                    self.read_chunk(file_id, index, hashes[index])
-                    held.add(index)
-            else:
-                with contextlib.suppress(OSError):
-                    entry.unlink()
+        try:
+            with self.path(file_id).open("rb") as f:
+                for index, digest in enumerate(hashes):
+                    f.seek(index * STRIDE)
+                    data = f.read(sealed_length(size, index))
+                    if hashlib.sha256(data).digest() == digest:
+                        held.add(index)
+        except OSError:
+            pass
         return held
 
     def sync(self, file_id: bytes) -> None:
-        """Make the renames of a finished file durable (one directory fsync)."""
-        _fsync_dir(self.directory(file_id))
+        """Make a finished file durable (one fsync) and let go of its writer."""
+        fd = self._writers.pop(file_id, None)
+        try:
+            if fd is None:
+                fd = os.open(self.path(file_id), os.O_RDONLY)
+            os.fsync(fd)
+        except OSError as exc:
+            raise StorageError(f"could not sync the file: {exc.strerror}") from None
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    def close(self, file_id: bytes | None = None) -> None:
+        """Close the writer of one file (or all): at shutdown, or when it is dropped."""
+        for key in [file_id] if file_id is not None else list(self._writers):
+            fd = self._writers.pop(key, None) if key is not None else None
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
     def remove(self, file_id: bytes) -> None:
-        shutil.rmtree(self.directory(file_id), ignore_errors=True)
+        self.close(file_id)
+        with contextlib.suppress(OSError):
+            self.path(file_id).unlink()
 
     def sweep(self, keep: Iterable[bytes]) -> int:
-        """At start-up: delete chunk directories no attachment row names (an upload that
+        """At start-up: delete chunk files no attachment row names (an upload that
         crashed before its message was committed) and leftover uploads."""
         known = {file_id.hex() for file_id in keep}
         removed = 0
         for entry in self.root.iterdir():
-            if entry.is_dir() and _HEX_ID.match(entry.name) and entry.name not in known:
-                shutil.rmtree(entry, ignore_errors=True)
-                removed += 1
+            match = _CHUNKS_FILE.match(entry.name)
+            if match and match.group(1) not in known:
+                with contextlib.suppress(OSError):
+                    entry.unlink()
+                    removed += 1
         for entry in self.uploads.iterdir():
             with contextlib.suppress(OSError):
-                entry.unlink()
+                if entry.is_dir():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
         return removed
 
     # -- uploads -------------------------------------------------------------------------
@@ -152,14 +182,14 @@ class FileStore:
 
     def stage(self, source: Path, file_id: bytes, key: bytes, size: int,
               progress: Callable[[int], None] | None = None) -> tuple[bytes, ...]:
-        """Encrypt the plaintext file ``source`` (``size`` bytes) into chunks of
-        ``file_id``, one chunk in memory at a time; return the chunk hashes."""
+        """Encrypt the plaintext file ``source`` (``size`` bytes) into the chunks of
+        ``file_id``, one chunk in memory at a time; fsync; return the chunk hashes."""
         count = attachment_chunk_count(size)
         hashes = []
         try:
             with source.open("rb") as f:
                 for index in range(count):
-                    expected = min(ATTACHMENT_CHUNK_SIZE, size - index * ATTACHMENT_CHUNK_SIZE)
+                    expected = sealed_length(size, index) - TAG
                     plain = f.read(expected)
                     if len(plain) != expected:
                         raise StorageError("the upload changed while it was encrypted")
@@ -170,17 +200,19 @@ class FileStore:
                         progress(index * ATTACHMENT_CHUNK_SIZE + len(plain))
                 if f.read(1):
                     raise StorageError("the upload changed while it was encrypted")
+            self.sync(file_id)
         except OSError as exc:
             self.remove(file_id)
             raise StorageError(f"could not read the upload: {exc.strerror}") from None
         except BaseException:
             self.remove(file_id)
             raise
-        self.sync(file_id)
         return tuple(hashes)
 
-    def plain_chunk(self, file_id: bytes, key: bytes, hashes: tuple[bytes, ...],
+    def plain_chunk(self, file_id: bytes, key: bytes, hashes: tuple[bytes, ...], size: int,
                     index: int) -> bytes:
-        """Chunk ``index`` decrypted (checked against its hash and its GCM tag)."""
-        sealed = self.read_chunk(file_id, index, hashes[index])
+        """Chunk ``index`` decrypted, checked against its hash and its GCM tag."""
+        sealed = self.read_chunk(file_id, index, sealed_length(size, index))
+        if hashlib.sha256(sealed).digest() != hashes[index]:
+            raise StorageError(f"chunk {index} was damaged on disk")
         return decrypt_chunk(key, file_id, index, len(hashes), sealed)

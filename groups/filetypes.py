@@ -153,13 +153,15 @@ def _fit(name: str) -> str:
 
 def clean_name(name: str) -> str:
     """A displayable, header-safe version of any name (a peer's, say): the last path
-    component, no control characters, no characters Windows refuses, NFC, at most
+    component, no control or format characters, every kind of space a plain space, no
+    characters Windows refuses, NFC, at most
     MAX_NAME_BYTES of UTF-8, never empty, never "." or ".."."""
     name = unicodedata.normalize("NFC", name)
     for sep in _SEPARATORS:
         name = name.rsplit(sep, 1)[-1]
-    name = "".join("_" if c in _FORBIDDEN_IN_NAMES else c for c in name
-                   if unicodedata.category(c)[0] != "C")
+    name = "".join("_" if c in _FORBIDDEN_IN_NAMES else
+                   " " if unicodedata.category(c)[0] == "Z" else c
+                   for c in name if unicodedata.category(c)[0] != "C")
     name = name.strip().strip(".").strip()
     return _fit(name) or "file"
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from groups import crypto
 from groups.errors import ChunkError, PermissionDenied
-from groups.filestore import FileStore, StorageError
+from groups.filestore import STRIDE, FileStore, StorageError, sealed_length
 from groups.filetypes import (
     MAX_NAME_BYTES,
     check_upload_name,
@@ -83,32 +83,51 @@ def test_stage_encrypts_chunks_that_read_back(tmp_path: Path) -> None:
     data = os.urandom(2 * CHUNK + 77)
     file_id, key, hashes = _stage(store, tmp_path, data)
     assert len(hashes) == 3
+    on_disk = store.path(file_id).read_bytes()
+    assert len(on_disk) == 2 * STRIDE + 77 + 16
     for index, digest in enumerate(hashes):
-        sealed = store.chunk_path(file_id, index).read_bytes()
+        sealed = store.read_chunk(file_id, index, sealed_length(len(data), index))
+        assert on_disk[index * STRIDE:index * STRIDE + len(sealed)] == sealed
         assert hashlib.sha256(sealed).digest() == digest
         assert data[index * CHUNK:(index + 1) * CHUNK] not in sealed  # encrypted at rest
-    plain = b"".join(store.plain_chunk(file_id, key, hashes, i) for i in range(3))
+    plain = b"".join(store.plain_chunk(file_id, key, hashes, len(data), i) for i in range(3))
     assert plain == data
-    assert store.has_chunks(file_id, 3) and store.verified_chunks(file_id, hashes) == {0, 1, 2}
-    assert oct(store.chunk_path(file_id, 0).stat().st_mode & 0o777) == "0o600"
+    assert store.has_all(file_id, len(data)) and not store.has_all(file_id, len(data) + 1)
+    assert store.verified_chunks(file_id, hashes, len(data)) == {0, 1, 2}
+    assert oct(store.path(file_id).stat().st_mode & 0o777) == "0o600"
 
 
-def test_damaged_and_leftover_chunks_are_dropped(tmp_path: Path) -> None:
+def test_chunks_land_in_any_order_and_damage_is_found(tmp_path: Path) -> None:
     store = FileStore(tmp_path / "files")
-    file_id, key, hashes = _stage(store, tmp_path, os.urandom(3 * CHUNK))
-    path = store.chunk_path(file_id, 1)
-    path.write_bytes(b"\x00" + path.read_bytes()[1:])           # bit rot
-    (store.directory(file_id) / "2.tmp").write_bytes(b"half")   # an interrupted write
-    (store.directory(file_id) / "7").write_bytes(b"junk")       # out of range
-    assert store.verified_chunks(file_id, hashes) == {0, 2}
-    assert sorted(p.name for p in store.directory(file_id).iterdir()) == ["0", "2"]
+    size = 4 * CHUNK + 5
+    file_id = os.urandom(32)
+    chunks = [os.urandom(sealed_length(size, i)) for i in range(5)]
+    hashes = tuple(hashlib.sha256(c).digest() for c in chunks)
+    for index in (4, 1, 2):                 # out of order, with holes (a sparse file)
+        store.write_chunk(file_id, index, chunks[index])
+    assert store.verified_chunks(file_id, hashes, size) == {1, 2, 4}
+    assert store.has_all(file_id, size)     # long enough, but only hashes tell
+    with open(store.path(file_id), "r+b") as f:   # bit rot in slot 2
+        f.seek(2 * STRIDE + 100)
+        f.write(b"\xff")
+    store.close(file_id)
+    assert store.verified_chunks(file_id, hashes, size) == {1, 4}
     with pytest.raises(StorageError):
-        store.read_chunk(file_id, 1, hashes[1])
+        store.plain_chunk(file_id, crypto.new_attachment_key(), hashes, size, 2)
     with pytest.raises(StorageError):
-        store.plain_chunk(file_id, key, hashes, 1)
-    # Right hash, wrong key: GCM refuses it.
+        store.read_chunk(os.urandom(32), 0, 10)           # no such file
+    store.sync(file_id)
+    assert store.verified_chunks(file_id, hashes, size) == {1, 4}
+    store.remove(file_id)
+    assert not store.path(file_id).exists()
+    assert store.verified_chunks(file_id, hashes, size) == set()
+
+
+def test_the_wrong_key_does_not_open_a_chunk(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "files")
+    file_id, _, hashes = _stage(store, tmp_path, os.urandom(100))
     with pytest.raises(ChunkError):
-        store.plain_chunk(file_id, crypto.new_attachment_key(), hashes, 0)
+        store.plain_chunk(file_id, crypto.new_attachment_key(), hashes, 100, 0)
 
 
 def test_sweep_keeps_only_known_files(tmp_path: Path) -> None:
@@ -117,10 +136,10 @@ def test_sweep_keeps_only_known_files(tmp_path: Path) -> None:
     orphan, _, _ = _stage(store, tmp_path, b"orphan")
     fd, upload = store.new_upload()
     os.close(fd)
-    (store.root / "not-a-file-dir").mkdir()
+    (store.root / "unrelated").mkdir()
     assert store.sweep([keep]) == 1
-    assert store.directory(keep).is_dir() and not store.directory(orphan).exists()
-    assert not upload.exists() and (store.root / "not-a-file-dir").is_dir()
+    assert store.path(keep).is_file() and not store.path(orphan).exists()
+    assert not upload.exists() and (store.root / "unrelated").is_dir()
 
 
 def test_stage_refuses_a_file_that_changed(tmp_path: Path) -> None:
@@ -131,7 +150,7 @@ def test_stage_refuses_a_file_that_changed(tmp_path: Path) -> None:
         file_id = os.urandom(32)
         with pytest.raises(StorageError):
             store.stage(source, file_id, crypto.new_attachment_key(), claimed)
-        assert not store.directory(file_id).exists()
+        assert not store.path(file_id).exists()
 
 
 # Types and names -------------------------------------------------------------------

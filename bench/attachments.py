@@ -1,0 +1,338 @@
+"""Attachment transfer: ``python -m bench.attachments [--runs N] [--mib 25]``.
+
+Five real node processes on loopback in one group (plus a bootstrap process). The first
+uploads a random 25 MiB file through the node API; the four others pull its chunks
+(from the sender and from each other), verify, store and report completion. Timed per
+receiver from the moment the upload's message is committed (the POST returned) to
+the receiver's attachment being complete; the upload itself (receiving the body,
+encrypting and hashing 100 chunks, fsyncing them) is reported separately. Peak memory
+per node is VmHWM minus the RSS it had before the first upload.
+
+Next to it, in the same run, the same bytes from one process to four receiver
+processes over (a) plain Tornado WebSockets in 256 KiB frames and (b) raw loopback TCP.
+Those receivers only count bytes: no encryption, hashing or disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
+from tornado.web import Application
+from tornado.websocket import WebSocketClientConnection, WebSocketHandler, websocket_connect
+
+RECEIVERS = 4
+FRAME = 256 * 1024
+MiB = 1024 * 1024
+
+
+@dataclass
+class NodeProcess:
+    popen: subprocess.Popen[str]
+    url: str
+    token: str
+    user_id: str
+
+    async def call(self, method: str, path: str, body: object | None = None, *,
+                   raw: bytes | None = None, content_type: str = "application/json") -> dict:
+        data = raw if raw is not None else (None if body is None else json.dumps(body))
+        request = HTTPRequest(self.url + path, method=method, body=data, request_timeout=300,
+                              headers={"Authorization": f"Bearer {self.token}",
+                                       "Content-Type": content_type})
+        response = await AsyncHTTPClient(max_body_size=64 * MiB).fetch(request)
+        return json.loads(response.body) if response.body else {}
+
+    async def events(self) -> WebSocketClientConnection:
+        ws = await websocket_connect(HTTPRequest(
+            self.url.replace("http", "ws") + "/api/v1/events",
+            headers={"Authorization": f"Bearer {self.token}"}))
+        await ws.read_message()  # "ready"
+        return ws
+
+    async def fetch(self, path: str) -> bytes:
+        request = HTTPRequest(self.url + path, headers={"Authorization": f"Bearer {self.token}"},
+                              request_timeout=300)
+        return (await AsyncHTTPClient(max_body_size=64 * MiB).fetch(request)).body
+
+    def memory(self, field: str) -> int:
+        with open(f"/proc/{self.popen.pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+        raise RuntimeError(f"no {field} for {self.popen.pid}")
+
+
+def start(args: list[str], pattern: str) -> tuple[subprocess.Popen[str], re.Match[str]]:
+    popen = subprocess.Popen([sys.executable, "run.py", *args], stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True)
+    assert popen.stdout is not None
+    for _ in range(100):
+        line = popen.stdout.readline()
+        if match := re.search(pattern, line):
+            return popen, match
+    popen.kill()
+    raise RuntimeError(f"{args[0]} did not start")
+
+
+async def start_group(base: Path) -> tuple[list[subprocess.Popen[str]], list[NodeProcess], str]:
+    boot, match = start(["bootstrap", "--port", "0", "--db", str(base / "b.db"),
+                         "--rate", "1e6", "--burst", "1000000"], r"listening on (http://\S+)")
+    procs, nodes = [boot], []
+    for i in range(RECEIVERS + 1):
+        popen, m = start(["node", "--data-dir", str(base / f"n{i}"), "--ui-port", "0",
+                          "--mesh-port", "0", "--bootstrap", match.group(1)],
+                         r"Parley node ([0-9 ]+): open (http://\S+)/#token=(\S+)")
+        procs.append(popen)
+        nodes.append(NodeProcess(popen, m.group(2), m.group(3), m.group(1).replace(" ", "")))
+    for node in nodes:
+        for _ in range(300):
+            if (await node.call("GET", "/api/v1/me"))["registered"]:
+                break
+            await asyncio.sleep(0.1)
+    group = (await nodes[0].call("POST", "/api/v1/groups", {"name": "bench"}))["group_id"]
+    for node in nodes[1:]:
+        invite = (await nodes[0].call("POST", f"/api/v1/groups/{group}/invites", {}))["invite"]
+        await node.call("POST", "/api/v1/join", {"invite": invite})
+    everyone = {n.user_id for n in nodes}
+    for node in nodes:
+        for _ in range(300):
+            info = await node.call("GET", f"/api/v1/groups/{group}")
+            if {m["id"] for m in info["members"]} == everyone:
+                break
+            await asyncio.sleep(0.1)
+    await asyncio.sleep(2.0)  # links between all five settle
+    return procs, nodes, group
+
+
+def multipart(name: str, data: bytes) -> tuple[bytes, str]:
+    boundary = "----parleybench" + os.urandom(8).hex()
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
+            f"filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n").encode()
+    return head + data + f"\r\n--{boundary}--\r\n".encode(), \
+        f"multipart/form-data; boundary={boundary}"
+
+
+async def parley_run(nodes: list[NodeProcess], group: str, size: int,
+                     ) -> tuple[float, list[float], dict]:
+    """One upload; returns (upload seconds, per-receiver seconds, receiver stats)."""
+    data = os.urandom(size)
+    body, content_type = multipart("bench.bin", data)
+    done: dict[int, float] = {}
+    sockets = [await node.events() for node in nodes[1:]]
+
+    async def watch(i: int, ws: WebSocketClientConnection) -> None:
+        """Completion is taken from the receiver's events socket (no polling load)."""
+        while (raw := await ws.read_message()) is not None:
+            event = json.loads(raw)
+            if event["type"] == "attachment" and event["data"]["state"] == "complete":
+                done[i] = time.perf_counter()
+                return
+
+    watchers = [asyncio.ensure_future(watch(i, ws)) for i, ws in enumerate(sockets)]
+    t0 = time.perf_counter()
+    reply = await nodes[0].call("POST", f"/api/v1/groups/{group}/messages", raw=body,
+                                content_type=content_type)
+    committed = time.perf_counter()
+    file_id = reply["attachment"]["id"]
+    await asyncio.wait_for(asyncio.gather(*watchers), 300)
+    for ws in sockets:
+        ws.close()
+    stats = {i: (await n.call("GET", f"/api/v1/attachments/{file_id}/info"))["transfer"]
+             for i, n in enumerate(nodes[1:])}
+    digest = hashlib.sha256(data).hexdigest()
+    for node in nodes[1:]:
+        got = await node.fetch(f"/api/v1/attachments/{file_id}")
+        if hashlib.sha256(got).hexdigest() != digest:
+            raise RuntimeError("a receiver got different bytes")
+    return committed - t0, [done[i] - committed for i in range(RECEIVERS)], stats
+
+
+# Baselines: one sender process, four receiver processes ------------------------------
+
+
+class Push(WebSocketHandler):
+    """Sends ``size`` bytes in 256 KiB binary frames once every receiver is there."""
+
+    def initialize(self, state: dict) -> None:
+        self.state = state
+
+    def open(self) -> None:
+        self.set_nodelay(True)
+        self.state["clients"].append(self)
+        if len(self.state["clients"]) == RECEIVERS:
+            self.state["ready"].set()
+
+    def on_message(self, message: str | bytes) -> None:
+        self.state["done"][id(self)] = time.perf_counter()
+        if len(self.state["done"]) == RECEIVERS:
+            self.state["finished"].set()
+
+
+async def ws_sender(size: int) -> list[float]:
+    state = {"clients": [], "done": {}, "ready": asyncio.Event(), "finished": asyncio.Event()}
+    sockets = bind_sockets(0, "127.0.0.1")
+    server = HTTPServer(Application([(r"/push", Push, {"state": state})],
+                                    websocket_max_message_size=FRAME + 1024))
+    server.add_sockets(sockets)
+    port = sockets[0].getsockname()[1]
+    clients = [_spawn("ws-receiver", f"ws://127.0.0.1:{port}/push", size)
+               for _ in range(RECEIVERS)]
+    await asyncio.wait_for(state["ready"].wait(), 30)
+    data = os.urandom(size)
+    t0 = time.perf_counter()
+
+    async def push(handler: Push) -> None:
+        for offset in range(0, size, FRAME):
+            await handler.write_message(data[offset:offset + FRAME], binary=True)
+
+    await asyncio.gather(*(push(h) for h in state["clients"]))
+    await asyncio.wait_for(state["finished"].wait(), 120)
+    times = [t - t0 for t in state["done"].values()]
+    for client in clients:
+        client.wait(10)
+    server.stop()
+    return times
+
+
+async def ws_receiver(url: str, size: int) -> None:
+    ws = await websocket_connect(url, max_message_size=FRAME + 1024)
+    got = 0
+    while got < size:
+        message = await ws.read_message()
+        if message is None:
+            raise RuntimeError("sender went away")
+        got += len(message)
+    await ws.write_message("done")
+    ws.close()
+
+
+def tcp_sender(size: int) -> list[float]:
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    clients = [_spawn("tcp-receiver", str(port), size) for _ in range(RECEIVERS)]
+    conns = [listener.accept()[0] for _ in range(RECEIVERS)]
+    data = os.urandom(size)
+    t0 = time.perf_counter()
+    done: list[float] = []
+
+    def send(conn: socket.socket) -> None:
+        conn.sendall(data)
+
+    import threading
+    threads = [threading.Thread(target=send, args=(c,)) for c in conns]
+    for thread in threads:
+        thread.start()
+    for conn in conns:  # each receiver answers one byte when it has everything
+        conn.recv(1)
+        done.append(time.perf_counter() - t0)
+    for thread in threads:
+        thread.join()
+    for conn in conns:
+        conn.close()
+    for client in clients:
+        client.wait(10)
+    listener.close()
+    return sorted(done)
+
+
+def tcp_receiver(port: int, size: int) -> None:
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        got = 0
+        buffer = bytearray(FRAME)
+        while got < size:
+            n = sock.recv_into(buffer)
+            if not n:
+                raise RuntimeError("sender went away")
+            got += n
+        sock.sendall(b"!")
+
+
+def _spawn(role: str, target: str, size: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "bench.attachments", "--role", role,
+                             "--target", target, "--size", str(size)])
+
+
+# Report --------------------------------------------------------------------------------
+
+
+def mbps(size: int, seconds: float) -> float:
+    return size / seconds / 1e6
+
+
+async def main_bench(runs: int, size: int) -> None:
+    print(f"# Attachments: {size / MiB:.0f} MiB to {RECEIVERS} receivers on loopback "
+          f"({os.cpu_count()} CPUs), median of {runs} runs\n")
+    with tempfile.TemporaryDirectory(prefix="parley-bench-") as tmp:
+        procs, nodes, group = await start_group(Path(tmp))
+        try:
+            idle = [n.memory("VmRSS") for n in nodes]
+            results = [await parley_run(nodes, group, size) for _ in range(runs)]
+            print("Parley runs, seconds per receiver:",
+                  [[round(x, 2) for x in sorted(r[1])] for r in results], "\n")
+            peaks = [n.memory("VmHWM") - base for n, base in zip(nodes, idle, strict=True)]
+        finally:
+            for proc in procs:
+                proc.terminate()
+            for proc in procs:
+                proc.wait(10)
+    ws_runs = [sorted(await ws_sender(size)) for _ in range(runs)]
+    tcp_runs = [tcp_sender(size) for _ in range(runs)]
+
+    parley = [statistics.median(sorted(r[1])[i] for r in results) for i in range(RECEIVERS)]
+    ws = [statistics.median(r[i] for r in ws_runs) for i in range(RECEIVERS)]
+    tcp = [statistics.median(r[i] for r in tcp_runs) for i in range(RECEIVERS)]
+    upload = statistics.median(r[0] for r in results)
+    print("| receiver (by finish) | Parley s | Parley MB/s | Tornado WS s | Tornado WS MB/s "
+          "| Parley / WS | raw TCP s | raw TCP MB/s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for i in range(RECEIVERS):
+        print(f"| {i + 1} | {parley[i]:.2f} | {mbps(size, parley[i]):.0f} | {ws[i]:.2f} | "
+              f"{mbps(size, ws[i]):.0f} | {ws[i] / parley[i]:.0%} | {tcp[i]:.3f} | "
+              f"{mbps(size, tcp[i]):.0f} |")
+    print(f"\nUpload through the API (body to disk, encrypt + hash + fsync 100 chunks, "
+          f"commit the message): {upload:.2f} s ({mbps(size, upload):.0f} MB/s).")
+    print("\n| node | peak memory over idle (MiB) |\n|---|---|")
+    for i, peak in enumerate(peaks):
+        role = "sender" if i == 0 else f"receiver {i}"
+        print(f"| {role} | {peak / MiB:.1f} |")
+    last = results[-1][2]
+    print("\nChunks per source in the last run (sender = s, other receivers = r1..r4):")
+    names = {n.user_id: ("s" if i == 0 else f"r{i}") for i, n in enumerate(nodes)}
+    for i in range(RECEIVERS):
+        sources = {names[p]: c for p, c in last[i]["sources"].items()}
+        print(f"- r{i + 1}: {sources}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--mib", type=int, default=25)
+    parser.add_argument("--role", default="bench", help=argparse.SUPPRESS)
+    parser.add_argument("--target", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--size", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.role == "ws-receiver":
+        asyncio.run(ws_receiver(args.target, args.size))
+    elif args.role == "tcp-receiver":
+        tcp_receiver(int(args.target), args.size)
+    else:
+        asyncio.run(main_bench(args.runs, args.mib * MiB))
+
+
+if __name__ == "__main__":
+    main()
