@@ -206,9 +206,13 @@ class AttachmentService:
         base = {"id": file_id.hex(), "conversation": topic.hex(), "message_id": None,
                 "state": AttachmentState.UPLOADING.value, "size": size}
 
-        def progress(done: int) -> None:
-            loop.call_soon_threadsafe(self.m.events.publish, "attachment",
-                                      {**base, "bytes_done": done})
+        last = [0]
+
+        def progress(done: int) -> None:  # from the staging thread; every 2 MiB and the end
+            if done == size or done - last[0] >= 2 * 1024 * 1024:
+                last[0] = done
+                loop.call_soon_threadsafe(self.m.events.publish, "attachment",
+                                          {**base, "bytes_done": done})
 
         hashes = await asyncio.to_thread(self.store.stage, upload, file_id, key, size, progress)
         return FileRef(file_id, key, size, mime, name, hashes)

@@ -42,7 +42,7 @@ TAG_LEN = 16  # AES-GCM tag on every encrypted chunk
 WINDOW = 4
 PROBE_WINDOW = 1
 TIMEOUT = 10.0
-RETRY = 0.2
+RETRY = 0.05
 
 
 class ChunkState(IntEnum):

@@ -3,9 +3,14 @@ a file outlives its sender going offline; 1:1 chats carry files; ranges for vide
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import signal
 import time
+
+from tornado.httpclient import HTTPRequest
+from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from tests.integration.attachments.conftest import (
     Cluster,
@@ -71,14 +76,49 @@ def test_others_complete_from_a_receiver_when_the_sender_is_gone(cluster: Cluste
     assert info(bob, file_id)["served"] == {carol.user_id: 41}
 
 
-def test_video_in_a_chat_and_range_requests(cluster: Cluster) -> None:
+async def events_of(node) -> WebSocketClientConnection:
+    ws = await websocket_connect(HTTPRequest(
+        node.url.replace("http", "ws") + "/api/v1/events",
+        headers={"Authorization": f"Bearer {node.token}"}))
+    assert json.loads(await ws.read_message())["type"] == "ready"
+    return ws
+
+
+async def collect(ws: WebSocketClientConnection, until) -> list[dict]:
+    events: list[dict] = []
+    async with asyncio.timeout(30):
+        while not events or not until(events[-1]):
+            events.append(json.loads(await ws.read_message()))
+    ws.close()
+    return events
+
+
+async def test_video_in_a_chat_with_events_and_range_requests(cluster: Cluster) -> None:
     alice, bob = cluster.add("alice"), cluster.add("bob")
-    video = b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom" + os.urandom(700_000)
+    alice.ok("POST", "/api/v1/contacts", {"id": bob.user_id})
+    sender_events, receiver_events = await events_of(alice), await events_of(bob)
+    video = b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom" + os.urandom(3 * MiB)
     status, reply = upload(alice, f"/api/v1/chats/{bob.user_id}/messages", video,
                            "Ferien 2026 – Strand.mp4", caption="look")
     assert status == 201, reply
     file_id = reply["attachment"]["id"]
     assert reply["attachment"]["mime"] == "video/mp4"
+
+    def complete(event: dict) -> bool:
+        return event["type"] == "attachment" and event["data"]["state"] == "complete"
+    got = await collect(receiver_events, complete)
+    message = next(e["data"] for e in got if e["type"] == "message")
+    assert message["attachment"]["id"] == file_id and message["text"] == "look"
+    progress = [e["data"] for e in got if e["type"] == "attachment"]
+    assert progress[0]["state"] == "downloading" and progress[-1]["state"] == "complete"
+    assert progress[-1]["bytes_done"] == progress[-1]["size"] == len(video)
+    assert [p["bytes_done"] for p in progress] == sorted(p["bytes_done"] for p in progress)
+    assert {p["message_id"] for p in progress} == {message["message_id"]}
+    sent = await collect(sender_events, lambda e: e["type"] == "message")
+    uploading = [e["data"] for e in sent if e["type"] == "attachment"]
+    assert uploading and all(u["state"] == "uploading" and u["message_id"] is None
+                             for u in uploading)
+    assert uploading[-1]["bytes_done"] == len(video)
     done = wait_complete(bob, file_id)
     assert done["mime"] == "video/mp4" and done["name"] == "Ferien 2026 – Strand.mp4"
     chat = bob.ok("GET", f"/api/v1/chats/{alice.user_id}/messages")["messages"]
@@ -95,6 +135,7 @@ def test_video_in_a_chat_and_range_requests(cluster: Cluster) -> None:
     for spec, start, end in (("bytes=0-99", 0, 100),
                              ("bytes=262100-262200", 262100, 262201),   # across chunks
                              ("bytes=524288-", 524288, size),
+                             ("bytes=1048570-1310730", 1048570, 1310731),  # 3 chunks
                              ("bytes=-1000", size - 1000, size),
                              (f"bytes=600000-{size + 5000}", 600000, size)):
         status, headers, body = download(bob, file_id, {"Range": spec})
