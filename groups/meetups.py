@@ -102,7 +102,7 @@ class Meetups:
         self.m = messenger
         self.me = messenger.me
         self.path = Path(data_dir) / SETTINGS_FILE
-        self.attachments_limit = attachments_limit
+        self.attachments_limit: int | None = None
         self.radio_factory = radio_factory
         self.scan_interval = scan_interval
         self.clock = clock
@@ -117,6 +117,8 @@ class Meetups:
         self._check: asyncio.Task[None] | None = None
         self._toggle = asyncio.Lock()
         self._load()
+        if attachments_limit is not None:  # given at start (--bluetooth-attachments)
+            self.attachments_limit = attachments_limit
 
     # -- life cycle ------------------------------------------------------------------
 
@@ -163,6 +165,13 @@ class Meetups:
                 return
             self.availability = Availability(True)
             self.service = service
+
+    def set_attachments_limit(self, limit: int | None) -> None:
+        """The settings choice: files up to ``limit`` bytes over Bluetooth (None: all)."""
+        if limit is not None and limit < 0:
+            raise ValueError("a limit is 0 or more bytes")
+        self.attachments_limit = limit
+        self._save()
 
     async def _stop_service(self) -> None:
         service, self.service = self.service, None
@@ -359,13 +368,16 @@ class Meetups:
         if not isinstance(data, dict):
             return
         self.enabled = data.get("enabled") is True
+        limit = data.get("attachments")
+        self.attachments_limit = limit if type(limit) is int and limit >= 0 else None
         last = data.get("last_sync")
         if isinstance(last, dict):
             self._last_sync = {k: v for k, v in last.items()
                                if isinstance(k, str) and len(k) == 32 and type(v) is int}
 
     def _save(self) -> None:
-        data = {"enabled": self.enabled, "last_sync": self._last_sync}
+        data = {"enabled": self.enabled, "attachments": self.attachments_limit,
+                "last_sync": self._last_sync}
         tmp = self.path.with_suffix(".tmp")
         try:
             tmp.write_text(json.dumps(data))

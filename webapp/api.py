@@ -25,6 +25,7 @@ from mesh.encoding import FormatError
 from mesh.errors import DiscoveryRefused, DiscoveryUnavailable, MeshError, RecordError
 from mesh.identity import parse_user_id
 from mesh.jsonapi import ApiError, check_fields
+from webapp.bluetooth_api import bluetooth_routes
 from webapp.files import AttachmentMixin, UploadMixin
 from webapp.server import API_PREFIX, UiApiHandler
 
@@ -309,5 +310,6 @@ def api_routes() -> list[tuple[str, type[UiApiHandler]]]:
         (p + r"/attachments/([^/]+)", AttachmentHandler),
         (p + r"/attachments/([^/]+)/info", AttachmentInfoHandler),
         (p + "/transfers", TransfersHandler),
+        *bluetooth_routes(),
     ]
 
