@@ -171,6 +171,7 @@ class Worker:
         self.rng = random.Random(index)
         self.counter = 0
         self.cpu_mark = 0.0
+        self.events_mark: dict[str, int] = {}
 
     def nodes(self) -> Sequence[GossipNode | RelayNode]:
         return self.relay or self.gossip
@@ -219,17 +220,24 @@ class Worker:
 
     async def cmd_mark(self) -> None:
         self.cpu_mark = time.process_time()
+        self.events_mark = self._events() if self.gossip else {}
         for n in self.gossip:
             if n.runtime.meter is not None:
                 n.runtime.meter = Meter()
         for r in self.relay:
             r.payload_bytes = r.frames_in = 0
 
+    def _events(self) -> dict[str, int]:
+        keys = ("sent_iwant", "grafts_sent", "optimized", "duplicates", "missing_given_up")
+        out = {k: sum(n.runtime.engine.stats[k] for n in self.gossip) for k in keys}
+        out["links_closed"] = sum(len(n.runtime.closures) for n in self.gossip)
+        return out
+
     async def cmd_meters(self) -> dict[str, Any]:
         cpu = time.process_time() - self.cpu_mark
         if self.relay:
             payload = sum(r.payload_bytes for r in self.relay)
-            return {"cpu": cpu, "payload": payload, "total": payload, "bytes": {}}
+            return {"cpu": cpu, "payload": payload, "total": payload, "bytes": {}, "events": {}}
         by_type: dict[str, int] = {}
         payload = total = 0
         for n in self.gossip:
@@ -238,7 +246,9 @@ class Worker:
             total += meter.total_bytes
             for k, v in meter.bytes.items():
                 by_type[k] = by_type.get(k, 0) + v
-        return {"cpu": cpu, "payload": payload, "total": total, "bytes": by_type}
+        events = {k: v - self.events_mark.get(k, 0) for k, v in self._events().items()}
+        return {"cpu": cpu, "payload": payload, "total": total, "bytes": by_type,
+                "events": events}
 
     async def cmd_meter(self, on: bool) -> None:
         """Metering re-encodes every frame; it is off while CPU time is measured."""
@@ -364,6 +374,8 @@ def phase(cluster: Cluster, count: int, rate: float, size: int, drain: float,
         "cpu_us": 1e6 * sum(m["cpu"] for m in meters) / (len(keys) * cluster.n),
         "by_type": {k: sum(m["bytes"].get(k, 0) for m in meters)
                     for k in {k for m in meters for k in m["bytes"]}},
+        "events": {k: sum(m["events"].get(k, 0) for m in meters)
+                   for k in {k for m in meters for k in m["events"]}},
     }
 
 
@@ -438,8 +450,9 @@ def main() -> None:
         started = time.monotonic()
         results[n] = run_size(n, args)
         print(f"# {n} nodes done in {time.monotonic() - started:.0f} s", flush=True)
-        for name in ("mesh", "baseline"):
-            print(f"#   {name} bytes by frame type: {results[n][name]['by_type']}", flush=True)
+        for name in ("mesh", "mesh_burst"):
+            print(f"#   {name}: bytes by frame type {results[n][name]['by_type']}, "
+                  f"events {results[n][name]['events']}", flush=True)
     print(table(results, args.size))
     if args.sim:
         from mesh.sim import SimReport, run_scenario

@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterable
 
 from mesh import wire
 from mesh.errors import LocalError, RemoteError
+from mesh.gossip_mesh import MeshMembership
 from mesh.gossip_state import (
     Commit,
     Deliver,
@@ -46,7 +47,7 @@ from mesh.gossip_state import (
     TTLCache,
     Validator,
 )
-from mesh.gossip_topic import Edge, TopicState
+from mesh.gossip_topic import Cached, Missing, Pending, TopicState, chunks
 from mesh.sync import SyncEngine
 
 __all__ = ["FRAME_TYPES", "GossipEngine", "drive"]
@@ -56,53 +57,7 @@ FRAME_TYPES: tuple[type[wire.Frame], ...] = (
     wire.Prune, wire.Ack, wire.SyncSummary)
 
 
-class _Pending:
-    """Validated, waiting for the layer above to commit it."""
-
-    __slots__ = ("asked", "graft_to", "holders", "message", "peers", "slow")
-
-    def __init__(self, message: Message, peer: str, holders: set[str], asked: set[str],
-                 graft_to: str | None, slow: str | None = None) -> None:
-        self.message = message
-        self.peers = [peer]          # sent it to us; each gets an ack after the commit
-        self.holders = holders       # known to have it: no push or digest to them
-        self.asked = asked           # we IWANTed it from them: their copy is no duplicate
-        self.graft_to = graft_to     # reached us only by digest via them: GRAFT its origin
-        self.slow = slow             # its eager push came late: PRUNE it (with graft_to)
-
-
-class _Cached:
-    __slots__ = ("asked", "first", "holders", "message")
-
-    def __init__(self, message: Message, holders: set[str], asked: set[str],
-                 first: str | None) -> None:
-        self.message = message
-        self.holders = holders
-        self.asked = asked
-        self.first = first  # who sent us the first copy (None: our own)
-
-
-class _Missing:
-    """An id we saw digested but do not hold."""
-
-    __slots__ = ("announcers", "asked", "created", "current", "deadline", "graft", "topic")
-
-    def __init__(self, topic: bytes, created: float, deadline: float) -> None:
-        self.topic = topic
-        self.created = created
-        self.announcers: list[str] = []
-        self.asked: set[str] = set()
-        self.current: str | None = None
-        self.deadline = deadline
-        self.graft = False  # asked after graft_timeout (gossip), not as an offer (sync)
-
-
-def _chunks(ids: list[bytes]) -> Iterable[tuple[bytes, ...]]:
-    for i in range(0, len(ids), wire.MAX_IDS):
-        yield tuple(ids[i:i + wire.MAX_IDS])
-
-
-class GossipEngine:
+class GossipEngine(MeshMembership):
     """Gossip for one identity over any number of topics and peers.
 
     ``store`` answers what is committed; ``validate`` raises a RemoteError for a
@@ -123,15 +78,20 @@ class GossipEngine:
         self._topics: dict[bytes, TopicState] = {}
         self._seen: TTLCache[bytes, None] = TTLCache(self.params.seen_ttl)
         self._rejected: TTLCache[bytes, str] = TTLCache(self.params.seen_ttl)
-        self._mcache: TTLCache[bytes, _Cached] = TTLCache(self.params.mcache_ttl,
+        self._mcache: TTLCache[bytes, Cached] = TTLCache(self.params.mcache_ttl,
                                                           self.params.mcache_max)
-        self._pending: dict[bytes, _Pending] = {}
-        self._missing: dict[bytes, _Missing] = {}
+        self._pending: dict[bytes, Pending] = {}
+        self._missing: dict[bytes, Missing] = {}
         self._missing_heap: list[tuple[float, bytes]] = []
         self._released: dict[tuple[bytes, str], int] = {}
         self._arrived_from: dict[bytes, str] = {}
         self._ihave_due: float | None = None
         self._heartbeat_due: float | None = None
+        # Multiplies graft_timeout and iwant_timeout. A message fetched
+        # by IWANT that then also came eagerly means the timers fired early (a loaded
+        # node, slow links): back off, and drift back while no such false alarm occurs,
+        # so that an overloaded mesh does not add IWANT and GRAFT storms to its load.
+        self.stretch = 1.0
         self.sync = SyncEngine(self)
         self._handlers: dict[type[wire.Frame], Callable[[str, wire.Frame, float], None]] = {
             wire.Subscribe: self._on_subscribe, wire.Unsubscribe: self._on_unsubscribe,
@@ -249,96 +209,6 @@ class GossipEngine:
                 m.deadline = now
                 heapq.heappush(self._missing_heap, (now, msg_id))
 
-    # -- mesh membership --------------------------------------------------------------
-
-    def _target(self, t: TopicState) -> int:
-        return self.params.d_hi if t.full_mesh else self.params.d
-
-    def _fill_mesh(self, topic: bytes, t: TopicState, now: float) -> None:
-        need = self._target(t) - len(t.we_sub)
-        if need <= 0:
-            return
-        cands = [p for p in sorted(self._peers & t.members)
-                 if p not in t.we_sub and t.backoff.get(p, 0.0) <= now]
-        # Peers who already asked us come first: that edge forms at once.
-        keen = [p for p in cands if p in t.they_sub]
-        rest = [p for p in cands if p not in t.they_sub]
-        self.rng.shuffle(rest)
-        for peer in (keen + rest)[:need]:
-            t.we_sub.add(peer)
-            self.send(peer, wire.Subscribe((topic,)))
-            if peer in t.they_sub:
-                self._mesh_up(peer, topic, t, now)
-
-    def _mesh_up(self, peer: str, topic: bytes, t: TopicState, now: float) -> None:
-        t.mesh[peer] = Edge((self.local_id,))  # our own messages: direct push
-        self.stats["mesh_up"] += 1
-        self.sync.mesh_up(peer, topic, now)
-
-    def _drop(self, peer: str, topic: bytes, t: TopicState, *, unsubscribe: bool) -> None:
-        if unsubscribe and peer in self._peers and peer in t.we_sub | t.they_sub:
-            self.send(peer, wire.Unsubscribe((topic,)))
-        if t.drop(peer):
-            self.sync.mesh_down(peer, topic)
-
-
-    def _on_subscribe(self, peer: str, frame: wire.Subscribe, now: float) -> None:
-        accept: list[bytes] = []
-        refuse: list[bytes] = []
-        formed: list[bytes] = []
-        for topic in frame.topics:
-            t = self._topics.get(topic)
-            if t is None or peer not in t.members:
-                # Same answer whether we do not know the topic or do not share it
-                # with this peer: a stranger learns nothing of our topics.
-                refuse.append(topic)
-                self.stats["ignored_frames"] += 1
-                continue
-            if peer in t.they_sub:
-                continue
-            if peer in t.we_sub:
-                t.they_sub.add(peer)
-                formed.append(topic)
-            elif len(t.we_sub) < self.params.d_hi:
-                t.they_sub.add(peer)
-                t.we_sub.add(peer)
-                accept.append(topic)
-                formed.append(topic)
-            else:
-                t.backoff[peer] = now + self.params.sub_backoff
-                refuse.append(topic)
-        if accept:
-            self.send(peer, wire.Subscribe(tuple(accept)))
-        if refuse:
-            self.send(peer, wire.Unsubscribe(tuple(refuse)))
-        for topic in formed:  # after our Subscribe, so the peer knows the edge first
-            self._mesh_up(peer, topic, self._topics[topic], now)
-
-    def _on_unsubscribe(self, peer: str, frame: wire.Unsubscribe, now: float) -> None:
-        for topic in frame.topics:
-            t = self._topics.get(topic)
-            if t is None:
-                continue
-            if peer in t.we_sub or peer in t.they_sub:
-                self._drop(peer, topic, t, unsubscribe=False)
-                t.backoff[peer] = now + self.params.sub_backoff
-
-    def _on_graft(self, peer: str, frame: wire.Graft, now: float) -> None:
-        t = self._topics.get(frame.topic)
-        if t is not None and peer in t.mesh:
-            t.mesh[peer].eager.update(t.origins_or_all(frame.origins))
-            self.stats["grafts_received"] += 1
-        else:
-            self.stats["ignored_frames"] += 1
-
-    def _on_prune(self, peer: str, frame: wire.Prune, now: float) -> None:
-        t = self._topics.get(frame.topic)
-        if t is not None and peer in t.mesh:
-            t.mesh[peer].eager.difference_update(t.origins_or_all(frame.origins))
-            self.stats["prunes_received"] += 1
-        else:
-            self.stats["ignored_frames"] += 1
-
     # -- messages in -------------------------------------------------------------------
 
     def receive(self, peer: str, frame: wire.Frame, now: float) -> None:
@@ -365,14 +235,16 @@ class GossipEngine:
             if peer not in pend.peers:
                 pend.peers.append(peer)
             pend.holders.add(peer)
+            self._false_alarm(peer, pend.asked, pend.peers[0])
             self._duplicate(peer, msg, t, pend.asked, pend.peers[0])
             return
         cached = self._mcache.get(mid)
         if cached is not None or mid in self._seen or self.store.has(mid):
-            self.sync.ack(peer, mid, now)  # committed already: ack at once
+            self.sync.ack(peer, mid, now, urgent=peer == msg.origin)  # committed already
             if cached is not None:
                 cached.holders.add(peer)
             if cached is not None:
+                self._false_alarm(peer, cached.asked, cached.first)
                 self._duplicate(peer, msg, t, cached.asked, cached.first)
             else:
                 self._duplicate(peer, msg, t, set(), None)
@@ -390,17 +262,18 @@ class GossipEngine:
             return
         miss = self._missing.pop(mid, None)
         holders = {peer, *(miss.announcers if miss else ())}
-        graft_to = slow = None
-        if miss is not None and miss.graft and peer in miss.asked:
-            graft_to = peer
-        elif (miss is not None and peer not in miss.asked and miss.announcers
-              and peer != msg.origin and now - miss.created >= self.params.optimize_delta):
-            # Plumtree's optimisation, timed instead of hop-counted: a digest beat this
-            # eager copy by optimize_delta, so the announcer's branch is shorter. Swap.
-            graft_to, slow = miss.announcers[0], peer
-        self._pending[mid] = _Pending(msg, peer, holders, miss.asked if miss else set(),
-                                      graft_to, slow)
+        if miss is not None and miss.asked and peer not in miss.asked:
+            self._false_alarm(next(iter(miss.asked)), miss.asked, peer)
+        graft_to = peer if miss is not None and miss.graft and peer in miss.asked else None
+        self._pending[mid] = Pending(msg, peer, holders, miss.asked if miss else set(),
+                                      graft_to)
         self.emit(Commit(msg, peer))
+
+    def _false_alarm(self, peer: str, asked: set[str], first: str | None) -> None:
+        """``peer`` answered an IWANT of ours, but the first copy came unasked."""
+        if peer in asked and first is not None and first not in asked:
+            self.stretch = min(16.0, self.stretch * 1.25)
+            self.stats["false_alarms"] += 1
 
     def _duplicate(self, peer: str, msg: Message, t: TopicState, asked: set[str],
                    first: str | None) -> None:
@@ -440,7 +313,8 @@ class GossipEngine:
             if m is None:
                 if self.store.has(mid):
                     continue
-                m = self._missing[mid] = _Missing(topic, now, now + self.params.graft_timeout)
+                m = self._missing[mid] = Missing(
+                    topic, now + self.params.graft_timeout * self.stretch)
                 heapq.heappush(self._missing_heap, (m.deadline, mid))
             if peer in m.announcers:
                 continue
@@ -449,11 +323,11 @@ class GossipEngine:
                 # An anti-entropy offer: fetch now, no GRAFT (it will not come eagerly).
                 m.asked.add(peer)
                 m.current = peer
-                m.deadline = now + self.params.iwant_timeout
+                m.deadline = now + self.params.iwant_timeout * self.stretch
                 heapq.heappush(self._missing_heap, (m.deadline, mid))
                 self.sync.note_fetch(peer, topic, mid)
                 ask.append(mid)
-        for ids in _chunks(ask):
+        for ids in chunks(ask):
             self.send(peer, wire.IWant(ids))
 
     def _on_iwant(self, peer: str, frame: wire.IWant, now: float) -> None:
@@ -478,19 +352,16 @@ class GossipEngine:
             raise LocalError("committed() for a message that is not pending")
         msg = pend.message
         self._seen.put(msg_id, None, now)
-        cached = _Cached(msg, pend.holders, pend.asked, pend.peers[0])
+        cached = Cached(msg, pend.holders, pend.asked, pend.peers[0])
         self._mcache.put(msg_id, cached, now)
         for peer in pend.peers:
             if peer in self._peers:
-                self.sync.ack(peer, msg_id, now)
+                self.sync.ack(peer, msg_id, now, urgent=peer == msg.origin)
         t = self._topics.get(msg.topic)
         if pend.graft_to is not None and t is not None and pend.graft_to in t.mesh:
             # Its tree missed us: take the branch that had it (Plumtree's GRAFT).
             self.send(pend.graft_to, wire.Graft(msg.topic, (msg.origin,)))
             self.stats["grafts_sent"] += 1
-            if pend.slow is not None and pend.slow in t.mesh:
-                self.send(pend.slow, wire.Prune(msg.topic, (msg.origin,)))
-                self.stats["optimized"] += 1
         self._forward(msg, cached, now, own=False)
         self._release(msg, pend.peers[0])
         self.sync.committed(msg, now)
@@ -513,7 +384,7 @@ class GossipEngine:
         if message.msg_id in self._seen:
             return
         self._seen.put(message.msg_id, None, now)
-        cached = _Cached(message, set(), set(), None)
+        cached = Cached(message, set(), set(), None)
         self._mcache.put(message.msg_id, cached, now)
         self._forward(message, cached, now, own=True)
         self._release(message, None)
@@ -524,7 +395,7 @@ class GossipEngine:
         self.stats["payload_bytes_sent"] += len(msg.payload)
         self.sync.sent(peer, msg)
 
-    def _forward(self, msg: Message, cached: _Cached, now: float, *, own: bool) -> None:
+    def _forward(self, msg: Message, cached: Cached, now: float, *, own: bool) -> None:
         t = self._topics.get(msg.topic)
         if t is None:
             return
@@ -614,12 +485,12 @@ class GossipEngine:
             peer = cands[0]
             m.asked.add(peer)
             m.current = peer
-            m.deadline = now + self.params.iwant_timeout
+            m.deadline = now + self.params.iwant_timeout * self.stretch
             heapq.heappush(self._missing_heap, (m.deadline, mid))
             iwants.setdefault(peer, []).append(mid)
             m.graft = True
         for peer, ids in iwants.items():
-            for chunk in _chunks(ids):
+            for chunk in chunks(ids):
                 self.send(peer, wire.IWant(chunk))
 
     def _flush_ihave(self) -> None:
@@ -631,12 +502,13 @@ class GossipEngine:
                     cached = self._mcache.get(mid)
                     if cached is None or peer not in cached.holders:
                         fresh.append(mid)
-                for chunk in _chunks(fresh):
+                for chunk in chunks(fresh):
                     self.send(peer, wire.IHave(topic, chunk))
             t.ihave.clear()
 
     def _heartbeat(self, now: float) -> None:
         self._heartbeat_due = now + self.params.heartbeat
+        self.stretch = max(1.0, self.stretch * 0.9)
         self._seen.expire(now)
         self._rejected.expire(now)
         self._mcache.expire(now)

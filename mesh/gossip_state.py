@@ -51,8 +51,8 @@ class Params:
     ihave_interval: float = 0.2  # lazy digests are batched for this long
     graft_timeout: float = 0.6   # an announced message may take this long to come eagerly
     iwant_timeout: float = 1.0   # then ask the next announcer
-    optimize_delta: float = 0.25  # a digest this much ahead of the eager copy: swap parents
-    ack_delay: float = 0.2       # hop-by-hop acks are batched for this long
+    ack_delay: float = 0.2       # acks to a message's author are batched this long
+    ack_delay_relay: float = 1.0  # and acks to a relay this long (nobody waits on them)
     heartbeat: float = 1.0       # mesh upkeep and cache expiry
     seen_ttl: float = 600.0      # seen-cache lifetime (DESIGN §6: at least 10 min)
     mcache_ttl: float = 120.0    # recent messages kept in memory to answer IWANT

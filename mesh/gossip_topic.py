@@ -1,4 +1,4 @@
-"""Per-topic and per-edge state of the gossip engine (mesh/gossip.py).
+"""Per-topic, per-edge and per-message state of the gossip engine (mesh/gossip.py).
 
 An Edge is our push state towards one mesh peer in one topic. It is *directional* and
 *per origin*: a peer PRUNEs the origins whose messages it already gets from someone
@@ -19,9 +19,10 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable
 
-from mesh.gossip_state import EdgeState
+from mesh import wire
+from mesh.gossip_state import EdgeState, Message
 
-__all__ = ["Edge", "TopicState"]
+__all__ = ["Cached", "Edge", "Missing", "Pending", "TopicState", "chunks"]
 
 
 class Edge:
@@ -87,3 +88,52 @@ class TopicState:
     def origins_or_all(self, origins: tuple[str, ...]) -> Iterable[str]:
         """A GRAFT/PRUNE naming no origins applies to every origin we know here."""
         return origins if origins else tuple(self.origins)
+
+
+# Per-message bookkeeping of the engine
+
+
+class Pending:
+    """Validated, waiting for the layer above to commit it."""
+
+    __slots__ = ("asked", "graft_to", "holders", "message", "peers")
+
+    def __init__(self, message: Message, peer: str, holders: set[str], asked: set[str],
+                 graft_to: str | None) -> None:
+        self.message = message
+        self.peers = [peer]          # sent it to us; each gets an ack after the commit
+        self.holders = holders       # known to have it: no push or digest to them
+        self.asked = asked           # we IWANTed it from them: their copy is no duplicate
+        self.graft_to = graft_to     # reached us only by digest via them: GRAFT its origin
+
+
+class Cached:
+    """A committed message kept in memory to answer IWANT and filter digests."""
+
+    __slots__ = ("asked", "first", "holders", "message")
+
+    def __init__(self, message: Message, holders: set[str], asked: set[str],
+                 first: str | None) -> None:
+        self.message = message
+        self.holders = holders
+        self.asked = asked
+        self.first = first  # who sent us the first copy (None: our own)
+
+
+class Missing:
+    """An id we saw digested but do not hold."""
+
+    __slots__ = ("announcers", "asked", "current", "deadline", "graft", "topic")
+
+    def __init__(self, topic: bytes, deadline: float) -> None:
+        self.topic = topic
+        self.announcers: list[str] = []
+        self.asked: set[str] = set()
+        self.current: str | None = None
+        self.deadline = deadline
+        self.graft = False  # asked after graft_timeout (gossip), not as an offer (sync)
+
+
+def chunks(ids: list[bytes]) -> Iterable[tuple[bytes, ...]]:
+    for i in range(0, len(ids), wire.MAX_IDS):
+        yield tuple(ids[i:i + wire.MAX_IDS])

@@ -228,11 +228,14 @@ class SyncEngine:
     def unacked(self, peer: str) -> set[bytes]:
         return set(self._unacked.get(peer, ()))
 
-    def ack(self, peer: str, msg_id: bytes, now: float) -> None:
-        """Queue a hop-by-hop ack (the message is committed); sent in batches."""
+    def ack(self, peer: str, msg_id: bytes, now: float, *, urgent: bool = True) -> None:
+        """Queue a hop-by-hop ack (the message is committed); sent in batches, within
+        ``ack_delay`` if ``urgent`` (the author's "sent" tick waits on it), else within
+        ``ack_delay_relay``."""
         self._acks.setdefault(peer, []).append(msg_id)
-        if self._ack_due is None:
-            self._ack_due = now + self._params.ack_delay
+        delay = self._params.ack_delay if urgent else self._params.ack_delay_relay
+        if self._ack_due is None or now + delay < self._ack_due:
+            self._ack_due = now + delay
 
     def on_ack(self, peer: str, frame: wire.Ack) -> None:
         unacked = self._unacked.get(peer)

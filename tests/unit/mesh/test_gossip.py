@@ -356,25 +356,26 @@ def test_engine_guards_its_api() -> None:
         eng.publish(Message(TOPIC, "100000000000001", 1, b"x"), 0.0)  # not committed
 
 
-def test_a_much_earlier_digest_swaps_the_parent() -> None:
-    slow, fast = "100000000000002", "100000000000004"
+def test_timers_back_off_after_a_false_alarm_and_recover() -> None:
+    b, d = "100000000000002", "100000000000004"
+    eng, _ = _engine([b, d])
     origin = phantoms(1)[0]
-    eng, store = _engine([slow, fast])
-    for seq, late in ((1, P.optimize_delta + 0.01), (2, P.optimize_delta - 0.01)):
-        m = Message(TOPIC, origin, seq, b"m%d" % seq)
-        t = 10.0 * seq
-        eng.receive(fast, wire.IHave(TOPIC, (m.msg_id,)), t)
-        eng.receive(slow, m.to_frame(), t + late)  # before graft_timeout: no IWANT
-        (commit,) = eng.take_events()
-        store.add(commit.message)
-        eng.committed(m.msg_id, t + late)
-        frames = _frames(eng)
-        if seq == 1:  # the digest was optimize_delta ahead: take fast, drop slow
-            assert (fast, wire.Graft(TOPIC, (origin,))) in frames
-            assert (slow, wire.Prune(TOPIC, (origin,))) in frames
-        else:
-            assert [f for _, f in frames if isinstance(f, wire.Graft | wire.Prune)] == []
-        eng.take_events()
+    m1 = Message(TOPIC, origin, 1, b"slow, not lost")
+    eng.receive(b, wire.IHave(TOPIC, (m1.msg_id,)), 1.0)
+    eng.handle_timer(1.0 + P.graft_timeout)
+    assert (b, wire.IWant((m1.msg_id,))) in _frames(eng)
+    eng.receive(d, m1.to_frame(), 1.7)  # the eager copy was merely late
+    assert eng.stretch > 1.0 and eng.stats["false_alarms"] == 1
+    stretched = eng.stretch
+    m2 = Message(TOPIC, origin, 2, b"next")
+    eng.receive(b, wire.IHave(TOPIC, (m2.msg_id,)), 2.0)
+    eng.handle_timer(2.0 + P.graft_timeout)
+    assert (b, wire.IWant((m2.msg_id,))) not in _frames(eng)  # waits longer now
+    eng.handle_timer(2.0 + P.graft_timeout * stretched)
+    assert (b, wire.IWant((m2.msg_id,))) in _frames(eng)
+    for now in range(4, 60):  # quiet heartbeats bring the timers back
+        eng.handle_timer(float(now))
+    assert eng.stretch == 1.0
 
 
 def test_digests_of_a_message_go_to_at_most_lazy_fanout_peers() -> None:
