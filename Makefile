@@ -5,16 +5,20 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements-installed
+BLUETOOTH_STAMP := $(VENV)/.bluetooth-installed
+# The Bluetooth extra builds against BlueZ's headers: `make test` installs it where they
+# exist (CI installs libbluetooth-dev), so its import test runs there.
+TEST_EXTRAS := $(if $(wildcard /usr/include/bluetooth/bluetooth.h),bluetooth)
 WEBAPP_STAMP := webapp/node_modules/.package-lock.json
 WEBAPP_SOURCES := $(shell find webapp/src webapp/index.html webapp/vite.config.* webapp/package.json -type f 2>/dev/null)
 PYTEST_ARGS ?=
 
-.PHONY: run test setup webapp lint bench clean
+.PHONY: run test setup webapp lint bench clean bluetooth
 
 run: setup
 	$(PY) run.py
 
-test: setup
+test: setup $(TEST_EXTRAS)
 	$(PY) -m pytest $(PYTEST_ARGS)
 	@# python-axolotl's own suite guards the protobuf backend our crypto depends on.
 	PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python $(PY) -m pytest -q -p no:cacheprovider --pyargs axolotl.tests
@@ -32,6 +36,15 @@ $(PY):
 $(STAMP): requirements.txt | $(PY)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	@touch $@
+
+# Optional extra: Bluetooth meetups (PyBluez; needs libbluetooth-dev to build).
+bluetooth: $(BLUETOOTH_STAMP)
+
+$(BLUETOOTH_STAMP): requirements-bluetooth.txt | $(STAMP)
+	@test -f /usr/include/bluetooth/bluetooth.h || \
+		{ echo "PyBluez needs BlueZ's headers: on Debian/Ubuntu run 'apt-get install libbluetooth-dev'"; exit 1; }
+	$(PY) -m pip install --quiet -r requirements-bluetooth.txt
 	@touch $@
 
 # The browser UI: npm ci when the lock file changed, vite build when sources changed.

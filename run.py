@@ -16,6 +16,7 @@ from pathlib import Path
 
 from bootstrap.api import BootstrapConfig
 from bootstrap.server import BootstrapServer, start_bootstrap
+from groups.meetups import parse_attachment_limit
 from groups.node import Node, NodeConfig
 from mesh.identity import display_user_id
 
@@ -87,6 +88,20 @@ def _node_options(parser: argparse.ArgumentParser, *, bootstrap_default: str) ->
     parser.add_argument("--refresh-interval", type=float, default=30.0,
                         help="seconds between looks for peers that moved (their records "
                              "are re-read at most every 5 intervals)")
+    parser.add_argument("--bluetooth", action="store_true",
+                        help="meet nearby nodes over Bluetooth (needs `make bluetooth` "
+                             "and an adapter; without them the node says so and runs on)")
+    parser.add_argument("--bluetooth-attachments", type=_bluetooth_limit, default=None,
+                        metavar="all|none|MiB",
+                        help="largest attachment moved over Bluetooth (default: the saved "
+                             "setting, else all)")
+
+
+def _bluetooth_limit(text: str) -> int | None:
+    try:
+        return parse_attachment_limit(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _node_config(args: argparse.Namespace, bootstrap: str) -> NodeConfig:
@@ -95,7 +110,8 @@ def _node_config(args: argparse.Namespace, bootstrap: str) -> NodeConfig:
                       mesh_host=args.mesh_host, advertise=tuple(args.advertise),
                       dht_port=None if args.no_dht else args.dht_port,
                       discovery=args.discovery, dht_contacts=tuple(args.dht_contact),
-                      refresh_interval=args.refresh_interval)
+                      refresh_interval=args.refresh_interval, bluetooth=args.bluetooth,
+                      bluetooth_attachments=args.bluetooth_attachments)
 
 
 def _announce(node: Node, label: str = "") -> None:
