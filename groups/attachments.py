@@ -41,7 +41,7 @@ from groups.attachment_rows import (
 )
 from groups.crypto import ATTACHMENT_FILE_ID_LEN, attachment_chunk_count, new_attachment_key
 from groups.errors import ChunkError, GroupsError, NotFound, PermissionDenied
-from groups.filestore import FileStore, StorageError, sealed_length
+from groups.filestore import ChunkWriter, FileStore, StorageError, Written, sealed_length
 from groups.filetypes import OCTET_STREAM, SNIFF_BYTES, clean_name, settle_mime, sniff_file
 from groups.messages import MAX_FILE_SIZE, BadContent, FileRef
 from groups.store import atomic
@@ -94,6 +94,7 @@ class AttachmentService:
         self._finished: dict[bytes, dict[str, Any]] = {}
         self._settled: dict[bytes, str] = {}   # complete, not yet fsynced: file -> mime
         self._sources_due = 0.0
+        self._writer: ChunkWriter | None = None
         self._last_event: dict[bytes, float] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._timer: asyncio.TimerHandle | None = None
@@ -124,6 +125,8 @@ class AttachmentService:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = self._timer_at = None
+        if self._writer is not None:
+            await asyncio.to_thread(self._writer.close)
         if self._tasks:  # work in threads cannot be cancelled: let it land
             await asyncio.gather(*self._tasks, return_exceptions=True)
         self.store.close()
@@ -322,7 +325,11 @@ class AttachmentService:
     def _receive(self, peer: str, frame: wire.Chunk) -> None:
         verdict = self.core.receive(peer, frame.file_id, frame.index, frame.data, self._now())
         if verdict is Verdict.ACCEPT:
-            self._store(frame.file_id, frame.index, frame.data)
+            if self._writer is None:
+                self._writer = ChunkWriter(self.store,
+                                           asyncio.get_running_loop().call_soon_threadsafe,
+                                           self._written)
+            self._writer.put(frame.file_id, frame.index, frame.data)
         elif verdict is Verdict.BAD:
             self.counters["bad_chunks"] += 1
             log.info("peer %s sent a chunk of %s that does not match its hash; asking others",
@@ -331,19 +338,23 @@ class AttachmentService:
             self.counters["unsolicited"] += 1
         self._pump()
 
-    def _store(self, file_id: bytes, index: int, data: bytes) -> None:
-        """A verified chunk goes to its slot (a page-cache write, on the loop)."""
-        try:
-            self.store.write_chunk(file_id, index, data)
-        except StorageError as exc:
-            log.warning("attachment %s: %s", file_id.hex()[:12], exc)
-            self.core.store_failed(file_id, index)
+    def _written(self, done: list[Written]) -> None:
+        """The writer thread stored these verified chunks (or could not)."""
+        if self._closed:
             return
-        self.counters["stored"] += 1
-        if self.core.stored(file_id, index):
-            self._spawn(self._finish(file_id))
-        else:
-            self._event(self._rows[file_id])
+        for file_id, index, error in done:
+            if file_id not in self.core:
+                continue
+            if error is not None:
+                log.warning("attachment %s: %s", file_id.hex()[:12], error)
+                self.core.store_failed(file_id, index)
+                continue
+            self.counters["stored"] += 1
+            if self.core.stored(file_id, index):
+                self._spawn(self._finish(file_id))
+            else:
+                self._event(self._rows[file_id])
+        self._pump()
 
     async def _finish(self, file_id: bytes) -> None:
         """Every chunk is verified and written: the file is complete for the user and

@@ -20,8 +20,11 @@ wall time on the receiving node than the whole transfer does now; see
 docs/parts/attachments-performance.md.
 
 No file exists in plaintext except an upload between its last byte and its encryption.
-Chunk reads and writes are small (one 256 KiB pread/pwrite to the page cache) and run
-on the event loop; whole-file work (staging, verifying, fsync) runs in threads.
+Chunk reads (one 256 KiB pread from the page cache) run on the event loop. Chunk writes
+go through ``ChunkWriter``, one thread that writes in batches: a page-cache write takes
+about 50 µs, but an fsync elsewhere on the filesystem can stall one for tens of
+milliseconds, and on the loop that would stall every link. Whole-file work (staging,
+verifying, fsync) runs in threads too.
 """
 
 from __future__ import annotations
@@ -29,9 +32,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import queue
 import re
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -44,7 +49,7 @@ from groups.crypto import (
 from groups.errors import GroupsError
 from mesh.errors import LocalError
 
-__all__ = ["STRIDE", "FileStore", "StorageError", "sealed_length"]
+__all__ = ["STRIDE", "ChunkWriter", "FileStore", "StorageError", "Written", "sealed_length"]
 
 TAG = 16
 STRIDE = ATTACHMENT_CHUNK_SIZE + TAG
@@ -216,3 +221,56 @@ class FileStore:
         if hashlib.sha256(sealed).digest() != hashes[index]:
             raise StorageError(f"chunk {index} was damaged on disk")
         return decrypt_chunk(key, file_id, index, len(hashes), sealed)
+
+
+Written = tuple[bytes, int, "StorageError | None"]   # (file id, index, error or None)
+
+
+class ChunkWriter:
+    """Writes chunks to a FileStore in one background thread and reports each batch
+    with ``post(on_done, [(file_id, index, error or None), ...])``; ``post`` is the
+    event loop's call_soon_threadsafe. Chunks of one file are written in the order they
+    were put."""
+
+    def __init__(self, store: FileStore, post: Callable[..., object],
+                 on_done: Callable[[list[Written]], None]) -> None:
+        self.store, self._post, self._on_done = store, post, on_done
+        self._queue: queue.SimpleQueue[tuple[bytes, int, bytes] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def put(self, file_id: bytes, index: int, data: bytes) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="parley-chunks",
+                                            daemon=True)
+            self._thread.start()
+        self._queue.put((file_id, index, data))
+
+    def close(self) -> None:
+        """Write what is queued, then stop (blocks: call it in a thread)."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def _run(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            with contextlib.suppress(queue.Empty):
+                while len(batch) < 64:
+                    batch.append(self._queue.get_nowait())
+            done: list[Written] = []
+            for item in batch:
+                if item is None:
+                    continue
+                file_id, index, data = item
+                try:
+                    self.store.write_chunk(file_id, index, data)
+                    done.append((file_id, index, None))
+                except StorageError as exc:
+                    done.append((file_id, index, exc))
+            if done:
+                with contextlib.suppress(RuntimeError):  # the loop is gone: we are, too
+                    self._post(self._on_done, done)
+            if None in batch:
+                return
+

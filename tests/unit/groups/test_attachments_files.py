@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from groups import crypto
 from groups.errors import ChunkError, PermissionDenied
-from groups.filestore import STRIDE, FileStore, StorageError, sealed_length
+from groups.filestore import STRIDE, ChunkWriter, FileStore, StorageError, sealed_length
 from groups.filetypes import (
     MAX_NAME_BYTES,
     check_upload_name,
@@ -250,3 +250,24 @@ def test_clean_name_is_always_safe(name: str) -> None:
 def test_sniffing_never_fails(head: bytes, name: str) -> None:
     mime = sniff_mime(head, name)
     assert "/" in mime and not mime.startswith(("text/html", "image/svg"))
+
+
+def test_the_chunk_writer_reports_each_batch_and_drains_on_close(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "files")
+    reported: list = []
+    writer = ChunkWriter(store, lambda fn, arg: fn(arg), reported.extend)
+    file_id, size = os.urandom(32), 3 * CHUNK
+    chunks = [os.urandom(sealed_length(size, i)) for i in range(3)]
+    for index in (2, 0, 1):
+        writer.put(file_id, index, chunks[index])
+    blocked = b"\x00" * 32
+    store.path(blocked).mkdir()                       # a file that cannot be opened
+    writer.put(blocked, 0, b"x")
+    writer.close()
+    writer.close()                                    # twice is harmless
+    ok = sorted((fid, i) for fid, i, err in reported if err is None)
+    assert ok == [(file_id, 0), (file_id, 1), (file_id, 2)]
+    hashes = tuple(hashlib.sha256(c).digest() for c in chunks)
+    assert store.verified_chunks(file_id, hashes, size) == {0, 1, 2}
+    failed = [(fid, err) for fid, _, err in reported if err is not None]
+    assert len(failed) == 1 and isinstance(failed[0][1], StorageError)
