@@ -352,6 +352,11 @@ class Meetups:
                 "nearby": nearby,
                 "groups": groups}
 
+    def summary(self) -> dict[str, Any]:
+        """The short form for /me: is it possible, switched on, running."""
+        return {"available": self.availability.available, "enabled": self.enabled,
+                "running": self.service is not None and self.service.running}
+
     def _shares_group(self, peer: str) -> bool:
         groups = self.m.groups
         return any(conv.kind == "group" and conv.left_at is None

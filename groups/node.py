@@ -344,6 +344,7 @@ class Node:
                 "endpoints": list(self.record.endpoints if self.record else ()),
                 "bootstrap": self.config.bootstrap, "registered": self.registered.is_set(),
                 "storage_bytes": self.storage_bytes(),
+                "bluetooth": self.meetups.summary(),
                 "dht": None if self.dht is None else {
                     "joined": self.dht_joined,
                     "peers": self.dht.routing_table_size() if self.dht.running else 0}}
