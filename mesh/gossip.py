@@ -363,7 +363,7 @@ class GossipEngine(MeshMembership):
             self.send(pend.graft_to, wire.Graft(msg.topic, (msg.origin,)))
             self.stats["grafts_sent"] += 1
         self._forward(msg, cached, now, own=False)
-        self._release(msg, pend.peers[0])
+        self._release(msg, pend.peers[0], now)
         self.sync.committed(msg, now)
 
     def abandon(self, msg_id: bytes) -> None:
@@ -387,7 +387,7 @@ class GossipEngine(MeshMembership):
         cached = Cached(message, set(), set(), None)
         self._mcache.put(message.msg_id, cached, now)
         self._forward(message, cached, now, own=True)
-        self._release(message, None)
+        self._release(message, None, now)
         self.sync.committed(message, now)
 
     def _push(self, peer: str, msg: Message, frame: wire.Publish) -> None:
@@ -423,13 +423,16 @@ class GossipEngine(MeshMembership):
         if lazy and self._ihave_due is None:
             self._ihave_due = now + self.params.ihave_interval
 
-    def _release(self, msg: Message, from_peer: str | None) -> None:
+    def _release(self, msg: Message, from_peer: str | None, now: float) -> None:
         """Emit Deliver for every message that is now contiguous for its origin."""
         key = (msg.topic, msg.origin)
         done = self._released.get(key, 0)
         if msg.seq != done + 1:
             if msg.seq > done + 1 and from_peer is not None:
                 self._arrived_from[msg.msg_id] = from_peer  # until the gap fills
+                # Later messages wait for the gap: if it is still open after
+                # sync_grace, ask the peer that had this one (it likely has the rest).
+                self.sync.gap(from_peer, msg.topic, msg.origin, msg.seq - 1, now)
             return
         if from_peer is not None:
             self._arrived_from[msg.msg_id] = from_peer

@@ -176,6 +176,21 @@ class SyncEngine:
                 offer[msg_id] = None
         return offer
 
+    def gap(self, peer: str, topic: bytes, origin: str, upto: int, now: float) -> None:
+        """``peer`` sent us seq upto+1 of ``origin`` while we miss an earlier one, which
+        holds back delivery: treat it as a lag on that edge, so that it is asked for by
+        summary after ``sync_grace`` unless gossip fills the gap first."""
+        edge = self._edges.get((peer, topic))
+        if edge is None or edge.lag.get(origin, 0) >= upto:
+            return
+        if not edge.lag:
+            edge.lag_real_at = now + self._params.sync_grace
+        edge.lag[origin] = upto
+        if edge.grace_due is None:
+            edge.grace_step = self._params.sync_grace
+            edge.grace_due = now + edge.grace_step
+            heapq.heappush(self._timers, (edge.grace_due, peer, topic))
+
     # -- catch-up bookkeeping ------------------------------------------------------
 
     def note_fetch(self, peer: str, topic: bytes, msg_id: bytes) -> None:

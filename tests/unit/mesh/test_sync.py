@@ -172,3 +172,22 @@ def test_random_delivery_orders_converge(seed: int, n: int, loss: float, count: 
     for x in nodes:
         assert x.order_ok
         assert dict(x.delivered) == dict.fromkeys(ids, 1)
+
+
+def test_a_gap_in_an_origins_sequence_is_asked_for_after_the_grace() -> None:
+    net, (a, b) = build(2)
+    t = net.now
+    payload = b"lost, and no digest either"
+    lost = {Message(TOPIC, a.id, 1, payload).msg_id}
+    net.drop = lambda s, d, f: (isinstance(f, wire.Publish) and wire.message_id(
+        f.topic, f.origin, f.seq, f.payload) in lost) or (
+        isinstance(f, wire.IHave) and bool(lost & set(f.ids)))
+    net.publish(a.id, TOPIC, payload)
+    net.run(t + 0.1)
+    m2 = net.publish(a.id, TOPIC, b"arrives first")
+    net.run(t + 0.2)
+    assert b.store.has(m2.msg_id) and b.deliveries == []  # held back behind the gap
+    lost.clear()
+    net.run(t + P.sync_grace + 0.5)
+    assert [m.seq for m in b.deliveries] == [1, 2]
+    assert sent(net, wire.SyncSummary, b, a, since=t + 0.2)  # b asked for it
