@@ -71,10 +71,10 @@ class Params:
 
 
 class EdgeState(Enum):
-    """Plumtree state of one mesh edge for one topic (both ends keep it in step)."""
+    """Whether we push one origin's messages along one mesh edge (directional)."""
 
-    EAGER = "eager"  # full payloads are pushed along this edge
-    LAZY = "lazy"    # only IHAVE digests; a GRAFT makes it eager again
+    EAGER = "eager"  # full payloads are pushed to that peer
+    LAZY = "lazy"    # at most IHAVE digests; its GRAFT makes it eager again
 
 
 @dataclass(frozen=True, repr=False)
