@@ -95,6 +95,8 @@ class AttachmentService:
         self._settled: dict[bytes, str] = {}   # complete, not yet fsynced: file -> mime
         self._sources_due = 0.0
         self._writer: ChunkWriter | None = None
+        self._allowed: dict[tuple[bytes, str], bool] = {}
+        self._allowed_until = 0.0
         self._last_event: dict[bytes, float] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._timer: asyncio.TimerHandle | None = None
@@ -303,7 +305,8 @@ class AttachmentService:
             self.counters["busy"] += 1
             return no
         try:  # unchecked: the receiver checks the hash (and avoids us if it is wrong)
-            data = self.store.read_chunk(file_id, index, sealed_length(row.size, index))
+            data = self.store.read_chunk(file_id, index, sealed_length(row.size, index),
+                                         cached=True)
         except StorageError as exc:
             log.warning("attachment %s: %s", file_id.hex()[:12], exc)
             if row.state is AttachmentState.COMPLETE:
@@ -315,12 +318,24 @@ class AttachmentService:
         return wire.Chunk(file_id, index, data)
 
     def _may_serve(self, topic: bytes, peer: str) -> bool:
-        conv = history.conversation(self.conn, topic)
-        if conv is None or conv.left_at is not None:
-            return False
-        if conv.kind == "direct":
-            return conv.peer == peer
-        return self.m.groups.is_member(topic, self.me) and self.m.groups.is_member(topic, peer)
+        """Is ``peer`` a member of ``topic`` (and are we)? Remembered for TICK/2: a
+        membership change reaches the chunk exchange within that time."""
+        now = self._now()
+        if now >= self._allowed_until:
+            self._allowed.clear()
+            self._allowed_until = now + TICK / 2
+        allowed = self._allowed.get((topic, peer))
+        if allowed is None:
+            conv = history.conversation(self.conn, topic)
+            if conv is None or conv.left_at is not None:
+                allowed = False
+            elif conv.kind == "direct":
+                allowed = conv.peer == peer
+            else:
+                allowed = self.m.groups.is_member(topic, self.me) and \
+                    self.m.groups.is_member(topic, peer)
+            self._allowed[(topic, peer)] = allowed
+        return allowed
 
     def _receive(self, peer: str, frame: wire.Chunk) -> None:
         verdict = self.core.receive(peer, frame.file_id, frame.index, frame.data, self._now())

@@ -52,6 +52,7 @@ from mesh.errors import LocalError
 __all__ = ["STRIDE", "ChunkWriter", "FileStore", "StorageError", "Written", "sealed_length"]
 
 TAG = 16
+MAX_OPEN_READERS = 16
 STRIDE = ATTACHMENT_CHUNK_SIZE + TAG
 _CHUNKS_FILE = re.compile(r"^([0-9a-f]{64})\.chunks$")
 
@@ -72,6 +73,7 @@ class FileStore:
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.uploads.mkdir(mode=0o700, exist_ok=True)
         self._writers: dict[bytes, int] = {}
+        self._readers: dict[bytes, int] = {}   # the loop's open files for serving
 
     def path(self, file_id: bytes) -> Path:
         return self.root / f"{file_id.hex()}.chunks"
@@ -92,18 +94,27 @@ class FileStore:
         except OSError as exc:
             raise StorageError(f"could not store chunk {index}: {exc.strerror}") from None
 
-    def read_chunk(self, file_id: bytes, index: int, length: int) -> bytes:
+    def read_chunk(self, file_id: bytes, index: int, length: int, *,
+                   cached: bool = False) -> bytes:
         """The encrypted chunk in slot ``index`` (``length`` bytes), unchecked: readers
-        check its hash (receivers) or its tag (decryption)."""
+        check its hash (receivers) or its tag (decryption). ``cached`` keeps the file
+        open for the next read; only the event loop's thread may ask for that."""
+        fd = self._readers.pop(file_id, None) if cached else None
         try:
-            fd = os.open(self.path(file_id), os.O_RDONLY)
+            if fd is None:
+                fd = os.open(self.path(file_id), os.O_RDONLY)
         except OSError:
             raise StorageError(f"chunk {index} is not here") from None
         try:
             data = os.pread(fd, length, index * STRIDE)
         except OSError as exc:
+            os.close(fd)
             raise StorageError(f"could not read chunk {index}: {exc.strerror}") from None
-        finally:
+        if cached:
+            self._readers[file_id] = fd  # most recently used last
+            while len(self._readers) > MAX_OPEN_READERS:
+                os.close(self._readers.pop(next(iter(self._readers))))
+        else:
             os.close(fd)
         if len(data) != length:
             raise StorageError(f"chunk {index} is not here")
@@ -147,12 +158,14 @@ class FileStore:
                 os.close(fd)
 
     def close(self, file_id: bytes | None = None) -> None:
-        """Close the writer of one file (or all): at shutdown, or when it is dropped."""
-        for key in [file_id] if file_id is not None else list(self._writers):
-            fd = self._writers.pop(key, None) if key is not None else None
-            if fd is not None:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+        """Close the files held open for one file id (or all): at shutdown, or when it
+        is removed."""
+        for table in (self._writers, self._readers):
+            for key in [file_id] if file_id is not None else list(table):
+                fd = table.pop(key, None)
+                if fd is not None:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
 
     def remove(self, file_id: bytes) -> None:
         self.close(file_id)
