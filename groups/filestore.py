@@ -49,7 +49,8 @@ from groups.crypto import (
 from groups.errors import GroupsError
 from mesh.errors import LocalError
 
-__all__ = ["STRIDE", "ChunkWriter", "FileStore", "StorageError", "Written", "sealed_length"]
+__all__ = ["MAX_OPEN_READERS", "STRIDE", "ChunkWriter", "FileStore", "StorageError", "Written",
+           "sealed_length"]
 
 TAG = 16
 MAX_OPEN_READERS = 16

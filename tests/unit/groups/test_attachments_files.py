@@ -16,7 +16,14 @@ from hypothesis import strategies as st
 
 from groups import crypto
 from groups.errors import ChunkError, PermissionDenied
-from groups.filestore import STRIDE, ChunkWriter, FileStore, StorageError, sealed_length
+from groups.filestore import (
+    MAX_OPEN_READERS,
+    STRIDE,
+    ChunkWriter,
+    FileStore,
+    StorageError,
+    sealed_length,
+)
 from groups.filetypes import (
     MAX_NAME_BYTES,
     check_upload_name,
@@ -271,3 +278,22 @@ def test_the_chunk_writer_reports_each_batch_and_drains_on_close(tmp_path: Path)
     assert store.verified_chunks(file_id, hashes, size) == {0, 1, 2}
     failed = [(fid, err) for fid, _, err in reported if err is not None]
     assert len(failed) == 1 and isinstance(failed[0][1], StorageError)
+
+
+def test_cached_readers_stay_bounded_and_close(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "files")
+    files = []
+    for _ in range(MAX_OPEN_READERS + 3):
+        file_id, _, hashes = _stage(store, tmp_path, b"data")
+        files.append((file_id, hashes))
+    for file_id, hashes in files:
+        sealed = store.read_chunk(file_id, 0, sealed_length(4, 0), cached=True)
+        assert hashlib.sha256(sealed).digest() == hashes[0]
+    assert len(store._readers) == MAX_OPEN_READERS
+    assert files[0][0] not in store._readers and files[-1][0] in store._readers
+    store.remove(files[-1][0])
+    assert files[-1][0] not in store._readers
+    with pytest.raises(StorageError):
+        store.read_chunk(files[-1][0], 0, sealed_length(4, 0), cached=True)
+    store.close()
+    assert store._readers == {} and store._writers == {}
