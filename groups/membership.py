@@ -124,8 +124,12 @@ class Membership:
             if op.group_id != message.topic or op.author != message.origin:
                 raise InvalidMessage("op does not match its message", "bad_op")
         elif envelope.kind is EnvelopeKind.SEALED:
+            if message.origin in group.state.removed:
+                raise InvalidMessage(f"{message.origin} is no longer a member", "not_member")
             if message.origin not in group.state.members:
-                raise InvalidMessage(f"{message.origin} is not a member", "not_member")
+                # Perhaps added by an op that has not reached us yet (anti-entropy
+                # sends by origin): ask again once membership changes.
+                raise NotYetValid(f"{message.origin} is not a member (yet)", "not_member")
             try:
                 self.m.crypto.verify_group_message(message.topic, message.origin,
                                                    envelope.body)
@@ -172,6 +176,8 @@ class Membership:
                     "WHERE member = ? AND state IN ('pending', 'sent') AND message_id IN "
                     "(SELECT message_id FROM chat_messages WHERE topic = ?)", (user, group_id))
         self.announce(group_id)
+        if added:  # their messages refused before this op can be fetched now
+            self.m.after_flush(lambda: self.m.mesh.resync(group_id))
         self.m.events.publish("group", {"group_id": group_id.hex(), "event": "members",
                                         "epoch": after.epoch})
 

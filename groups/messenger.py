@@ -405,7 +405,14 @@ class Messenger:
 
     def queue_pairwise(self, peer: str, kind: str, *, topic: bytes | None = None,
                        content: bytes | None = None) -> None:
-        """Durably owe ``peer`` a pairwise message (inside the caller's transaction)."""
+        """Durably owe ``peer`` a pairwise message (inside the caller's transaction).
+
+        A sender key ("skey") is captured now, not when it is finally sent: a member
+        added now must be able to read what we write from now on, even if the share
+        only reaches them hours later (an offline meetup, say)."""
+        if kind == "skey" and content is None and topic is not None:
+            key = self.crypto.sender_key_distribution(topic, now=self.clock())
+            content = SenderKey(topic, key).encode()
         self.conn.execute("INSERT INTO pairwise_outbox (peer, kind, topic, content, created_at) "
                           "VALUES (?, ?, ?, ?, ?)", (peer, kind, topic, content, int(self.clock())))
         self._outbox_wakeup.set()
@@ -445,12 +452,8 @@ class Messenger:
             try:
                 await self.directory.ensure_session(peer, self.clock())
                 with atomic(self.conn):
-                    if kind == "skey":
-                        if not self.groups.is_member(topic, peer):
-                            content = None
-                        else:
-                            key = self.crypto.sender_key_distribution(topic, now=self.clock())
-                            content = SenderKey(topic, key).encode()
+                    if kind == "skey" and not self.groups.is_member(topic, peer):
+                        content = None  # removed meanwhile: our key is not for them
                     if content is not None:
                         direct = self.open_direct(peer, visible=False)
                         envelope = Envelope(EnvelopeKind.PAIRWISE,
