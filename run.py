@@ -68,6 +68,8 @@ def _node_options(parser: argparse.ArgumentParser, *, bootstrap_default: str) ->
                         help="your keys and history (created with mode 0700)")
     parser.add_argument("--ui-port", type=int, default=DEFAULT_UI_PORT,
                         help="port of the local UI on 127.0.0.1 (0 picks a free one)")
+    parser.add_argument("--no-mesh", action="store_true",
+                        help="no WebSocket mesh at all (for Bluetooth-only nodes)")
     parser.add_argument("--mesh-port", type=int, default=DEFAULT_MESH_PORT,
                         help="public port for links from other nodes (0 picks a free one)")
     parser.add_argument("--mesh-host", default="127.0.0.1",
@@ -106,7 +108,8 @@ def _bluetooth_limit(text: str) -> int | None:
 
 def _node_config(args: argparse.Namespace, bootstrap: str) -> NodeConfig:
     return NodeConfig(data_dir=Path(args.data_dir), bootstrap=bootstrap,
-                      ui_port=args.ui_port, mesh_port=args.mesh_port,
+                      ui_port=args.ui_port,
+                      mesh_port=None if args.no_mesh else args.mesh_port,
                       mesh_host=args.mesh_host, advertise=tuple(args.advertise),
                       dht_port=None if args.no_dht else args.dht_port,
                       discovery=args.discovery, dht_contacts=tuple(args.dht_contact),

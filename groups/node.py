@@ -342,7 +342,8 @@ class Node:
                 "identity_key": self.identity.public.hex(),
                 "safety_qr": qr_svg(f"parley:user/{self.user_id}/{self.identity.public.hex()}"),
                 "endpoints": list(self.record.endpoints if self.record else ()),
-                "bootstrap": self.config.bootstrap, "registered": self.registered.is_set(),
+                "bootstrap": self.config.bootstrap,
+                "registered": self.client is not None and self.registered.is_set(),
                 "storage_bytes": self.storage_bytes(),
                 "bluetooth": self.meetups.summary(),
                 "dht": None if self.dht is None else {
