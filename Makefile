@@ -1,5 +1,5 @@
 # Parley: `make run` starts a node, `make test` runs the whole suite.
-# Both set up .venv (and the web UI, once it exists) only when something changed.
+# Both set up .venv and the web UI (npm ci, vite build) only when something changed.
 
 PYTHON ?= python3
 VENV := .venv
@@ -48,26 +48,24 @@ $(BLUETOOTH_STAMP): requirements-bluetooth.txt | $(STAMP)
 	@touch $@
 
 # The browser UI: npm ci when the lock file changed, vite build when sources changed.
-ifneq ($(wildcard webapp/package.json),)
 webapp: webapp/dist/index.html
 
 $(WEBAPP_STAMP): webapp/package-lock.json
+	@command -v npm >/dev/null || { echo "The web UI needs Node.js 20.19+ and npm"; exit 1; }
 	cd webapp && npm ci --no-audit --no-fund
 	@touch $@
 
 webapp/dist/index.html: $(WEBAPP_STAMP) $(WEBAPP_SOURCES)
 	cd webapp && npm run build
 	@touch $@
-else
-webapp:
-	@true
-endif
 
 lint: setup
 	$(VENV)/bin/ruff check .
 
+BENCHES := bootstrap crypto messenger mesh attachments dht
+
 bench: setup
-	$(PY) -m bench.bootstrap
+	@for b in $(BENCHES); do echo "## bench.$$b"; $(PY) -m bench.$$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) webapp/node_modules webapp/dist .pytest_cache .ruff_cache .hypothesis
