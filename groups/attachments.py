@@ -60,6 +60,8 @@ log = logging.getLogger(__name__)
 PROGRESS_INTERVAL = 0.25            # seconds between progress events of one file
 TICK = 0.5                          # while downloading: notice lost links this often
 SERVE_QUEUE_LIMIT = 2 * 1024 * 1024  # bytes queued on a link beyond which we say "busy"
+SLOW_WRITE = 0.002                  # a chunk write slower than this ...
+SLOW_DISK_HOLD = 5.0                # ... sends writes to the writer thread this long
 _MIME = re.compile(r"^[a-z0-9][a-z0-9.+-]{0,40}/[a-z0-9][a-z0-9.+-]{0,80}$")
 
 
@@ -95,6 +97,7 @@ class AttachmentService:
         self._settled: dict[bytes, str] = {}   # complete, not yet fsynced: file -> mime
         self._sources_due = 0.0
         self._writer: ChunkWriter | None = None
+        self._slow_until = 0.0
         self._allowed: dict[tuple[bytes, str], bool] = {}
         self._allowed_until = 0.0
         self._last_event: dict[bytes, float] = {}
@@ -340,11 +343,7 @@ class AttachmentService:
     def _receive(self, peer: str, frame: wire.Chunk) -> None:
         verdict = self.core.receive(peer, frame.file_id, frame.index, frame.data, self._now())
         if verdict is Verdict.ACCEPT:
-            if self._writer is None:
-                self._writer = ChunkWriter(self.store,
-                                           asyncio.get_running_loop().call_soon_threadsafe,
-                                           self._written)
-            self._writer.put(frame.file_id, frame.index, frame.data)
+            self._store(frame.file_id, frame.index, frame.data)
         elif verdict is Verdict.BAD:
             self.counters["bad_chunks"] += 1
             log.info("peer %s sent a chunk of %s that does not match its hash; asking others",
@@ -353,7 +352,30 @@ class AttachmentService:
             self.counters["unsolicited"] += 1
         self._pump()
 
-    def _written(self, done: list[Written]) -> None:
+    def _store(self, file_id: bytes, index: int, data: bytes) -> None:
+        """Write a verified chunk: on the loop while the disk is quick (a page-cache
+        write takes ~50 µs; a writer thread would cost more in hand-offs), through the
+        writer thread for SLOW_DISK_HOLD seconds after a write took over SLOW_WRITE (an
+        fsync elsewhere on the filesystem can stall writes for tens of milliseconds)."""
+        now = self._now()
+        if now < self._slow_until:
+            if self._writer is None:
+                self._writer = ChunkWriter(self.store,
+                                           asyncio.get_running_loop().call_soon_threadsafe,
+                                           self._written)
+            self._writer.put(file_id, index, data)
+            return
+        started = time.perf_counter()
+        try:
+            self.store.write_chunk(file_id, index, data)
+            error = None
+        except StorageError as exc:
+            error = exc
+        if time.perf_counter() - started > SLOW_WRITE:
+            self._slow_until = now + SLOW_DISK_HOLD
+        self._written([(file_id, index, error)], pump=False)
+
+    def _written(self, done: list[Written], *, pump: bool = True) -> None:
         """The writer thread stored these verified chunks (or could not)."""
         if self._closed:
             return
@@ -369,7 +391,8 @@ class AttachmentService:
                 self._spawn(self._finish(file_id))
             else:
                 self._event(self._rows[file_id])
-        self._pump()
+        if pump:
+            self._pump()
 
     async def _finish(self, file_id: bytes) -> None:
         """Every chunk is verified and written: the file is complete for the user and

@@ -20,11 +20,12 @@ wall time on the receiving node than the whole transfer does now; see
 docs/parts/attachments-performance.md.
 
 No file exists in plaintext except an upload between its last byte and its encryption.
-Chunk reads (one 256 KiB pread from the page cache) run on the event loop. Chunk writes
-go through ``ChunkWriter``, one thread that writes in batches: a page-cache write takes
-about 50 µs, but an fsync elsewhere on the filesystem can stall one for tens of
-milliseconds, and on the loop that would stall every link. Whole-file work (staging,
-verifying, fsync) runs in threads too.
+Chunk reads (one 256 KiB pread from the page cache) run on the event loop, and so do
+chunk writes while they are quick (about 50 µs). An fsync elsewhere on the filesystem
+can stall a write for tens of milliseconds, which on the loop would stall every link:
+after such a write, groups.attachments sends writes to ``ChunkWriter``, one thread that
+writes in batches, for a while. Whole-file work (staging, verifying, fsync) runs in
+threads.
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ class FileStore:
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.uploads.mkdir(mode=0o700, exist_ok=True)
         self._writers: dict[bytes, int] = {}
+        self._lock = threading.Lock()
         self._readers: dict[bytes, int] = {}   # the loop's open files for serving
 
     def path(self, file_id: bytes) -> Path:
@@ -84,10 +86,11 @@ class FileStore:
     def write_chunk(self, file_id: bytes, index: int, data: bytes) -> None:
         """Put one encrypted chunk in its slot (to the page cache; see ``sync``)."""
         try:
-            fd = self._writers.get(file_id)
-            if fd is None:
-                fd = self._writers[file_id] = os.open(self.path(file_id),
-                                                      os.O_RDWR | os.O_CREAT, 0o600)
+            with self._lock:  # the loop and the writer thread may both write a file
+                fd = self._writers.get(file_id)
+                if fd is None:
+                    fd = self._writers[file_id] = os.open(self.path(file_id),
+                                                          os.O_RDWR | os.O_CREAT, 0o600)
             view, offset = memoryview(data), index * STRIDE
             while view:
                 written = os.pwrite(fd, view, offset)
@@ -147,7 +150,8 @@ class FileStore:
 
     def sync(self, file_id: bytes) -> None:
         """Make a finished file durable (one fsync) and let go of its writer."""
-        fd = self._writers.pop(file_id, None)
+        with self._lock:
+            fd = self._writers.pop(file_id, None)
         try:
             if fd is None:
                 fd = os.open(self.path(file_id), os.O_RDONLY)
@@ -163,7 +167,8 @@ class FileStore:
         is removed."""
         for table in (self._writers, self._readers):
             for key in [file_id] if file_id is not None else list(table):
-                fd = table.pop(key, None)
+                with self._lock:
+                    fd = table.pop(key, None)
                 if fd is not None:
                     with contextlib.suppress(OSError):
                         os.close(fd)
