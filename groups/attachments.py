@@ -7,8 +7,8 @@ pairwise) encryption. Nothing of the file rides the gossip. Each receiver pulls 
 chunks from linked members of the conversation that hold them, with ChunkRequest /
 Chunk / ChunkUnavailable frames (mesh.wire), checks every chunk against its announced
 hash before it writes it, and serves what it holds to the others. groups.transfer
-decides whom to ask for what; this module is its adapter (links, disk threads, timers,
-events) and the attachments' table.
+decides whom to ask for what; this module is its adapter (links, disk, timers, events);
+groups.attachment_rows holds the table and groups.filestore the chunks.
 
 Chunks are served only to members of the file's conversation; anyone else gets the
 same ChunkUnavailable as for a file that does not exist. See
@@ -122,8 +122,15 @@ class AttachmentService:
             if row.state is AttachmentState.DOWNLOADING:
                 held = await asyncio.to_thread(self.store.verified_chunks, row.file_id,
                                                row.hashes, row.size)
-                self.core.add(row.file_id, row.sender, row.size, row.hashes, held)
+                self._resume(row, held)
         self._pump(refresh=True)
+
+    def _resume(self, row: AttachmentRow, held: set[int]) -> None:
+        """Fetch what is missing; a file whose chunks are all here already (the node
+        stopped between the last chunk and the database saying so) just finishes."""
+        self.core.add(row.file_id, row.sender, row.size, row.hashes, held)
+        if self.core.complete(row.file_id):
+            self._spawn(self._finish(row.file_id))
 
     async def close(self) -> None:
         self._closed = True
@@ -422,7 +429,7 @@ class AttachmentService:
             return
         with atomic(self.conn):
             set_state(self.conn, file_id, state, row.size if reason is None else 0,
-                       mime=mime, reason=reason)
+                      mime=mime, reason=reason)
         self._rows[file_id] = load_row(self.conn, file_id) or row
         self._event(self._rows[file_id], force=True)
 
@@ -439,7 +446,7 @@ class AttachmentService:
             held = await asyncio.to_thread(self.store.verified_chunks, file_id, row.hashes,
                                            row.size)
             if file_id not in self.core and not self._closed:
-                self.core.add(file_id, row.sender, row.size, row.hashes, held)
+                self._resume(row, held)
                 self._pump(refresh=True)
         if file_id not in self.core:
             self._spawn(resume())

@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import sqlite3
 import time
 
 from tornado.httpclient import HTTPRequest
@@ -56,6 +57,16 @@ def test_killed_receiver_resumes_without_refetching(cluster: Cluster) -> None:
     assert after["fetched_chunks"] == 100 - after["resumed_chunks"], after
     status, _, body = download(bob, file_id)
     assert status == 200 and sha256(body) == sha256(data)
+
+    # Stopped between its last chunk and the database saying "complete": on restart
+    # every chunk verifies, nothing is fetched, and the file completes.
+    bob.stop()
+    with sqlite3.connect(bob.data_dir / "node.db") as conn:
+        conn.execute("UPDATE attachments SET state = 'downloading', bytes_done = 0")
+    conn.close()
+    bob.start()
+    again = wait_complete(bob, file_id)["transfer"]
+    assert (again["resumed_chunks"], again["fetched_chunks"]) == (100, 0), again
 
 
 def test_others_complete_from_a_receiver_when_the_sender_is_gone(cluster: Cluster) -> None:
