@@ -29,7 +29,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from groups import history
+from groups.attachment_access import ConversationAccess
 from groups.attachment_rows import (
     AttachmentRow,
     AttachmentState,
@@ -40,7 +40,7 @@ from groups.attachment_rows import (
     set_state,
 )
 from groups.crypto import ATTACHMENT_FILE_ID_LEN, attachment_chunk_count, new_attachment_key
-from groups.errors import ChunkError, GroupsError, NotFound, PermissionDenied
+from groups.errors import ChunkError, NotFound, PermissionDenied
 from groups.filestore import ChunkWriter, FileStore, StorageError, Written, sealed_length
 from groups.filetypes import OCTET_STREAM, SNIFF_BYTES, clean_name, settle_mime, sniff_file
 from groups.messages import MAX_FILE_SIZE, BadContent, FileRef
@@ -86,6 +86,7 @@ class AttachmentService:
         self.me = messenger.me
         self.store = FileStore(files_dir)
         self.core = transfers or Transfers(self.me)
+        self.access = ConversationAccess(self.conn, self.me, messenger.groups)
         self.links = links
         # Set by the node: may a file of this many bytes move over our link to this
         # peer? (Bluetooth links can be limited by size: groups/meetups.py.)
@@ -98,8 +99,6 @@ class AttachmentService:
         self._sources_due = 0.0
         self._writer: ChunkWriter | None = None
         self._slow_until = 0.0
-        self._allowed: dict[tuple[bytes, str], bool] = {}
-        self._allowed_until = 0.0
         self._last_event: dict[bytes, float] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._timer: asyncio.TimerHandle | None = None
@@ -239,17 +238,11 @@ class AttachmentService:
 
     # -- the API's queries -----------------------------------------------------------------
 
-    def _visible(self, topic: bytes) -> bool:
-        conv = history.conversation(self.conn, topic)
-        if conv is None or conv.left_at is not None:
-            return False
-        return conv.kind == "direct" or self.m.groups.is_member(topic, self.me)
-
     def get(self, file_id: bytes) -> AttachmentRow:
         """An attachment of a conversation we are in (else NotFound, whether or not it
         exists)."""
         row = load_row(self.conn, file_id)
-        if row is None or not self._visible(row.topic):
+        if row is None or not self.access.visible(row.topic):
             raise NotFound("no such attachment")
         return self._effective(row)
 
@@ -303,7 +296,8 @@ class AttachmentService:
         the peer may not have it, or we lack the chunk (no oracle for outsiders)."""
         no = wire.ChunkUnavailable(file_id, index)
         row = self._rows.get(file_id)
-        if row is None or not 0 <= index < row.count or not self._may_serve(row.topic, peer) \
+        if row is None or not 0 <= index < row.count \
+                or not self.access.may_serve(row.topic, peer, self._now()) \
                 or not self.may_move(peer, row.size):
             self.counters["refused"] += 1
             return no
@@ -326,26 +320,6 @@ class AttachmentService:
         self.counters["served"] += 1
         self._served.setdefault(file_id, Counter())[peer] += 1
         return wire.Chunk(file_id, index, data)
-
-    def _may_serve(self, topic: bytes, peer: str) -> bool:
-        """Is ``peer`` a member of ``topic`` (and are we)? Remembered for TICK/2: a
-        membership change reaches the chunk exchange within that time."""
-        now = self._now()
-        if now >= self._allowed_until:
-            self._allowed.clear()
-            self._allowed_until = now + TICK / 2
-        allowed = self._allowed.get((topic, peer))
-        if allowed is None:
-            conv = history.conversation(self.conn, topic)
-            if conv is None or conv.left_at is not None:
-                allowed = False
-            elif conv.kind == "direct":
-                allowed = conv.peer == peer
-            else:
-                allowed = self.m.groups.is_member(topic, self.me) and \
-                    self.m.groups.is_member(topic, peer)
-            self._allowed[(topic, peer)] = allowed
-        return allowed
 
     def _receive(self, peer: str, frame: wire.Chunk) -> None:
         verdict = self.core.receive(peer, frame.file_id, frame.index, frame.data, self._now())
@@ -461,18 +435,8 @@ class AttachmentService:
             link.send(frame)
 
     def _sources(self, row: AttachmentRow, links: Mapping[str, LinkPort]) -> list[str]:
-        conv = history.conversation(self.conn, row.topic)
-        if conv is None or conv.left_at is not None:
-            return []
-        if conv.kind == "direct":
-            members = {conv.peer or ""}
-        else:
-            try:
-                members = set(self.m.groups.recipients(row.topic))
-            except GroupsError:
-                return []
-        return [p for p in members if p in links and not links[p].closed
-                and self.may_move(p, row.size)]
+        return [p for p in self.access.members(row.topic) if p in links
+                and not links[p].closed and self.may_move(p, row.size)]
 
     def _pump(self, *, refresh: bool = False) -> None:
         """Send what the scheduler asks for and re-arm the timer. Who is reachable (links
