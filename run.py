@@ -87,6 +87,9 @@ def _node_options(parser: argparse.ArgumentParser, *, bootstrap_default: str) ->
                         help="auto: bootstrap first, DHT when it fails; dht: DHT only")
     parser.add_argument("--dht-contact", action="append", default=[],
                         help="ip:port of a DHT node to join through (repeatable)")
+    parser.add_argument("--retention-days", type=float, default=None,
+                        help="keep group history for other members this many days "
+                             "(default: always); your own chat history is kept either way")
     parser.add_argument("--refresh-interval", type=float, default=30.0,
                         help="seconds between looks for peers that moved (their records "
                              "are re-read at most every 5 intervals)")
@@ -113,7 +116,8 @@ def _node_config(args: argparse.Namespace, bootstrap: str) -> NodeConfig:
                       mesh_host=args.mesh_host, advertise=tuple(args.advertise),
                       dht_port=None if args.no_dht else args.dht_port,
                       discovery=args.discovery, dht_contacts=tuple(args.dht_contact),
-                      refresh_interval=args.refresh_interval, bluetooth=args.bluetooth,
+                      refresh_interval=args.refresh_interval,
+                      retention_days=args.retention_days, bluetooth=args.bluetooth,
                       bluetooth_attachments=args.bluetooth_attachments)
 
 

@@ -80,6 +80,20 @@ class Mailbox:
             "AND origin = ? AND seq >= ? ORDER BY seq LIMIT ?", (topic, origin, from_seq, limit))
         return [Message(*row) for row in rows]
 
+    def retire_older_than(self, cutoff: float, own: str) -> int:
+        """Retention: drop held messages received before ``cutoff``, except our own that
+        some member has not confirmed yet (we are their only sure source). Heads stay
+        where they were, so peers never offer the retired messages to us again; the
+        chat history the user sees is kept. Returns how many were dropped."""
+        keep_own = ("SELECT message_id FROM deliveries WHERE state IN ('pending', 'sent')")
+        self.conn.execute(
+            "DELETE FROM undecrypted WHERE msg_id IN (SELECT msg_id FROM mesh_messages "
+            "WHERE received_at < ?)", (int(cutoff),))
+        cur = self.conn.execute(
+            f"DELETE FROM mesh_messages WHERE received_at < ? AND NOT (origin = ? AND "  # noqa: S608
+            f"msg_id IN ({keep_own}))", (int(cutoff), own))
+        return cur.rowcount
+
     def messages_of(self, topic: bytes) -> list[Message]:
         """All held messages of a topic in (origin, seq) order (used to replay)."""
         rows = self.conn.execute("SELECT topic, origin, seq, payload, msg_id FROM mesh_messages "

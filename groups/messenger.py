@@ -470,6 +470,11 @@ class Messenger:
             self.flush()
         return bool(blocked)
 
+    def apply_retention(self, max_age: float) -> int:
+        """Stop keeping (and serving) mesh messages older than ``max_age`` seconds."""
+        with atomic(self.conn):
+            return self.mailbox.retire_older_than(self.clock() - max_age, self.me)
+
     # -- records of peers we cannot reach ---------------------------------------------
 
     def peers_of_interest(self) -> set[str]:

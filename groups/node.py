@@ -66,6 +66,7 @@ class NodeConfig:
     mesh_host: str = "127.0.0.1"
     advertise: tuple[str, ...] = ()   # endpoints to publish; default ws://host:port/mesh
     refresh_interval: float = 30.0    # how often unreachable peers' records are re-read
+    retention_days: float | None = None  # keep group history for others this long (None: always)
     dht_port: int | None = 0          # UDP port of our DHT node; None: no DHT (--no-dht)
     discovery: str = "auto"           # auto (bootstrap, then DHT) | dht | bootstrap
     dht_contacts: tuple[str, ...] = ()  # "ip:port" of DHT nodes to join through
@@ -222,8 +223,13 @@ class Node:
                 await asyncio.wait_for(self._stop.wait(), wait)
 
     async def _refresh_loop(self) -> None:
-        """Peers we cannot reach may have moved: re-read their records now and then."""
+        """Peers we cannot reach may have moved: re-read their records now and then;
+        and history past the retention period is retired."""
         while not self._stop.is_set():
+            if self.config.retention_days is not None:
+                retired = self.messenger.apply_retention(self.config.retention_days * 86400)
+                if retired:
+                    log.info("retention: %d old messages no longer kept", retired)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), self.config.refresh_interval)
             if not self._stop.is_set():

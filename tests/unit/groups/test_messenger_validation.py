@@ -175,3 +175,21 @@ def test_op_by_a_non_admin_is_refused(group) -> None:
     assert nodes[alice.id].commit(message) is False  # ...but not allowed by the log
     assert carol.id in nodes[alice.id].groups.log_of(group_id).state.members
     assert not stored(nodes[alice.id], message)
+
+
+def test_retention_retires_old_mesh_messages_but_keeps_heads_and_history(group) -> None:
+    group_id, nodes, (alice, bob, _, _) = group
+    a, b = nodes[alice.id], nodes[bob.id]
+    first = a.send_text(group_id, "old news")
+    head = b.mailbox.head(group_id, alice.id)
+    assert b.mailbox.has(first)
+    b.clock = lambda: NOW + 10 * 86400
+    assert b.apply_retention(7 * 86400) >= 1
+    assert not b.mailbox.has(first)
+    assert b.mailbox.head(group_id, alice.id) == head  # peers will not offer it again
+    assert "old news" in [m["text"] for m in b.messages(group_id)]
+    # Alice's own message is still unconfirmed by bob (no receipt came back on the
+    # bus): she keeps it, being its only sure source.
+    a.clock = lambda: NOW + 10 * 86400
+    a.apply_retention(7 * 86400)
+    assert a.mailbox.has(first)
