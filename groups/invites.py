@@ -27,6 +27,7 @@ __all__ = ["INVITE_PREFIX", "Invite", "qr_svg"]
 
 INVITE_PREFIX = "parley:invite/"
 SECRET_LEN = 16
+MAX_MEMBERS = 4
 MAX_LINK = 4096
 _HOSTPORT = re.compile(r"^[A-Za-z0-9.\-\[\]:]{1,100}:[0-9]{1,5}$")
 _URL = re.compile(r"^(https?|wss?)://[\x21-\x7e]{1,250}$")
@@ -42,11 +43,13 @@ class Invite:
     secret: bytes
     expires: int
     dht: tuple[str, ...] = ()
+    members: tuple[str, ...] = ()   # other members who can redeem it if the inviter is away
 
     def to_link(self) -> str:
         packed = msgpack.packb([1, self.group_id, self.name, self.inviter,
                                 list(self.endpoints), self.bootstrap, self.secret,
-                                self.expires, list(self.dht)], use_bin_type=True)
+                                self.expires, list(self.dht), list(self.members)],
+                               use_bin_type=True)
         return INVITE_PREFIX + base64.urlsafe_b64encode(packed).rstrip(b"=").decode()
 
     @classmethod
@@ -62,9 +65,9 @@ class Invite:
         try:
             packed = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
             (version, group_id, name, inviter, endpoints, bootstrap, secret, expires,
-             dht) = msgpack.unpackb(packed, raw=False)
+             dht, members) = msgpack.unpackb(packed, raw=False)
             invite = cls(group_id, name, inviter, tuple(endpoints), bootstrap, secret,
-                         expires, tuple(dht))
+                         expires, tuple(dht), tuple(members))
             if version != 1 or not invite._valid():
                 raise ValueError("field out of range")
         except (ValueError, TypeError, binascii.Error, msgpack.UnpackException):
@@ -84,7 +87,10 @@ class Invite:
                 and type(self.secret) is bytes and len(self.secret) == SECRET_LEN
                 and type(self.expires) is int and self.expires > 0
                 and len(self.dht) <= 8
-                and all(type(h) is str and _HOSTPORT.match(h) for h in self.dht))
+                and all(type(h) is str and _HOSTPORT.match(h) for h in self.dht)
+                and len(self.members) <= MAX_MEMBERS
+                and all(type(m) is str and re.fullmatch(r"[0-9]{15}", m) is not None
+                        and m != self.inviter for m in self.members))
 
 
 def qr_svg(text: str) -> str:

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from groups import history
 from groups.errors import InviteError, NotFound, OpRejected, PermissionDenied, UnknownKey
-from groups.group import GroupLog, GroupState, Op, OpKind
-from groups.invites import Invite
+from groups.group import GroupLog, GroupState, Op, OpKind, Role
+from groups.invites import MAX_MEMBERS, Invite
 from groups.messages import (
     Envelope,
     EnvelopeKind,
@@ -213,8 +213,11 @@ class Membership:
                            secret=hashlib.sha256(secret).digest(), expires=expires)
         self._publish_op(group_id, op)
         bootstrap, endpoints, dht = self.invite_info()
+        others = sorted(group.state.members.values(), key=lambda m: (m.role is not Role.ADMIN,
+                                                                     m.since_epoch))
+        backups = tuple(m.user_id for m in others if m.user_id != self.m.me)[:MAX_MEMBERS]
         return Invite(group_id, group.state.name, self.m.me, endpoints, bootstrap, secret,
-                      expires, dht)
+                      expires, dht, backups)
 
     def remove(self, group_id: bytes, user_id: str) -> None:
         group = self.log_of(group_id)
@@ -252,10 +255,14 @@ class Membership:
             log.info("join request to %s queued until we meet: %s", invite.inviter, exc)
         future = asyncio.get_running_loop().create_future()
         self._joins[invite.group_id] = future
+        request = JoinRequest(invite.group_id, invite.secret).encode()
         with atomic(self.m.conn):
-            self.m.open_direct(invite.inviter, visible=False)
-            self.m.queue_pairwise(invite.inviter, "join",
-                                  content=JoinRequest(invite.group_id, invite.secret).encode())
+            # The inviter, and the members the invite names in case the inviter is away:
+            # whoever answers first adds us (the log keeps one of concurrent adds).
+            for member in (invite.inviter, *invite.members):
+                if member != self.m.me:
+                    self.m.open_direct(member, visible=False)
+                    self.m.queue_pairwise(member, "join", content=request)
         try:
             return await asyncio.wait_for(asyncio.shield(future), wait), True
         except TimeoutError:

@@ -450,7 +450,10 @@ class Messenger:
             if peer in blocked:
                 continue
             try:
+                known = self.directory.record(peer) is not None
                 await self.directory.ensure_session(peer, self.clock())
+                if not known and self.directory.record(peer) is not None:
+                    self._announce_peer(peer)  # now we know where to reach them
                 with atomic(self.conn):
                     if kind == "skey" and not self.groups.is_member(topic, peer):
                         content = None  # removed meanwhile: our key is not for them
