@@ -92,6 +92,10 @@ class GossipEngine(MeshMembership):
         # node, slow links): back off, and drift back while no such false alarm occurs,
         # so that an overloaded mesh does not add IWANT and GRAFT storms to its load.
         self.stretch = 1.0
+        # How long eager copies trail their digests, when they do (mean, deviation; an
+        # EWMA as TCP's RTO): the GRAFT timer waits at least mean + 4 deviations.
+        self._lag_mean = 0.0
+        self._lag_dev = 0.0
         self.sync = SyncEngine(self)
         self._handlers: dict[type[wire.Frame], Callable[[str, wire.Frame, float], None]] = {
             wire.Subscribe: self._on_subscribe, wire.Unsubscribe: self._on_unsubscribe,
@@ -262,8 +266,13 @@ class GossipEngine(MeshMembership):
             return
         miss = self._missing.pop(mid, None)
         holders = {peer, *(miss.announcers if miss else ())}
-        if miss is not None and miss.asked and peer not in miss.asked:
-            self._false_alarm(next(iter(miss.asked)), miss.asked, peer)
+        if miss is not None and peer not in miss.asked:
+            if miss.asked:
+                self._false_alarm(next(iter(miss.asked)), miss.asked, peer)
+            else:  # the eager copy trailed a digest: learn by how much
+                sample = now - miss.created
+                self._lag_dev += (abs(sample - self._lag_mean) - self._lag_dev) / 4
+                self._lag_mean += (sample - self._lag_mean) / 8
         graft_to = peer if miss is not None and miss.graft and peer in miss.asked else None
         self._pending[mid] = Pending(msg, peer, holders, miss.asked if miss else set(),
                                       graft_to)
@@ -272,7 +281,7 @@ class GossipEngine(MeshMembership):
     def _false_alarm(self, peer: str, asked: set[str], first: str | None) -> None:
         """``peer`` answered an IWANT of ours, but the first copy came unasked."""
         if peer in asked and first is not None and first not in asked:
-            self.stretch = min(16.0, self.stretch * 1.25)
+            self.stretch = min(16.0, self.stretch * 1.5)
             self.stats["false_alarms"] += 1
 
     def _duplicate(self, peer: str, msg: Message, t: TopicState, asked: set[str],
@@ -285,6 +294,10 @@ class GossipEngine(MeshMembership):
         self.stats["duplicates"] += 1
         if peer not in t.mesh or msg.seq <= self.sync.summary_head(peer, msg.topic,
                                                                    msg.origin):
+            return
+        if first in asked:
+            # The first copy was fetched (IWANT), so this push is our branch of the
+            # tree, only slower: keep it until a GRAFTed branch proves faster.
             return
         culprit = first if peer == msg.origin else peer
         if culprit is None or culprit == msg.origin or culprit in asked or culprit not in t.mesh:
@@ -313,8 +326,8 @@ class GossipEngine(MeshMembership):
             if m is None:
                 if self.store.has(mid):
                     continue
-                m = self._missing[mid] = Missing(
-                    topic, now + self.params.graft_timeout * self.stretch)
+                wait = max(self.params.graft_timeout, self._lag_mean + 4 * self._lag_dev)
+                m = self._missing[mid] = Missing(topic, now, now + wait * self.stretch)
                 heapq.heappush(self._missing_heap, (m.deadline, mid))
             if peer in m.announcers:
                 continue
@@ -358,8 +371,11 @@ class GossipEngine(MeshMembership):
             if peer in self._peers:
                 self.sync.ack(peer, msg_id, now, urgent=peer == msg.origin)
         t = self._topics.get(msg.topic)
-        if pend.graft_to is not None and t is not None and pend.graft_to in t.mesh:
-            # Its tree missed us: take the branch that had it (Plumtree's GRAFT).
+        if (pend.graft_to is not None and t is not None and pend.graft_to in t.mesh
+                and self.stretch <= 2.0):
+            # Its tree missed us: take the branch that had it (Plumtree's GRAFT). Not
+            # while false alarms say copies are merely late: more eager edges would
+            # only add load to an overloaded mesh.
             self.send(pend.graft_to, wire.Graft(msg.topic, (msg.origin,)))
             self.stats["grafts_sent"] += 1
         self._forward(msg, cached, now, own=False)

@@ -123,10 +123,11 @@ class Cached:
 class Missing:
     """An id we saw digested but do not hold."""
 
-    __slots__ = ("announcers", "asked", "current", "deadline", "graft", "topic")
+    __slots__ = ("announcers", "asked", "created", "current", "deadline", "graft", "topic")
 
-    def __init__(self, topic: bytes, deadline: float) -> None:
+    def __init__(self, topic: bytes, created: float, deadline: float) -> None:
         self.topic = topic
+        self.created = created
         self.announcers: list[str] = []
         self.asked: set[str] = set()
         self.current: str | None = None

@@ -169,13 +169,15 @@ class StallProxy:
     def __init__(self, target_port: int, stalled: asyncio.Event) -> None:
         self.target_port = target_port
         self.stalled = stalled
+        self.port = 0
         self.server: asyncio.Server | None = None
         self.tasks: list[asyncio.Task] = []
         self.writers: list[asyncio.StreamWriter] = []
 
     async def start(self) -> int:
         self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        return self.server.sockets[0].getsockname()[1]
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self.port
 
     async def _handle(self, c_reader, c_writer) -> None:
         s_reader, s_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
@@ -215,10 +217,10 @@ async def test_stalled_peer_is_dropped_without_stalling_the_others(cluster):
             n.start()
         for n in healthy:
             proxies[n.id] = StallProxy(n.port, stalled)
-            proxies[n.id].port = await proxies[n.id].start()  # type: ignore[attr-defined]
+            await proxies[n.id].start()
         base = cluster.urls
         cluster.urls = lambda viewer, member: (
-            [f"ws://127.0.0.1:{proxies[member.id].port}/mesh"]  # type: ignore[attr-defined]
+            [f"ws://127.0.0.1:{proxies[member.id].port}/mesh"]
             if viewer is slow and member.id in proxies else base(viewer, member))
         for n in healthy:
             n.runtime.join(TOPIC, cluster.members_for(n))
