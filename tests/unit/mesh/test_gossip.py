@@ -398,3 +398,25 @@ def test_digests_of_a_message_go_to_at_most_lazy_fanout_peers() -> None:
     digests = [p for p, f in frames if isinstance(f, wire.IHave)]
     assert [f for _, f in frames if isinstance(f, wire.Publish)] == []
     assert len(digests) == P.lazy_fanout and set(digests) <= set(peers[1:])
+
+
+def test_graft_timer_learns_how_late_eager_copies_trail_digests() -> None:
+    b, d = "100000000000002", "100000000000004"
+    eng, store = _engine([b, d])
+    origin = phantoms(1)[0]
+    for seq in range(1, 11):  # digests from b, eager copies from d 0.5 s later
+        m = Message(TOPIC, origin, seq, b"m%d" % seq)
+        t = 10.0 * seq
+        eng.receive(b, wire.IHave(TOPIC, (m.msg_id,)), t)
+        eng.receive(d, m.to_frame(), t + 0.5)
+        (commit,) = eng.take_events()
+        store.add(commit.message)
+        eng.committed(m.msg_id, t + 0.5)
+        eng.take_events()
+    assert eng.stats["sent_iwant"] == 0 and eng.stretch == 1.0
+    m = Message(TOPIC, origin, 11, b"late again")
+    eng.receive(b, wire.IHave(TOPIC, (m.msg_id,)), 200.0)
+    eng.handle_timer(200.0 + P.graft_timeout)
+    assert [f for _, f in _frames(eng) if isinstance(f, wire.IWant)] == []  # waits longer
+    eng.handle_timer(203.0)
+    assert (b, wire.IWant((m.msg_id,))) in _frames(eng)
