@@ -425,7 +425,7 @@ def run_size(n: int, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
                 phase(cluster, 0, 200.0, args.size, 20.0, everyone=True)
             out[name] = phase(cluster, int(rate * args.seconds), rate, args.size, 30.0)
             cluster.all("meter", False)
-            out[name + "_burst"] = capacity(cluster, rate, args)
+            out[name + "_capacity"] = capacity(cluster, rate, args)
             cluster.all("meter", True)
             if name == "mesh":
                 edges = sorted({tuple(sorted(e)) for part in cluster.all("edges")
@@ -446,7 +446,7 @@ def table(results: dict[int, dict[str, dict[str, Any]]], size: int) -> str:
             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for n, res in results.items():
         for name, label in (("mesh", "Parley mesh"), ("baseline", "plain WS relay")):
-            s, b = res[name], res[name + "_burst"]
+            s, b = res[name], res[name + "_capacity"]
             rows.append(
                 f"| {n} | {label} | {res['mesh'].get('edges', '')} | {s['rate']:.0f} | "
                 f"{1000 * s['p50']:.1f} | {1000 * s['p99']:.1f} | "
@@ -476,10 +476,11 @@ def main() -> None:
         started = time.monotonic()
         results[n] = run_size(n, args)
         print(f"# {n} nodes done in {time.monotonic() - started:.0f} s", flush=True)
-        for name in ("mesh", "mesh_burst"):
+        for name in ("mesh", "mesh_capacity"):
             print(f"#   {name}: bytes by frame type {results[n][name]['by_type']}, "
                   f"events {results[n][name]['events']}", flush=True)
-    print(table(results, args.size))
+    if results:
+        print(table(results, args.size))
     if args.sim:
         from mesh.sim import SimReport, run_scenario
         print("\nSimulated (mesh/sim.py, 1% loss, 20% churn, 60 msgs from 20 senders):\n")
