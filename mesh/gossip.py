@@ -281,7 +281,7 @@ class GossipEngine(MeshMembership):
     def _false_alarm(self, peer: str, asked: set[str], first: str | None) -> None:
         """``peer`` answered an IWANT of ours, but the first copy came unasked."""
         if peer in asked and first is not None and first not in asked:
-            self.stretch = min(16.0, self.stretch * 1.5)
+            self.stretch = min(4.0, self.stretch * 1.5)
             self.stats["false_alarms"] += 1
 
     def _duplicate(self, peer: str, msg: Message, t: TopicState, asked: set[str],
