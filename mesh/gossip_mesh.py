@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from mesh import wire
@@ -34,9 +35,7 @@ class MeshMembership:
     sync: SyncEngine
     _peers: set[str]
     _topics: dict[bytes, TopicState]
-
-    def send(self, peer: str, frame: wire.Frame) -> None:
-        raise NotImplementedError
+    send: Callable[[str, wire.Frame], None]  # provided by GossipEngine
 
     def _target(self, t: TopicState) -> int:
         return self.params.d_hi if t.full_mesh else self.params.d
