@@ -1,6 +1,6 @@
 """Safety numbers and attachment chunk encryption: the parts of Parley's crypto that need
 no python-axolotl. Public through groups.crypto (import them from there); see
-docs/parts/crypto-protocol.md for the exact formats.
+docs/protocol.md §7 for the exact formats.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ groups.attachment_rows holds the table and groups.filestore the chunks.
 
 Chunks are served only to members of the file's conversation; anyone else gets the
 same ChunkUnavailable as for a file that does not exist. See
-docs/parts/attachments-protocol.md.
+docs/protocol.md §9.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ This is the only module that imports python-axolotl or protobuf. It speaks bytes
 user IDs and snake_case, keeps every key in the node database (groups.store), and
 turns every exception the libraries raise on hostile input into groups.errors at the
 boundary (the pattern of httpx's map_httpcore_exceptions). The formats are written
-down in docs/parts/crypto-protocol.md.
+down in docs/protocol.md §7.
 
 Each public operation runs in one SAVEPOINT: a message that fails to decrypt changes
 nothing (no chain advanced, no identity saved, no prekey used), and a caller can wrap

@@ -17,7 +17,7 @@ depends on it. A finished file is fsynced once before it is recorded complete.
 
 An earlier layout (one file per chunk, tmp + fsync + rename each) cost more CPU and
 wall time on the receiving node than the whole transfer does now; see
-docs/parts/attachments-performance.md.
+docs/performance.md.
 
 No file exists in plaintext except an upload between its last byte and its encryption.
 Chunk reads (one 256 KiB pread from the page cache) run on the event loop, and so do

@@ -59,7 +59,7 @@ __all__ = [
     "store_signed_prekey",
 ]
 
-# Version 1: the key store behind python-axolotl (see docs/parts/crypto-protocol.md).
+# Version 1: the key store behind python-axolotl (see docs/protocol.md §7).
 _V1_KEYS = """
 CREATE TABLE schema_version (version INTEGER NOT NULL);
 
@@ -229,7 +229,7 @@ CREATE TABLE undecrypted (
 );
 """
 
-# Version 3: attachments (see groups/attachments.py and docs/parts/attachments-protocol.md).
+# Version 3: attachments (see groups/attachments.py and docs/protocol.md §9).
 _V3_ATTACHMENTS = """
 -- One row per announced file (the first message that announced it). The chunks live in
 -- <data-dir>/files/<file_id hex>/, encrypted with file_key; which of them are held is

@@ -21,7 +21,7 @@ Two layers, the lower one usable without any Bluetooth at all:
    PyBluez calls block, so they run in a worker thread; ``PyBluezRadio`` is the
    only code that imports ``bluetooth`` (PyPI: PyBluez-updated), and only when asked.
 
-Protocol details (UUID, SDP record, framing, who connects): docs/parts/bluetooth-protocol.md.
+Protocol details (UUID, SDP record, framing, who connects): docs/protocol.md §10.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ __all__ = [
 
 log = logging.getLogger("parley.mesh.bluetooth")
 
-# The Parley service class UUID: fixed for protocol version 1 (docs/parts/bluetooth-protocol.md).
+# The Parley service class UUID: fixed for protocol version 1 (docs/protocol.md §10).
 SERVICE_UUID = "22a77070-6cc1-48ab-96f1-d5d9c27990d3"
 SERVICE_NAME = "Parley"
 SERVICE_DESCRIPTION = "Parley mesh link (length-prefixed link frames over RFCOMM)"

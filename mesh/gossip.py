@@ -20,7 +20,7 @@ Nothing is stored or forwarded before the validate hook passed and the layer abo
 committed the message (Commit event -> ``committed()``); only then is it acked, relayed
 and released for delivery in per-origin order. Anti-entropy and acks live in
 mesh/sync.py. The engine does no I/O: feed it ``receive(peer, frame, now)`` and timers,
-collect ``take_frames()`` and ``take_events()``. docs/parts/gossip-protocol.md is the spec.
+collect ``take_frames()`` and ``take_events()``. docs/protocol.md §6 is the spec.
 """
 
 from __future__ import annotations

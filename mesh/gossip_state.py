@@ -3,7 +3,7 @@ protocol the layer above implements, and the bounded time-to-live caches.
 
 Kept apart from mesh/gossip.py so that the engines stay readable and so that adapters
 (runtime, simulator, tests) can import the vocabulary without the machinery.
-docs/parts/gossip-protocol.md describes the protocol these types serve.
+docs/protocol.md §6 describes the protocol these types serve.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class Params:
     """Tunables of the gossip and sync engines; all times are in seconds.
 
     Defaults suit real links (loopback to WAN); the simulator scales the timers to its
-    latency model. docs/parts/gossip-protocol.md explains each one.
+    latency model. docs/protocol.md §6 explains each one.
     """
 
     d: int = 6                  # mesh degree we aim for per topic

@@ -5,7 +5,7 @@ length-prefixed record from StreamFramer over a byte stream such as RFCOMM) and 
 back messages to send and events. It does no I/O and reads no clock: adapters pass
 ``now`` in and schedule ``next_timer()``.
 
-Handshake (docs/parts/link-protocol.md has the exact bytes)::
+Handshake (docs/protocol.md §4 has the exact bytes)::
 
     initiator                                    responder
     Hello(versions, e_i)            -- clear -->
@@ -91,7 +91,7 @@ _REASON_OK = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
 class LinkError(RemoteError):
     """The peer broke the link protocol; ``reason`` is the code sent in Close.
 
-    Codes (docs/parts/link-protocol.md): frame_too_large, bad_frame, unknown_frame,
+    Codes (docs/protocol.md §4): frame_too_large, bad_frame, unknown_frame,
     not_canonical, bad_version, unexpected_frame, bad_key, transcript_mismatch,
     bad_record, impersonation, bad_signature, wrong_peer, self_link, decrypt_failed,
     replay, out_of_order, timeout.

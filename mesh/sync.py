@@ -17,7 +17,7 @@ the rest again, which is the re-offer after a reconnect. Nothing leaves the unac
 silently except by the per-peer cap, and anti-entropy covers those.
 
 This module is driven by mesh.gossip.GossipEngine, which owns the peers, the topics and
-the outbox; docs/parts/gossip-protocol.md, "Anti-entropy" and "Acks", is the spec.
+the outbox; docs/protocol.md §6, "Anti-entropy" and "Acks", is the spec.
 """
 
 from __future__ import annotations

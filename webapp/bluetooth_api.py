@@ -1,4 +1,4 @@
-"""``/api/v1/bluetooth``: Bluetooth meetups in the node API (docs/parts/bluetooth-api.md).
+"""``/api/v1/bluetooth``: Bluetooth meetups in the node API (docs/api.md).
 
 GET shows whether Bluetooth can run here and is on, the Parley peers met or seen
 nearby, and when each group last synced over Bluetooth; POST is the settings switch

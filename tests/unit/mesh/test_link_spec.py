@@ -1,4 +1,4 @@
-"""docs/parts/link-protocol.md, re-implemented from the text with plain primitives
+"""docs/protocol.md §4, re-implemented from the text with plain primitives
 (hashlib, cryptography, mesh.identity.verify) and checked against a real Link, so
 that the document and the code cannot drift apart."""
 

@@ -1,6 +1,6 @@
 """The simulator at scale: the real engines on 1,000 nodes with loss and churn.
 
-Bounds (docs/parts/gossip-protocol.md, "Simulated behaviour"). With 1% frame loss and
+Bounds (docs/protocol.md §6, "Simulated behaviour"). With 1% frame loss and
 20% of the nodes crashing and restarting while 20 active members send 60 messages:
 every node up at the end holds every message, delivered exactly once per engine and in
 per-origin order; the median node gets no duplicate and nobody more than d_hi (12); an
