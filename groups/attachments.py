@@ -274,6 +274,7 @@ class AttachmentService:
     # -- the mesh's entry points -------------------------------------------------------------
 
     def link_up(self, peer: str) -> None:
+        self.core.link_renewed(peer)
         self._pump(refresh=True)
 
     def on_frame(self, peer: str, frame: wire.Frame) -> None:

@@ -199,6 +199,14 @@ class Transfers:
             if peer not in dl.sources:
                 self._release(dl, index, ChunkState.MISSING)
 
+    def link_renewed(self, peer: str) -> None:
+        """``peer`` has a new link: requests sent on the old one are lost with it, so
+        they are given back now (not after ``timeout``) and asked again at once."""
+        for dl in self._downloads.values():
+            for index, (holder, _) in list(dl.inflight.items()):
+                if holder == peer:
+                    self._release(dl, index, ChunkState.MISSING)
+
     # -- asking -----------------------------------------------------------------------
 
     def poll(self, now: float) -> list[Request]:

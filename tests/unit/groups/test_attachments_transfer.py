@@ -216,6 +216,18 @@ def test_lost_sources_give_their_requests_back() -> None:
     assert [q.peer for q in core.poll(0.1)] == ["300000000000000"]
 
 
+def test_a_renewed_link_gives_its_requests_back_at_once() -> None:
+    core = Transfers("200000000000000", timeout=10.0)
+    _, hashes = fake_file(4 * ATTACHMENT_CHUNK_SIZE)
+    core.add(FILE, ORIGIN, 4 * ATTACHMENT_CHUNK_SIZE, hashes)
+    core.set_sources(FILE, [ORIGIN])
+    first = core.poll(0.0)
+    assert len(first) == 4
+    core.link_renewed(ORIGIN)  # the link flapped: those requests died with it
+    assert core.stats(FILE)["in_flight"] == 0
+    assert sorted(q.index for q in core.poll(0.2)) == sorted(q.index for q in first)
+
+
 def test_resume_never_asks_for_what_is_held() -> None:
     core = Transfers("200000000000000")
     chunks, hashes = fake_file(6 * ATTACHMENT_CHUNK_SIZE)
