@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -138,3 +140,47 @@ async def managed() -> AsyncIterator[Callable[..., Managed]]:
 
     yield start
     await asyncio.gather(*(h.stop() for h in started))
+
+
+class StallProxy:
+    """A TCP proxy to one node's mesh port whose server-to-client direction can be
+    frozen: the dialling side then looks like a peer that stopped reading."""
+
+    def __init__(self, target_port: int, stalled: asyncio.Event | None = None) -> None:
+        self.target_port = target_port
+        self.stalled = stalled if stalled is not None else asyncio.Event()
+        self.port = 0
+        self.server: asyncio.Server | None = None
+        self.tasks: list[asyncio.Task] = []
+        self.writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self.port
+
+    async def _handle(self, c_reader, c_writer) -> None:
+        s_reader, s_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        s_writer.transport.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.writers += [c_writer, s_writer]
+        self.tasks += [asyncio.create_task(self._copy(c_reader, s_writer, False)),
+                       asyncio.create_task(self._copy(s_reader, c_writer, True))]
+
+    async def _copy(self, reader, writer, stallable: bool) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.CancelledError):
+            while data := await reader.read(65536):
+                if stallable and self.stalled.is_set():
+                    await asyncio.Event().wait()  # never read again
+                writer.write(data)
+                await writer.drain()
+
+    async def close(self) -> None:
+        for t in self.tasks:
+            t.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        for w in self.writers:
+            w.close()
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()

@@ -8,9 +8,7 @@ crosses a real socket, sealed by the real link.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
-import socket
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -21,6 +19,7 @@ from mesh.gossip_state import Deliver, Event, Message, Params
 from mesh.link import MAX_MESSAGE
 from mesh.memstore import MemoryStore
 from mesh.runtime import MeshRuntime
+from tests.integration.mesh.conftest import StallProxy
 from tests.unit.mesh.test_link_helpers import Node, make_node
 
 TOPIC = b"integration-topic-01"
@@ -160,49 +159,6 @@ async def test_twenty_nodes_deliver_once_in_order_and_restarted_nodes_catch_up(c
     await until(lambda: all(n.has_all(ids) for n in nodes), 30)
     for n in nodes:  # across both lives of the victims: still once each, in order
         n.check_exactly_once_in_order(ids)
-
-
-class StallProxy:
-    """A TCP proxy to one node's mesh port whose server-to-client direction can be
-    frozen: the dialling side then looks like a peer that stopped reading."""
-
-    def __init__(self, target_port: int, stalled: asyncio.Event) -> None:
-        self.target_port = target_port
-        self.stalled = stalled
-        self.port = 0
-        self.server: asyncio.Server | None = None
-        self.tasks: list[asyncio.Task] = []
-        self.writers: list[asyncio.StreamWriter] = []
-
-    async def start(self) -> int:
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self.server.sockets[0].getsockname()[1]
-        return self.port
-
-    async def _handle(self, c_reader, c_writer) -> None:
-        s_reader, s_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        s_writer.transport.get_extra_info("socket").setsockopt(
-            socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        self.writers += [c_writer, s_writer]
-        self.tasks += [asyncio.create_task(self._copy(c_reader, s_writer, False)),
-                       asyncio.create_task(self._copy(s_reader, c_writer, True))]
-
-    async def _copy(self, reader, writer, stallable: bool) -> None:
-        with contextlib.suppress(ConnectionError, asyncio.CancelledError):
-            while data := await reader.read(65536):
-                if stallable and self.stalled.is_set():
-                    await asyncio.Event().wait()  # never read again
-                writer.write(data)
-                await writer.drain()
-
-    async def close(self) -> None:
-        for t in self.tasks:
-            t.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-        for w in self.writers:
-            w.close()
-        if self.server is not None:
-            self.server.close()
 
 
 async def test_stalled_peer_is_dropped_without_stalling_the_others(cluster):

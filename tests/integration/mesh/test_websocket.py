@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 
 import pytest
@@ -13,7 +12,7 @@ from tornado.websocket import websocket_connect
 from mesh import wire
 from mesh.link import MAX_MESSAGE, LinkError
 from mesh.websocket import DialError, dial
-from tests.integration.mesh.conftest import Recorder, wait_for
+from tests.integration.mesh.conftest import Recorder, StallProxy, wait_for
 from tests.unit.mesh.test_link_helpers import make_node
 
 TOPIC = b"w" * 16
@@ -111,48 +110,6 @@ async def test_handshake_timeout_on_a_silent_client(mesh_server):
     assert wire.decode(reply).reason == "timeout"
     assert await ws.read_message() is None
     ws.close()
-
-
-class StallProxy:
-    """A TCP relay between a client and the server whose server-to-client direction can
-    be frozen, so that the server sees a peer that has stopped reading."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.stalled = asyncio.Event()
-        self.server: asyncio.Server | None = None
-        self.tasks: list[asyncio.Task] = []
-        self.writers: list[asyncio.StreamWriter] = []
-
-    async def start(self) -> int:
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        return self.server.sockets[0].getsockname()[1]
-
-    async def _handle(self, c_reader, c_writer) -> None:
-        s_reader, s_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        s_writer.transport.get_extra_info("socket").setsockopt(
-            socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        self.writers += [c_writer, s_writer]
-        self.tasks += [asyncio.create_task(self._copy(c_reader, s_writer, False)),
-                       asyncio.create_task(self._copy(s_reader, c_writer, True))]
-
-    async def _copy(self, reader, writer, stallable: bool) -> None:
-        with contextlib.suppress(ConnectionError, asyncio.CancelledError):
-            while data := await reader.read(65536):
-                if stallable and self.stalled.is_set():
-                    await asyncio.Event().wait()  # never read again
-                writer.write(data)
-                await writer.drain()
-
-    async def close(self) -> None:
-        for t in self.tasks:
-            t.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-        for w in self.writers:
-            w.close()
-        if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
 
 
 async def test_stalled_peer_is_dropped_without_stalling_others(mesh_server):
