@@ -13,77 +13,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import re
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+from tornado.httpclient import HTTPRequest
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 from tornado.web import Application
 from tornado.websocket import WebSocketHandler, websocket_connect
 
+from bench.nodes import NodeProcess, start_group
+
 NODES = 5
-
-
-@dataclass
-class NodeProcess:
-    popen: subprocess.Popen[str]
-    url: str
-    token: str
-    user_id: str
-
-    async def call(self, method: str, path: str, body: object | None = None) -> dict:
-        request = HTTPRequest(self.url + path, method=method,
-                              body=None if body is None else json.dumps(body),
-                              headers={"Authorization": f"Bearer {self.token}",
-                                       "Content-Type": "application/json"})
-        response = await AsyncHTTPClient().fetch(request)
-        return json.loads(response.body) if response.body else {}
-
-
-def start(args: list[str], pattern: str) -> tuple[subprocess.Popen[str], re.Match[str]]:
-    popen = subprocess.Popen([sys.executable, "run.py", *args], stdout=subprocess.PIPE,
-                             stderr=subprocess.DEVNULL, text=True)
-    assert popen.stdout is not None
-    for _ in range(100):
-        line = popen.stdout.readline()
-        if match := re.search(pattern, line):
-            return popen, match
-    popen.kill()
-    raise RuntimeError(f"{args[0]} did not start")
-
-
-async def until_registered(node: NodeProcess) -> None:
-    for _ in range(300):
-        if (await node.call("GET", "/api/v1/me"))["registered"]:
-            return
-        await asyncio.sleep(0.1)
-    raise RuntimeError("a node did not register with the bootstrap")
-
-
-async def start_group(base: Path) -> tuple[list[subprocess.Popen[str]], list[NodeProcess], str]:
-    boot, match = start(["bootstrap", "--port", "0", "--dht-port", "0", "--db", str(base / "b.db"),
-                         "--rate", "1e6", "--burst", "1000000"], r"listening on (http://\S+)")
-    procs, nodes = [boot], []
-    for i in range(NODES):
-        popen, m = start(["node", "--data-dir", str(base / f"n{i}"), "--ui-port", "0",
-                          "--mesh-port", "0", "--bootstrap", match.group(1)],
-                         r"Parley node ([0-9 ]+): open (http://\S+)/#token=(\S+)")
-        procs.append(popen)
-        nodes.append(NodeProcess(popen, m.group(2), m.group(3), m.group(1).replace(" ", "")))
-    for node in nodes:
-        await until_registered(node)
-    group = (await nodes[0].call("POST", "/api/v1/groups", {"name": "bench"}))["group_id"]
-    for node in nodes[1:]:
-        invite = (await nodes[0].call("POST", f"/api/v1/groups/{group}/invites", {}))["invite"]
-        await node.call("POST", "/api/v1/join", {"invite": invite})
-    return procs, nodes, group
 
 
 async def messenger_run(sender: NodeProcess, group: str, count: int,
@@ -216,7 +159,7 @@ def pct(values: list[float], p: float) -> float:
 
 async def measure(count: int, latency_count: int) -> list[str]:
     base = Path(tempfile.mkdtemp(prefix="parley-bench-messenger-"))
-    procs, nodes, group = await start_group(base)
+    procs, nodes, group = await start_group(base, NODES)
     rows = []
     try:
         for name, run in (("plain WebSocket relay (baseline)", relay_run),
