@@ -94,8 +94,11 @@ class JsonHandler(RequestHandler):
                 self.set_header(name, value)
             code, message = exc.code, exc.message
         else:
-            message = exc.log_message if isinstance(exc, HTTPError) and exc.log_message \
-                else self._reason
+            if isinstance(exc, HTTPError) and exc.log_message:
+                # Tornado's HTTPError keeps "%s" placeholders and their args apart.
+                message = exc.log_message % exc.args if exc.args else exc.log_message
+            else:
+                message = self._reason
             code = _GENERIC_CODES.get(status_code, "internal_error" if status_code >= 500
                                       else "bad_request")
         self.finish(json.dumps({"error": code, "message": message}, separators=(",", ":")))

@@ -71,7 +71,7 @@ def to_api_error(exc: Exception) -> ApiError:
 class NodeHandler(UiApiHandler):
     """Maps the groups/mesh errors raised by a handler method to JSON answers."""
 
-    # A 64 KiB text may grow sixfold as JSON (\uXXXX escapes): room for it, so that the
+    # A 64 KiB text may grow sixfold as JSON (\u escapes of 6 bytes): room for it, so the
     # messenger, not the transport, tells the user what the limit is.
     body_limit = 512 * 1024
 
