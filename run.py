@@ -18,6 +18,7 @@ from bootstrap.api import BootstrapConfig
 from bootstrap.server import BootstrapServer, start_bootstrap
 from groups.meetups import parse_attachment_limit
 from groups.node import Node, NodeConfig
+from mesh import malloc
 from mesh.identity import display_user_id
 
 DEFAULT_BOOTSTRAP_PORT = 8470
@@ -199,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
         argv = ["all", *argv]
     args = _parser().parse_args(argv)
+    malloc.tune()
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # The kademlia package logs every routing-table change at INFO.

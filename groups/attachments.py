@@ -60,7 +60,7 @@ log = logging.getLogger(__name__)
 PROGRESS_INTERVAL = 0.25            # seconds between progress events of one file
 TICK = 0.5                          # while downloading: notice lost links this often
 SERVE_QUEUE_LIMIT = 2 * 1024 * 1024  # bytes queued on a link beyond which we say "busy"
-SLOW_WRITE = 0.002                  # a chunk write slower than this ...
+SLOW_WRITE = 0.02                   # a chunk write slower than this ...
 SLOW_DISK_HOLD = 5.0                # ... sends writes to the writer thread this long
 _MIME = re.compile(r"^[a-z0-9][a-z0-9.+-]{0,40}/[a-z0-9][a-z0-9.+-]{0,80}$")
 
@@ -338,7 +338,10 @@ class AttachmentService:
         """Write a verified chunk: on the loop while the disk is quick (a page-cache
         write takes ~50 µs; a writer thread would cost more in hand-offs), through the
         writer thread for SLOW_DISK_HOLD seconds after a write took over SLOW_WRITE (an
-        fsync elsewhere on the filesystem can stall writes for tens of milliseconds)."""
+        fsync elsewhere on the filesystem can stall writes for tens of milliseconds).
+        SLOW_WRITE is well above what a busy CPU adds: with more runnable processes than
+        cores a 50 µs write often takes a few milliseconds of wall time, and at 2 ms
+        the hand-offs to the thread took ~130 µs of CPU per chunk while the disk was fine."""
         now = self._now()
         if now < self._slow_until:
             if self._writer is None:
