@@ -282,7 +282,8 @@ class AttachmentService:
         if isinstance(frame, wire.ChunkRequest):
             link = self.links().get(peer)
             if link is not None:
-                self._send(link, self._answer(peer, link, frame.file_id, frame.index))
+                for index in dict.fromkeys(frame.indices):  # each once, in the order asked
+                    self._send(link, self._answer(peer, link, frame.file_id, index))
         elif isinstance(frame, wire.Chunk):
             self._receive(peer, frame)
         elif isinstance(frame, wire.ChunkUnavailable):
@@ -454,11 +455,17 @@ class AttachmentService:
             self._sources_due = now + TICK / 2
             for file_id in self.core.files():
                 self.core.set_sources(file_id, self._sources(self._rows[file_id], links))
+        asks: dict[tuple[str, bytes], list[int]] = {}
         for request in self.core.poll(now):
-            link = links.get(request.peer)
-            if link is not None:  # else the next refresh gives the request back
-                self.counters["requested"] += 1
-                self._send(link, wire.ChunkRequest(request.file_id, request.index))
+            asks.setdefault((request.peer, request.file_id), []).append(request.index)
+        for (peer, file_id), indices in asks.items():
+            link = links.get(peer)
+            if link is None:
+                continue  # the next refresh gives the requests back
+            self.counters["requested"] += len(indices)
+            for at in range(0, len(indices), wire.MAX_REQUEST_CHUNKS):
+                self._send(link, wire.ChunkRequest(
+                    file_id, tuple(indices[at:at + wire.MAX_REQUEST_CHUNKS])))
         self._rearm(now)
 
     def _rearm(self, now: float) -> None:

@@ -15,7 +15,9 @@ hit:
   asked for positions >= p until ``retry`` seconds have passed (it is still fetching);
 - the origin, and a peer that already delivered a good chunk of the file, get up to
   ``window`` requests in flight; a peer not yet proven gets one probe at a time;
-  ``window`` is also the cap per peer across all files;
+  ``window`` is also the cap per peer across all files. A peer that still has
+  requests in flight is topped up only once ``batch`` (half the window) of its slots
+  are free, so the adapter can ask for several chunks in one frame;
 - a chunk whose length or hash is wrong marks its peer **bad** for that file: it is
   never asked again for it, and the chunk goes back to missing (another peer serves
   it). A request not answered within ``timeout`` is given back, and the peer rests.
@@ -39,7 +41,7 @@ __all__ = ["TAG_LEN", "ChunkState", "Request", "Transfers", "Verdict", "chunk_or
            "cipher_length", "plain_length"]
 
 TAG_LEN = 16  # AES-GCM tag on every encrypted chunk
-WINDOW = 4
+WINDOW = 8
 PROBE_WINDOW = 1
 TIMEOUT = 10.0
 RETRY = 0.05
@@ -128,11 +130,15 @@ class Transfers:
     """Downloads in progress for one node (``me``). Not thread-safe; one loop drives it."""
 
     def __init__(self, me: str, *, window: int = WINDOW, probe_window: int = PROBE_WINDOW,
-                 timeout: float = TIMEOUT, retry: float = RETRY) -> None:
+                 batch: int | None = None, timeout: float = TIMEOUT,
+                 retry: float = RETRY) -> None:
         if not 0 < probe_window <= window:
             raise ValueError("need 0 < probe_window <= window")
+        batch = max(1, window // 2) if batch is None else batch
+        if not 0 < batch <= window:
+            raise ValueError("need 0 < batch <= window")
         self.me = me
-        self.window, self.probe_window = window, probe_window
+        self.window, self.probe_window, self.batch = window, probe_window, batch
         self.timeout, self.retry = timeout, retry
         self._downloads: dict[bytes, _Download] = {}
         self._load: Counter[str] = Counter()   # requests in flight per peer, all files
@@ -210,7 +216,8 @@ class Transfers:
     # -- asking -----------------------------------------------------------------------
 
     def poll(self, now: float) -> list[Request]:
-        """Requests to send now, filling every source's window."""
+        """Requests to send now, filling every source's window (see ``batch``); those
+        for one peer and file come out next to each other."""
         out: list[Request] = []
         for dl in self._downloads.values():
             if dl.held() == dl.count:
@@ -220,6 +227,9 @@ class Transfers:
                 if view.bad:
                     continue
                 cap = self.window if (peer == dl.origin or view.proven) else self.probe_window
+                free = min(self.window - self._load[peer], cap - dl.per_peer[peer])
+                if free <= 0 or (self._load[peer] and free < min(self.batch, cap)):
+                    continue
                 while self._load[peer] < self.window and dl.per_peer[peer] < cap:
                     index = self._pick(dl, peer, view, now)
                     if index is None:

@@ -71,6 +71,7 @@ PING_TIMEOUT = 20.0
 DEFAULT_MAX_QUEUE_BYTES = 4 * 1024 * 1024
 CONNECT_TIMEOUT = 10.0
 CLOSE_FLUSH_TIMEOUT = 5.0
+WRITE_BATCH_BYTES = 1024 * 1024
 
 OnEstablished = Callable[["LinkConnection"], None]
 OnFrame = Callable[["LinkConnection", wire.Frame], None]
@@ -334,11 +335,7 @@ class LinkConnection:
         try:
             while True:
                 while self._queue and not self._stop_writing:
-                    data = self._queue[0]
-                    await transport.write(data)
-                    if self._queue and self._queue[0] is data:
-                        self._queue.popleft()
-                        self.queued_bytes -= len(data)
+                    await self._write_batch(transport)
                 if self.closed or self._stop_writing:
                     break
                 self._wakeup.clear()
@@ -352,6 +349,27 @@ class LinkConnection:
             transport.close()  # also after the peer closed: Tornado wants it to let go
             if not self._done.done():
                 self._loop.call_later(CLOSE_FLUSH_TIMEOUT, self._force_done)
+
+
+    def _write_batch(self, transport: Transport) -> Awaitable[Any]:
+        """Hand queued messages (up to WRITE_BATCH_BYTES) to the transport at once and
+        return the last write, which completes once they all reached the OS: waiting
+        for each message's write cost a task switch per message. Earlier writes fail
+        only if the last one does, so their outcome is only collected."""
+        budget = WRITE_BATCH_BYTES
+        while True:
+            data = self._queue.popleft()
+            self.queued_bytes -= len(data)
+            budget -= len(data)
+            written = transport.write(data)
+            if not self._queue or budget <= 0:
+                return written
+            asyncio.ensure_future(written).add_done_callback(_collect)
+
+
+def _collect(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 class InboundAcceptor(Protocol):

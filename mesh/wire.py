@@ -23,6 +23,7 @@ __all__ = [
     "MAX_CHUNK_FRAME",
     "MAX_CONTROL_FRAME",
     "MAX_PAYLOAD",
+    "MAX_REQUEST_CHUNKS",
     "PROTOCOL_VERSION",
     "Ack",
     "Auth",
@@ -58,6 +59,7 @@ MAX_IDS = 4096
 MAX_TOPICS = 1024
 MAX_HEADS = 4096
 MAX_INT = 2**63 - 1
+MAX_REQUEST_CHUNKS = 16
 
 ID_LEN = 32  # message ids, file ids: SHA-256 sizes
 TOPIC_MIN, TOPIC_MAX = 16, 32
@@ -75,6 +77,7 @@ class Limit:
     max: int | None = None
     min: int = 0
     items: int | None = None  # for lists/maps: max entries; element limits from exact/max
+    min_items: int = 0        # for lists
 
 
 _REGISTRY: dict[str, type[Frame]] = {}
@@ -178,6 +181,8 @@ def _check(value: Any, hint: Any, lim: Limit | None, where: str) -> Any:
             raise FrameError(f"{where} must be an array")
         if lim and lim.items is not None and len(value) > lim.items:
             raise FrameError(f"{where} has more than {lim.items} items")
+        if lim and len(value) < lim.min_items:
+            raise FrameError(f"{where} has fewer than {lim.min_items} items")
         return tuple(_check(v, elem, lim, where) for v in value)
     if origin is dict:  # dict[str, int]
         key_t, val_t = typing.get_args(hint)
@@ -357,10 +362,13 @@ class SyncSummary(Frame):
 
 @dataclass(frozen=True)
 class ChunkRequest(Frame):
+    """Asks for several chunks of one file at once: both ends pay a fixed cost per
+    frame which, on loopback, came to about a quarter of moving a whole chunk."""
+
     TYPE = "chunk?"
-    LIMITS = {"file_id": _ID}
+    LIMITS = {"file_id": _ID, "indices": Limit(items=MAX_REQUEST_CHUNKS, min_items=1)}
     file_id: bytes
-    index: int
+    indices: tuple[int, ...]
 
 
 @dataclass(frozen=True)

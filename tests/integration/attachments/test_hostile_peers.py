@@ -97,11 +97,11 @@ async def test_strangers_get_nothing_and_junk_frames_are_ignored(cluster: Cluste
                       stranger.record, on_frame=on_frame)
     try:
         unknown = os.urandom(32)
-        asked = [(file_id, 0),          # a real file of a group the stranger is not in
-                 (unknown, 0),          # a file that does not exist
-                 (file_id, 4), (file_id, 2**40)]   # indexes out of range
-        for fid, index in asked:
-            conn.send(wire.ChunkRequest(fid, index))
+        # A real file of a group the stranger is not in (index 0 twice: answered
+        # once), indexes out of range, and a file that does not exist.
+        conn.send(wire.ChunkRequest(file_id, (0, 4, 0, 2**40)))
+        conn.send(wire.ChunkRequest(unknown, (0,)))
+        asked = [(file_id, 0), (file_id, 4), (file_id, 2**40), (unknown, 0)]
         # Chunks nobody asked for: an unknown file, an index out of range, a real index.
         conn.send(wire.Chunk(unknown, 0, os.urandom(100)))
         conn.send(wire.Chunk(file_id, 99_999, b"x"))

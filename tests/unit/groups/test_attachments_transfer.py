@@ -122,6 +122,29 @@ def test_windows_are_respected() -> None:
         [next(i for i in theirs if i not in mine[:3])]
 
 
+def test_a_busy_peer_is_topped_up_in_batches() -> None:
+    me = "200000000000000"
+    core = Transfers(me, window=8, batch=4)
+    chunks, hashes = fake_file(40 * ATTACHMENT_CHUNK_SIZE)
+    core.add(FILE, ORIGIN, 40 * ATTACHMENT_CHUNK_SIZE, hashes)
+    core.set_sources(FILE, [ORIGIN])
+    first = core.poll(0.0)
+    assert [q.index for q in first] == chunk_order(FILE, me, 40)[:8]
+    for n, q in enumerate(first[:4]):
+        assert core.receive(ORIGIN, FILE, q.index, chunks[q.index], 0.1) is Verdict.ACCEPT
+        core.stored(FILE, q.index)
+        # Fewer than `batch` free slots: wait, so the next request carries several.
+        assert core.poll(0.1) == [] if n < 3 else len(core.poll(0.1)) == 4
+    # A peer with nothing in flight is asked at once, even for a single chunk.
+    solo = Transfers(me, window=8)  # batch: half the window
+    _, one = fake_file(ATTACHMENT_CHUNK_SIZE)
+    solo.add(FILE, ORIGIN, ATTACHMENT_CHUNK_SIZE, one)
+    solo.set_sources(FILE, [ORIGIN])
+    assert solo.poll(0.0) == [Request(ORIGIN, FILE, 0)]
+    with pytest.raises(ValueError):
+        Transfers(me, window=4, batch=5)
+
+
 def test_orders_are_rotations_that_differ_by_node() -> None:
     orders = {n: chunk_order(FILE, n, 100) for n in ("1", "2", "3", "4")}
     for order in orders.values():
@@ -140,7 +163,7 @@ def test_a_lying_peer_is_avoided_and_the_chunk_fetched_elsewhere() -> None:
 
 
 def test_wrong_length_is_bad_too_and_frees_every_request_to_that_peer() -> None:
-    core = Transfers("200000000000000")
+    core = Transfers("200000000000000", window=4)
     chunks, hashes = fake_file(5 * ATTACHMENT_CHUNK_SIZE)
     core.add(FILE, ORIGIN, 5 * ATTACHMENT_CHUNK_SIZE, hashes)
     core.set_sources(FILE, [ORIGIN])
