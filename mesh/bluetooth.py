@@ -125,11 +125,11 @@ class StreamTransport:
         self._framer = StreamFramer(max_message)
         self.bytes_in = self.bytes_out = 0
 
-    async def write(self, data: bytes) -> None:
+    def write(self, data: bytes) -> Awaitable[None]:
         record = StreamFramer.frame(data)
         self._writer.write(record)
         self.bytes_out += len(record)
-        await self._writer.drain()
+        return self._writer.drain()
 
     def close(self) -> None:
         if not self._writer.is_closing():

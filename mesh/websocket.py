@@ -87,11 +87,13 @@ class DialError(RemoteError):
 
 
 class Transport(Protocol):
-    """What LinkConnection needs from a framed pipe. ``write`` completes once the
-    message is handed to the OS (flow control); ``close`` is graceful, ``abort`` drops
-    the connection at once. Whoever owns the pipe feeds ``conn.data_received(message)``
-    and calls ``conn.transport_lost()`` once the pipe has closed, whichever side closed
-    it (LinkConnection gives up waiting CLOSE_FLUSH_TIMEOUT after its own close)."""
+    """What LinkConnection needs from a framed pipe. ``write`` queues the message at
+    once (messages go out in the order of the calls) and returns an awaitable that
+    completes once it is handed to the OS (flow control); ``close`` is graceful,
+    ``abort`` drops the connection at once. Whoever owns the pipe feeds
+    ``conn.data_received(message)`` and calls ``conn.transport_lost()`` once the pipe
+    has closed, whichever side closed it (LinkConnection gives up waiting
+    CLOSE_FLUSH_TIMEOUT after its own close)."""
 
     def write(self, data: bytes) -> Awaitable[Any]: ...
     def close(self) -> None: ...

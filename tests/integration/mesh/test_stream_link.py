@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+from collections.abc import Awaitable
 
 from mesh import wire
 from mesh.link import LinkError, StreamFramer
@@ -21,9 +22,9 @@ class StreamTransport:
         self.reader, self.writer = reader, writer
         self.framer = StreamFramer()
 
-    async def write(self, data: bytes) -> None:
+    def write(self, data: bytes) -> Awaitable[None]:
         self.writer.write(StreamFramer.frame(data))
-        await self.writer.drain()
+        return self.writer.drain()
 
     def close(self) -> None:
         self.writer.close()
