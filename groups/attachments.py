@@ -287,9 +287,11 @@ class AttachmentService:
         elif isinstance(frame, wire.Chunk):
             self._receive(peer, frame)
         elif isinstance(frame, wire.ChunkUnavailable):
-            if self.core.unavailable(peer, frame.file_id, frame.index, self._now()):
+            now = self._now()
+            if self.core.unavailable(peer, frame.file_id, frame.index, now):
                 self.counters["unavailable"] += 1
                 self._pump()
+                self._rearm(now, now + self.core.retry)  # the rest just begun ends then
             else:
                 self.counters["unsolicited"] += 1
 
@@ -468,11 +470,16 @@ class AttachmentService:
                     file_id, tuple(indices[at:at + wire.MAX_REQUEST_CHUNKS])))
         self._rearm(now)
 
-    def _rearm(self, now: float) -> None:
-        due = self.core.next_timer()
-        if self.core.files():
-            due = min(due if due is not None else now + TICK, now + TICK)
-        if due is None or (self._timer_at is not None and self._timer_at <= due):
+    def _rearm(self, now: float, due: float | None = None) -> None:
+        """Make sure the timer runs by ``due`` (by default within TICK while anything
+        downloads). Only a rest that a ``chunk!`` starts needs an earlier wake-up, and
+        that caller names it; request timeouts are seconds long, so checking them every
+        TICK is soon enough and spares working out the next deadline for every frame."""
+        if due is None:
+            if not self.core.files():
+                return
+            due = now + TICK
+        if self._timer_at is not None and self._timer_at <= due:
             return
         if self._timer is not None:
             self._timer.cancel()
@@ -483,8 +490,12 @@ class AttachmentService:
         self._timer = self._timer_at = None
         if self._closed:
             return
-        self.core.handle_timer(self._now())
+        now = self._now()
+        self.core.handle_timer(now)
         self._pump()
+        due = self.core.next_timer()
+        if due is not None:
+            self._rearm(now, due)
 
     def _event(self, row: AttachmentRow, *, force: bool = False) -> None:
         """Progress for the UI, at most every PROGRESS_INTERVAL per file (state changes

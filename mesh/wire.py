@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import typing
-from dataclasses import dataclass, fields, replace
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 import msgpack
@@ -99,11 +100,8 @@ class Frame:
 
 
 def encode(frame: Frame) -> bytes:
-    body: dict[str, Any] = {"t": frame.TYPE, "v": PROTOCOL_VERSION}
-    for f in fields(frame):  # type: ignore[arg-type]
-        value = getattr(frame, f.name)
-        body[f.name] = list(value) if isinstance(value, tuple) else value
-    data = msgpack.packb(body, use_bin_type=True)
+    cls = type(frame)
+    data = _pack(cls, {n: getattr(frame, n) for n in _schema(cls).names})
     if len(data) > frame.MAX_SIZE:
         raise FrameError(f"{frame.TYPE} frame of {len(data)} bytes exceeds {frame.MAX_SIZE}",
                          "frame_too_large")
@@ -127,30 +125,37 @@ def decode(data: bytes, *, max_size: int = MAX_CHUNK_FRAME) -> Frame:
         raise FrameError(f"unsupported frame version {obj.get('v')!r}", "bad_version")
     if len(data) > cls.MAX_SIZE:
         raise FrameError(f"{cls.TYPE} frame exceeds {cls.MAX_SIZE} bytes", "frame_too_large")
-    hints, names = _schema(cls)
-    if set(obj) != {"t", "v", *names}:
+    schema = _schema(cls)
+    if obj.keys() != schema.keys:
         raise FrameError(f"{cls.TYPE} frame has wrong fields")
-    values = {n: _check(obj[n], hints[n], cls.LIMITS.get(n), f"{cls.TYPE}.{n}") for n in names}
-    frame = cls(**values)
-    if _canonical_bytes_differ(frame, names[-1], data):
+    values = {name: check(obj[name], where) for name, where, check in schema.checks}
+    if _canonical_bytes_differ(cls, values, data):
         raise FrameError(f"{cls.TYPE} frame is not canonically encoded", "not_canonical")
-    return frame
+    return cls(**values)
+
+
+def _pack(cls: type[Frame], values: dict[str, Any]) -> bytes:
+    body: dict[str, Any] = {"t": cls.TYPE, "v": PROTOCOL_VERSION}
+    for name, value in values.items():
+        body[name] = list(value) if isinstance(value, tuple) else value
+    return msgpack.packb(body, use_bin_type=True)
 
 
 _BIG = 4096
 
 
-def _canonical_bytes_differ(frame: Frame, last: str, data: bytes) -> bool:
-    """Is ``data`` other than the one encoding of ``frame``?
+def _canonical_bytes_differ(cls: type[Frame], values: dict[str, Any], data: bytes) -> bool:
+    """Is ``data`` other than the one encoding of these field values?
 
     Re-packing a frame that ends in a large byte string (a 256 KiB chunk) allocates
     and faults in a fresh buffer per frame; instead everything before that string is
     re-packed and compared, and the string itself is what the parser just took from
     the remaining bytes, so it needs no second look."""
-    tail = getattr(frame, last)
+    last = _schema(cls).names[-1]
+    tail = values[last]
     if not isinstance(tail, bytes) or len(tail) <= _BIG:
-        return encode(frame) != data
-    head = encode(replace(frame, **{last: b""}))  # type: ignore[type-var]
+        return _pack(cls, values) != data
+    head = _pack(cls, {**values, last: b""})
     if not head.endswith(b"\xc4\x00"):
         return True
     size = len(tail)
@@ -160,58 +165,91 @@ def _canonical_bytes_differ(frame: Frame, last: str, data: bytes) -> bool:
     return len(data) != len(prefix) + size or not data.startswith(prefix)
 
 
-_SCHEMAS: dict[type[Frame], tuple[dict[str, Any], list[str]]] = {}
+Check = Callable[[Any, str], Any]
 
 
-def _schema(cls: type[Frame]) -> tuple[dict[str, Any], list[str]]:
-    """Field types and names of a frame class, resolved once: get_type_hints evaluates
-    the string annotations anew on every call, which dominated decoding time."""
+@dataclass(frozen=True)
+class _Schema:
+    """A frame class's fields in order, with one checker per field, built once: working
+    the checks out from the type hints for every frame dominated decoding time."""
+
+    names: tuple[str, ...]
+    keys: frozenset[str]                      # the map keys a valid frame has
+    checks: tuple[tuple[str, str, Check], ...]  # (name, "type.name", checker)
+
+
+_SCHEMAS: dict[type[Frame], _Schema] = {}
+
+
+def _schema(cls: type[Frame]) -> _Schema:
     schema = _SCHEMAS.get(cls)
     if schema is None:
-        schema = _SCHEMAS[cls] = (typing.get_type_hints(cls),
-                                  [f.name for f in fields(cls)])  # type: ignore[arg-type]
+        hints = typing.get_type_hints(cls)
+        names = tuple(f.name for f in fields(cls))  # type: ignore[arg-type]
+        schema = _SCHEMAS[cls] = _Schema(
+            names, frozenset({"t", "v", *names}),
+            tuple((n, f"{cls.TYPE}.{n}", _checker(hints[n], cls.LIMITS.get(n)))
+                  for n in names))
     return schema
 
 
-def _check(value: Any, hint: Any, lim: Limit | None, where: str) -> Any:
+def _checker(hint: Any, lim: Limit | None) -> Check:
+    """The check for one field: returns the value (lists as tuples) or raises."""
     origin = typing.get_origin(hint)
     if origin is tuple:  # tuple[X, ...]: a msgpack array
         (elem,) = {a for a in typing.get_args(hint) if a is not Ellipsis}
-        if not isinstance(value, list):
-            raise FrameError(f"{where} must be an array")
-        if lim and lim.items is not None and len(value) > lim.items:
-            raise FrameError(f"{where} has more than {lim.items} items")
-        if lim and len(value) < lim.min_items:
-            raise FrameError(f"{where} has fewer than {lim.min_items} items")
-        return tuple(_check(v, elem, lim, where) for v in value)
+        item = _checker(elem, lim)
+        most = lim.items if lim else None
+        least = lim.min_items if lim else 0
+
+        def check_array(value: Any, where: str) -> tuple[Any, ...]:
+            if not isinstance(value, list):
+                raise FrameError(f"{where} must be an array")
+            if most is not None and len(value) > most:
+                raise FrameError(f"{where} has more than {most} items")
+            if len(value) < least:
+                raise FrameError(f"{where} has fewer than {least} items")
+            return tuple(item(v, where) for v in value)
+        return check_array
     if origin is dict:  # dict[str, int]
         key_t, val_t = typing.get_args(hint)
-        if not isinstance(value, dict):
-            raise FrameError(f"{where} must be a map")
-        if lim and lim.items is not None and len(value) > lim.items:
-            raise FrameError(f"{where} has more than {lim.items} entries")
-        return {_check(k, key_t, lim, where): _check(v, val_t, None, where)
-                for k, v in value.items()}
+        key, val = _checker(key_t, lim), _checker(val_t, None)
+        entries = lim.items if lim else None
+
+        def check_map(value: Any, where: str) -> dict[Any, Any]:
+            if not isinstance(value, dict):
+                raise FrameError(f"{where} must be a map")
+            if entries is not None and len(value) > entries:
+                raise FrameError(f"{where} has more than {entries} entries")
+            return {key(k, where): val(v, where) for k, v in value.items()}
+        return check_map
     if hint is int:
-        if type(value) is not int or not 0 <= value <= MAX_INT:
-            raise FrameError(f"{where} must be a non-negative 63-bit integer")
-        return value
+        def check_int(value: Any, where: str) -> int:
+            if type(value) is not int or not 0 <= value <= MAX_INT:
+                raise FrameError(f"{where} must be a non-negative 63-bit integer")
+            return value
+        return check_int
     if hint is bool:
-        if type(value) is not bool:
-            raise FrameError(f"{where} must be a boolean")
-        return value
+        def check_bool(value: Any, where: str) -> bool:
+            if type(value) is not bool:
+                raise FrameError(f"{where} must be a boolean")
+            return value
+        return check_bool
     if hint in (bytes, str):
-        if type(value) is not hint:
-            raise FrameError(f"{where} must be {hint.__name__}")
-        if lim is not None:
-            if lim.exact is not None and len(value) != lim.exact:
-                raise FrameError(f"{where} must be {lim.exact} long")
-            if lim.max is not None and len(value) > lim.max:
-                raise FrameError(f"{where} is longer than {lim.max}")
-            if len(value) < lim.min:
-                raise FrameError(f"{where} is shorter than {lim.min}")
-        return value
-    raise TypeError(f"unsupported field type {hint!r} in {where}")  # a bug in a Frame class
+        exact, longest, shortest = (lim.exact, lim.max, lim.min) if lim else (None, None, 0)
+
+        def check_string(value: Any, where: str) -> Any:
+            if type(value) is not hint:
+                raise FrameError(f"{where} must be {hint.__name__}")
+            if exact is not None and len(value) != exact:
+                raise FrameError(f"{where} must be {exact} long")
+            if longest is not None and len(value) > longest:
+                raise FrameError(f"{where} is longer than {longest}")
+            if len(value) < shortest:
+                raise FrameError(f"{where} is shorter than {shortest}")
+            return value
+        return check_string
+    raise TypeError(f"unsupported field type {hint!r}")  # a bug in a Frame class
 
 
 def message_id(topic: bytes, origin: str, seq: int, payload: bytes) -> bytes:
