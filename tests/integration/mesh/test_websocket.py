@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from pathlib import Path
 
 import pytest
 from tornado.httpclient import HTTPClientError, HTTPRequest
@@ -11,11 +12,12 @@ from tornado.websocket import websocket_connect
 
 from mesh import wire
 from mesh.link import MAX_MESSAGE, LinkError
-from mesh.websocket import DialError, dial
+from mesh.websocket import SEND_BUFFER, DialError, dial
 from tests.integration.mesh.conftest import Recorder, StallProxy, wait_for
 from tests.unit.mesh.test_link_helpers import make_node
 
 TOPIC = b"w" * 16
+WMEM_MAX = int(Path("/proc/sys/net/core/wmem_max").read_text())
 
 
 def chunk(i: int, size: int = wire.MAX_CHUNK_DATA) -> wire.Chunk:
@@ -170,3 +172,21 @@ async def test_keepalive_drops_a_peer_that_went_silent(mesh_server):
         await proxy.close()
         conn.close()
         await conn.wait_closed()
+
+
+async def test_both_ends_have_room_for_whole_chunk_messages(mesh_server):
+    """Each link socket's send buffer holds several 256 KiB messages, not the 16 KiB
+    autotuning starts with (the kernel doubles what is set, up to wmem_max)."""
+    srv = mesh_server()
+    alice = make_node()
+    conn = await dial(srv.url, alice.identity, alice.record)
+    await srv.recorder.until(lambda: srv.recorder.established)
+    (inbound,) = srv.recorder.established
+    expected = 2 * min(SEND_BUFFER, WMEM_MAX)
+    sockets = [conn._transport._ws.protocol.stream.socket,
+               inbound._transport._handler.ws_connection.stream.socket]
+    assert [s.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) for s in sockets] == \
+        [expected, expected]
+    assert expected >= 4 * wire.MAX_CHUNK_FRAME
+    conn.close()
+    await conn.wait_closed()
