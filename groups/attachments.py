@@ -128,6 +128,7 @@ class AttachmentService:
         """Fetch what is missing; a file whose chunks are all here already (the node
         stopped between the last chunk and the database saying so) just finishes."""
         self.core.add(row.file_id, row.sender, row.size, row.hashes, held)
+        self.store.reserve(row.file_id, row.size)
         if self.core.complete(row.file_id):
             self._spawn(self._finish(row.file_id))
 
@@ -171,6 +172,7 @@ class AttachmentService:
         self._rows[file_id] = row
         if row.state is AttachmentState.DOWNLOADING:
             self.core.add(file_id, row.sender, row.size, row.hashes)
+            self.store.reserve(file_id, row.size)
             self._event(row, force=True)
             self._pump(refresh=True)
 

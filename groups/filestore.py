@@ -83,14 +83,29 @@ class FileStore:
 
     # -- chunks --------------------------------------------------------------------------
 
+    def _writer(self, file_id: bytes) -> int:
+        with self._lock:  # the loop and the writer thread may both write a file
+            fd = self._writers.get(file_id)
+            if fd is None:
+                fd = self._writers[file_id] = os.open(self.path(file_id),
+                                                      os.O_RDWR | os.O_CREAT, 0o600)
+            return fd
+
+    def reserve(self, file_id: bytes, size: int) -> None:
+        """Allocate the whole chunk file before its chunks arrive: filling a file the
+        filesystem has already allocated costs less per page than growing it (ext4's
+        delayed allocation: about a fifth of a receiver's kernel time on loopback).
+        Unfilled slots read as zeros, which match no chunk hash. Where the filesystem
+        cannot allocate ahead, or is full, the writes themselves report it."""
+        count = attachment_chunk_count(size)
+        with contextlib.suppress(OSError):
+            os.posix_fallocate(self._writer(file_id), 0,
+                               (count - 1) * STRIDE + sealed_length(size, count - 1))
+
     def write_chunk(self, file_id: bytes, index: int, data: bytes) -> None:
         """Put one encrypted chunk in its slot (to the page cache; see ``sync``)."""
         try:
-            with self._lock:  # the loop and the writer thread may both write a file
-                fd = self._writers.get(file_id)
-                if fd is None:
-                    fd = self._writers[file_id] = os.open(self.path(file_id),
-                                                          os.O_RDWR | os.O_CREAT, 0o600)
+            fd = self._writer(file_id)
             view, offset = memoryview(data), index * STRIDE
             while view:
                 written = os.pwrite(fd, view, offset)
@@ -211,6 +226,7 @@ class FileStore:
         count = attachment_chunk_count(size)
         hashes = []
         try:
+            self.reserve(file_id, size)
             with source.open("rb") as f:
                 for index in range(count):
                     expected = sealed_length(size, index) - TAG

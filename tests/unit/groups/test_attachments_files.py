@@ -130,6 +130,22 @@ def test_chunks_land_in_any_order_and_damage_is_found(tmp_path: Path) -> None:
     assert store.verified_chunks(file_id, hashes, size) == set()
 
 
+def test_a_reserved_file_is_allocated_but_holds_nothing(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "files")
+    size = 3 * CHUNK + 7
+    file_id = os.urandom(32)
+    chunks = [os.urandom(sealed_length(size, i)) for i in range(4)]
+    hashes = tuple(hashlib.sha256(c).digest() for c in chunks)
+    store.reserve(file_id, size)
+    stat = store.path(file_id).stat()
+    assert stat.st_size == 3 * STRIDE + sealed_length(size, 3)
+    assert stat.st_blocks * 512 >= stat.st_size     # allocated, not a sparse hole
+    assert store.verified_chunks(file_id, hashes, size) == set()   # zeros match nothing
+    store.write_chunk(file_id, 2, chunks[2])
+    store.reserve(file_id, size)                    # again (a resumed download): no harm
+    assert store.verified_chunks(file_id, hashes, size) == {2}
+
+
 def test_the_wrong_key_does_not_open_a_chunk(tmp_path: Path) -> None:
     store = FileStore(tmp_path / "files")
     file_id, _, hashes = _stage(store, tmp_path, os.urandom(100))
