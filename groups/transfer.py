@@ -110,6 +110,9 @@ class _Download:
     sources: tuple[str, ...] = ()
     orders: dict[str, list[int]] = field(default_factory=dict)
     positions: dict[str, dict[int, int]] = field(default_factory=dict)
+    # Per order: every position before it holds a chunk that is not MISSING, so a
+    # pick starts there instead of at the head of the order.
+    cursors: dict[str, int] = field(default_factory=dict)
     fetched: int = 0
 
     @property
@@ -120,7 +123,13 @@ class _Download:
         if node not in self.orders:
             self.orders[node] = chunk_order(self.file_id, node, self.count)
             self.positions[node] = {idx: pos for pos, idx in enumerate(self.orders[node])}
+            self.cursors[node] = 0
         return self.orders[node]
+
+    def set_missing(self, index: int) -> None:
+        self.state[index] = ChunkState.MISSING
+        for node, cursor in self.cursors.items():
+            self.cursors[node] = min(cursor, self.positions[node][index])
 
     def held(self) -> int:
         return self.state.count(ChunkState.HELD)
@@ -245,13 +254,16 @@ class Transfers:
         return self.me if peer == dl.origin else peer
 
     def _pick(self, dl: _Download, peer: str, view: _PeerView, now: float) -> int | None:
+        owner = self._asked_order(dl, peer)
+        order, state = dl.order(owner), dl.state
+        pos = dl.cursors[owner]
+        while pos < len(order) and state[order[pos]] != ChunkState.MISSING:
+            pos += 1
+        dl.cursors[owner] = pos
         limit = view.lacks_from if view.lacks_until > now else None
-        for pos, index in enumerate(dl.order(self._asked_order(dl, peer))):
-            if limit is not None and pos >= limit:
-                return None
-            if dl.state[index] == ChunkState.MISSING:
-                return index
-        return None
+        if pos == len(order) or (limit is not None and pos >= limit):
+            return None
+        return order[pos]
 
     # -- answers ------------------------------------------------------------------------
 
@@ -302,13 +314,16 @@ class Transfers:
     def store_failed(self, file_id: bytes, index: int) -> None:
         dl = self._downloads.get(file_id)
         if dl is not None and dl.state[index] == ChunkState.STORING:
-            dl.state[index] = ChunkState.MISSING
+            dl.set_missing(index)
 
     def _release(self, dl: _Download, index: int, to: ChunkState) -> None:
         peer, _ = dl.inflight.pop(index)
         dl.per_peer[peer] -= 1
         self._load[peer] -= 1
-        dl.state[index] = to
+        if to is ChunkState.MISSING:
+            dl.set_missing(index)
+        else:
+            dl.state[index] = to
 
     # -- time ---------------------------------------------------------------------------
 
