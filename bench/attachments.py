@@ -10,7 +10,9 @@ per node is VmHWM minus the RSS it had before the first upload.
 
 Next to it, in the same run, the same bytes from one process to four receiver
 processes over (a) plain Tornado WebSockets in 256 KiB frames and (b) raw loopback TCP.
-Those receivers only count bytes: no encryption, hashing or disk.
+Those receivers only count bytes: no encryption, hashing or disk. Every process runs
+with the allocator settings of a node (mesh.malloc), so that none of the difference
+is the allocator's.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from tornado.web import Application
 from tornado.websocket import WebSocketClientConnection, WebSocketHandler, websocket_connect
 
 from bench.nodes import MiB, NodeProcess, start_group
+from mesh import malloc
 
 RECEIVERS = 4
 FRAME = 256 * 1024
@@ -286,6 +289,7 @@ def main() -> None:
     parser.add_argument("--target", default="", help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    malloc.tune()  # the baselines run with the allocator settings every node process has
     if args.role in ("ws-receiver", "ws-store"):
         asyncio.run(ws_receiver(args.target, args.size, store=args.role == "ws-store"))
     elif args.role == "tcp-receiver":
