@@ -20,7 +20,9 @@ hit:
   are free, so the adapter can ask for several chunks in one frame;
 - a chunk whose length or hash is wrong marks its peer **bad** for that file: it is
   never asked again for it, and the chunk goes back to missing (another peer serves
-  it). A request not answered within ``timeout`` is given back, and the peer rests.
+  it). A request is given back, and the peer rests, once ``timeout`` passed both
+  since it was sent and since that peer last answered anything: a peer on a slow
+  link that is working through a full window is not taken for a silent one.
 
 The adapter (groups/attachments.py) feeds it sources (linked members of the file's
 conversation), frames and time, sends the Requests that ``poll`` returns, writes
@@ -151,6 +153,7 @@ class Transfers:
         self.timeout, self.retry = timeout, retry
         self._downloads: dict[bytes, _Download] = {}
         self._load: Counter[str] = Counter()   # requests in flight per peer, all files
+        self._heard: dict[str, float] = {}     # when each peer last answered a request
 
     # -- files ------------------------------------------------------------------------
 
@@ -283,6 +286,7 @@ class Transfers:
                     self._release(dl, other, ChunkState.MISSING)
             return Verdict.BAD
         self._release(dl, index, ChunkState.STORING)
+        self._heard[peer] = now
         view.proven = True
         view.received += 1
         dl.fetched += 1
@@ -294,6 +298,7 @@ class Transfers:
         if dl is None or dl.inflight.get(index, ("",))[0] != peer:
             return False
         self._release(dl, index, ChunkState.MISSING)
+        self._heard[peer] = now
         view = dl.views.setdefault(peer, _PeerView())
         view.unavailable += 1
         dl.order(self._asked_order(dl, peer))
@@ -327,10 +332,13 @@ class Transfers:
 
     # -- time ---------------------------------------------------------------------------
 
+    def _deadline(self, peer: str, asked_at: float) -> float:
+        return max(asked_at, self._heard.get(peer, asked_at)) + self.timeout
+
     def next_timer(self) -> float | None:
         """When handle_timer should run next: a request's deadline or a rest's end."""
-        times = [at + self.timeout for dl in self._downloads.values()
-                 for _, at in dl.inflight.values()]
+        times = [self._deadline(peer, at) for dl in self._downloads.values()
+                 for peer, at in dl.inflight.values()]
         times += [v.lacks_until for dl in self._downloads.values() if dl.held() < dl.count
                   for v in dl.views.values() if v.lacks_until]
         return min(times, default=None)
@@ -340,7 +348,7 @@ class Transfers:
         Call poll() afterwards."""
         for dl in self._downloads.values():
             for index, (peer, at) in list(dl.inflight.items()):
-                if at + self.timeout <= now:
+                if self._deadline(peer, at) <= now:
                     self._release(dl, index, ChunkState.MISSING)
                     view = dl.views.setdefault(peer, _PeerView())
                     view.timeouts += 1

@@ -228,6 +228,24 @@ def test_timeouts_give_requests_back_and_rest_the_peer() -> None:
     assert core.poll(10.0) == [Request(ORIGIN, FILE, 0)]
 
 
+def test_a_slow_peer_that_keeps_answering_is_not_timed_out() -> None:
+    """Eight chunks queued on a link that moves one every 6 s: the last waits 48 s,
+    but its peer is plainly working, so nothing is given back."""
+    core = Transfers("200000000000000", window=8, timeout=10.0)
+    chunks, hashes = fake_file(8 * ATTACHMENT_CHUNK_SIZE)
+    core.add(FILE, ORIGIN, 8 * ATTACHMENT_CHUNK_SIZE, hashes)
+    core.set_sources(FILE, [ORIGIN])
+    asked = core.poll(0.0)
+    assert len(asked) == 8
+    for n, q in enumerate(asked, start=1):
+        now = 6.0 * n
+        core.handle_timer(now)
+        assert core.receive(ORIGIN, FILE, q.index, chunks[q.index], now) is Verdict.ACCEPT
+        core.stored(FILE, q.index)
+    assert core.complete(FILE)
+    assert core.stats(FILE)["fetched_chunks"] == 8
+
+
 def test_lost_sources_give_their_requests_back() -> None:
     core = Transfers("200000000000000")
     _, hashes = fake_file(4 * ATTACHMENT_CHUNK_SIZE)
