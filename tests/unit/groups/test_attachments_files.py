@@ -104,12 +104,17 @@ def test_stage_encrypts_chunks_that_read_back(tmp_path: Path) -> None:
     assert oct(store.path(file_id).stat().st_mode & 0o777) == "0o600"
 
 
+def random_chunks(size: int) -> tuple[bytes, list[bytes], tuple[bytes, ...]]:
+    """A file id, sealed-length random chunks for a file of ``size``, their hashes."""
+    count = crypto.attachment_chunk_count(size)
+    chunks = [os.urandom(sealed_length(size, i)) for i in range(count)]
+    return os.urandom(32), chunks, tuple(hashlib.sha256(c).digest() for c in chunks)
+
+
 def test_chunks_land_in_any_order_and_damage_is_found(tmp_path: Path) -> None:
     store = FileStore(tmp_path / "files")
     size = 4 * CHUNK + 5
-    file_id = os.urandom(32)
-    chunks = [os.urandom(sealed_length(size, i)) for i in range(5)]
-    hashes = tuple(hashlib.sha256(c).digest() for c in chunks)
+    file_id, chunks, hashes = random_chunks(size)
     for index in (4, 1, 2):                 # out of order, with holes (a sparse file)
         store.write_chunk(file_id, index, chunks[index])
     assert store.verified_chunks(file_id, hashes, size) == {1, 2, 4}
@@ -133,9 +138,7 @@ def test_chunks_land_in_any_order_and_damage_is_found(tmp_path: Path) -> None:
 def test_a_reserved_file_is_allocated_but_holds_nothing(tmp_path: Path) -> None:
     store = FileStore(tmp_path / "files")
     size = 3 * CHUNK + 7
-    file_id = os.urandom(32)
-    chunks = [os.urandom(sealed_length(size, i)) for i in range(4)]
-    hashes = tuple(hashlib.sha256(c).digest() for c in chunks)
+    file_id, chunks, hashes = random_chunks(size)
     store.reserve(file_id, size)
     stat = store.path(file_id).stat()
     assert stat.st_size == 3 * STRIDE + sealed_length(size, 3)
