@@ -355,7 +355,6 @@ class LinkConnection:
             if not self._done.done():
                 self._loop.call_later(CLOSE_FLUSH_TIMEOUT, self._force_done)
 
-
     def _write_batch(self, transport: Transport) -> Awaitable[Any]:
         """Hand queued messages (up to WRITE_BATCH_BYTES) to the transport at once and
         return the last write, which completes once they all reached the OS: waiting
