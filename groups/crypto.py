@@ -104,7 +104,7 @@ from groups.errors import (  # noqa: E402
     GroupsError,
     IdentityChanged,
     IdentityMismatch,
-    InvalidMessage,
+    InvalidCiphertext,
     MalformedMessage,
     NoSession,
     UnknownKey,
@@ -164,7 +164,7 @@ _PARSE_FAILURES = (DecodeError, ValueError, TypeError, IndexError, KeyError, Att
 
 
 @contextmanager
-def _mapped(invalid: type[CryptoError] = InvalidMessage,
+def _mapped(invalid: type[CryptoError] = InvalidCiphertext,
             malformed: type[CryptoError] = MalformedMessage) -> Iterator[None]:
     """Turn library exceptions into ours (``invalid``: authentication failures)."""
     try:
@@ -701,9 +701,9 @@ class Crypto:
             with _mapped():
                 inner = bytes(GroupCipher(self._store, name).decrypt(header))
             if len(inner) != 64:
-                raise InvalidMessage("group header holds no body key")
+                raise InvalidCiphertext("group header holds no body key")
             if not hmac.compare_digest(hashlib.sha256(body).digest(), inner[32:]):
-                raise InvalidMessage("group body does not match its signed hash")
+                raise InvalidCiphertext("group body does not match its signed hash")
             with _mapped():
                 return AESGCM(inner[:32]).decrypt(_ZERO_NONCE, body,
                                                   self._group_aad(group_id, sender_id))

@@ -13,13 +13,13 @@
         ├── BadBundle            (RemoteError) a prekey bundle we cannot build a session from
         ├── BadDistribution      (RemoteError) a sender-key distribution message we refuse
         └── DecryptError         (RemoteError) a ciphertext we refuse
-            ├── MalformedMessage   it does not parse
-            ├── InvalidMessage     MAC, signature, padding or body hash do not check out
-            ├── IdentityMismatch   the identity key inside does not derive to the sender's ID
-            ├── UnknownKey         no session, sender key or prekey with the id it names
-            ├── DuplicateMessage   already decrypted (or its key was dropped)
-            ├── FutureIteration    claims an iteration too far ahead of our chain
-            └── ChunkError         an attachment chunk that does not authenticate
+            ├── MalformedMessage    it does not parse
+            ├── InvalidCiphertext   MAC, signature, padding or body hash do not check out
+            ├── IdentityMismatch    the identity key inside does not derive to the sender's ID
+            ├── UnknownKey          no session, sender key or prekey with the id it names
+            ├── DuplicateMessage    already decrypted (or its key was dropped)
+            ├── FutureIteration     claims an iteration too far ahead of our chain
+            └── ChunkError          an attachment chunk that does not authenticate
     └── GroupError
         ├── OpRejected        (RemoteError) a membership op that does not verify or is
         │                                   not allowed by the log (reason says which)
@@ -51,7 +51,7 @@ __all__ = [
     "GroupsError",
     "IdentityChanged",
     "IdentityMismatch",
-    "InvalidMessage",
+    "InvalidCiphertext",
     "InviteError",
     "MalformedMessage",
     "NoSession",
@@ -113,7 +113,7 @@ class MalformedMessage(DecryptError):
     reason = "malformed_ciphertext"
 
 
-class InvalidMessage(DecryptError):
+class InvalidCiphertext(DecryptError):
     reason = "invalid_ciphertext"
 
 

@@ -15,7 +15,7 @@ from groups.errors import (
     DecryptError,
     DuplicateMessage,
     FutureIteration,
-    InvalidMessage,
+    InvalidCiphertext,
     MalformedMessage,
     NoSession,
     UnknownKey,
@@ -109,7 +109,7 @@ def test_tampered_parts_are_rejected_with_our_errors() -> None:
         "iteration": join(forge_header(parsed.getKeyId(), 1, parsed.getCipherText(),
                                        signing_private), body),
     }
-    expected = {"key id": UnknownKey, "iteration": InvalidMessage}
+    expected = {"key id": UnknownKey, "iteration": InvalidCiphertext}
     for name, bad in cases.items():
         with pytest.raises(expected.get(name, DecryptError)):
             bob.crypto.decrypt_group(group, alice.id, bad)
@@ -128,9 +128,9 @@ def test_message_resigned_by_another_member_is_rejected() -> None:
     mallory_key = bytes(own_state(mallory, group).senderSigningKey.private)
     resigned = join(forge_header(parsed.getKeyId(), parsed.getIteration(),
                                  parsed.getCipherText(), mallory_key), body)
-    with pytest.raises(InvalidMessage):
+    with pytest.raises(InvalidCiphertext):
         bob.crypto.verify_group_message(group, alice.id, resigned)
-    with pytest.raises(InvalidMessage):
+    with pytest.raises(InvalidCiphertext):
         bob.crypto.decrypt_group(group, alice.id, resigned)
     with pytest.raises(UnknownKey):  # and as mallory's own it names no key of hers
         bob.crypto.decrypt_group(group, mallory.id, resigned)

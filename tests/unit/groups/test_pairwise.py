@@ -19,7 +19,7 @@ from groups.errors import (
     DuplicateMessage,
     IdentityChanged,
     IdentityMismatch,
-    InvalidMessage,
+    InvalidCiphertext,
     MalformedMessage,
     NoSession,
     UnknownKey,
@@ -120,7 +120,7 @@ def test_message_from_someone_else_is_rejected() -> None:
     pair(alice, bob)
     pair(carol, bob)
     to_bob = alice.crypto.encrypt(bob.id, b"for bob")
-    with pytest.raises(InvalidMessage):  # claimed to come from carol
+    with pytest.raises(InvalidCiphertext):  # claimed to come from carol
         bob.crypto.decrypt(carol.id, to_bob, now=NOW)
     # A prekey message whose identity key is not the claimed sender's.
     mallory = make_user()
