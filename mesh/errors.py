@@ -6,6 +6,7 @@
     └── RemoteError             something another machine sent us is unacceptable
         ├── RecordError         a signed record that does not decode or verify
         ├── SignatureError      a signature that does not verify
+        ├── AnnouncementError   a LAN (mDNS) announcement that does not parse
         └── DiscoveryError      the bootstrap server refused or failed a request
             ├── DiscoveryUnavailable   no answer (connection refused, timeout, 5xx)
             └── DiscoveryRefused       a 4xx with the server's error code
@@ -17,6 +18,7 @@ it and an API can show it; they never carry secrets.
 from __future__ import annotations
 
 __all__ = [
+    "AnnouncementError",
     "DiscoveryError",
     "DiscoveryRefused",
     "DiscoveryUnavailable",
@@ -58,6 +60,10 @@ class RecordError(RemoteError):
 
 class SignatureError(RemoteError):
     reason = "bad_signature"
+
+
+class AnnouncementError(RemoteError):
+    reason = "bad_announcement"
 
 
 class DiscoveryError(RemoteError):
