@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from groups import crypto, store
-from groups.crypto import MAX_FORWARD_ITERATIONS, MAX_SKIPPED_KEYS
+from groups import store
+from groups.crypto import MAX_FORWARD_ITERATIONS, MAX_SKIPPED_KEYS, keystore, senderkeys
 from groups.errors import (
     BadDistribution,
     CryptoError,
@@ -37,14 +37,14 @@ def join(header: bytes, body: bytes) -> bytes:
 
 def forge_header(key_id: int, iteration: int, ciphertext: bytes, signing_private: bytes) -> bytes:
     """A SenderKeyMessage built with axolotl's own class (through the facade)."""
-    message = crypto.SenderKeyMessage(key_id, iteration, ciphertext,
-                                      crypto.DjbECPrivateKey(signing_private))
+    message = senderkeys.SenderKeyMessage(key_id, iteration, ciphertext,
+                                          keystore.DjbECPrivateKey(signing_private))
     return message.serialize()
 
 
 def own_state(user, group_id: bytes):
     blob = store.load_sender_key_states(user.conn, group_id, user.id)[0]
-    structure = crypto.SenderKeyStateStructure()
+    structure = keystore.SenderKeyStateStructure()
     structure.ParseFromString(blob)
     return structure
 
@@ -97,7 +97,7 @@ def test_tampered_parts_are_rejected_with_our_errors() -> None:
     header, body = split(ct)
     state = store.sender_key_info(bob.conn, group, alice.id)
     signing_private = bytes(own_state(alice, group).senderSigningKey.private)
-    parsed = crypto.SenderKeyMessage(serialized=header)
+    parsed = senderkeys.SenderKeyMessage(serialized=header)
     cases = {
         "body": join(header, body[:-1] + bytes([body[-1] ^ 1])),
         "body truncated": join(header, body[:-5]),
@@ -124,7 +124,7 @@ def test_message_resigned_by_another_member_is_rejected() -> None:
     share_sender_keys(group, [alice, bob, mallory])
     ct = alice.crypto.encrypt_group(group, b"from alice")
     header, body = split(ct)
-    parsed = crypto.SenderKeyMessage(serialized=header)
+    parsed = senderkeys.SenderKeyMessage(serialized=header)
     mallory_key = bytes(own_state(mallory, group).senderSigningKey.private)
     resigned = join(forge_header(parsed.getKeyId(), parsed.getIteration(),
                                  parsed.getCipherText(), mallory_key), body)
@@ -143,7 +143,7 @@ def test_far_future_iteration_is_refused_before_the_cipher() -> None:
     group = new_group_id()
     share_sender_keys(group, [alice, bob])
     header, body = split(alice.crypto.encrypt_group(group, b"x"))
-    parsed = crypto.SenderKeyMessage(serialized=header)
+    parsed = senderkeys.SenderKeyMessage(serialized=header)
     signing_private = bytes(own_state(alice, group).senderSigningKey.private)
     attack = join(forge_header(parsed.getKeyId(), 2**32 - 1, parsed.getCipherText(),
                                signing_private), body)
@@ -168,7 +168,7 @@ def test_window_edge_and_skipped_keys_are_bounded() -> None:
     assert bob.crypto.decrypt_group(group, alice.id, cts[MAX_FORWARD_ITERATIONS]) == b"2000"
     assert bob.crypto.decrypt_group(group, alice.id, cts[1]) == b"1"
     assert bob.crypto.decrypt_group(group, alice.id, cts[-1]) == b"2001"
-    structure = crypto.SenderKeyStateStructure()
+    structure = keystore.SenderKeyStateStructure()
     structure.ParseFromString(store.load_sender_key_states(bob.conn, group, alice.id)[0])
     assert len(structure.senderMessageKeys) <= MAX_SKIPPED_KEYS
 
@@ -204,9 +204,9 @@ def test_distribution_and_usage_errors() -> None:
     bob.crypto.process_sender_key_distribution(group, alice.id, dist, now=NOW)
     # The same key id with another signing key is a conflict, never a silent swap.
     carol_dist = carol.crypto.sender_key_distribution(group, now=NOW)
-    parsed = crypto.SenderKeyDistributionMessage(serialized=carol_dist)
-    own = crypto.SenderKeyDistributionMessage(serialized=dist)
-    clash = crypto.SenderKeyDistributionMessage(own.getId(), 0, parsed.getChainKey(),
+    parsed = senderkeys.SenderKeyDistributionMessage(serialized=carol_dist)
+    own = senderkeys.SenderKeyDistributionMessage(serialized=dist)
+    clash = senderkeys.SenderKeyDistributionMessage(own.getId(), 0, parsed.getChainKey(),
                                                 parsed.getSignatureKey()).serialize()
     with pytest.raises(BadDistribution):
         bob.crypto.process_sender_key_distribution(group, alice.id, clash, now=NOW)

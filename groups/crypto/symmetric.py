@@ -1,5 +1,5 @@
 """Safety numbers and attachment chunk encryption: the parts of Parley's crypto that need
-no python-axolotl. Public through groups.crypto (import them from there); see
+no python-axolotl. Part of the groups.crypto package (import from there); see
 docs/protocol.md §7 for the exact formats.
 """
 
