@@ -9,10 +9,18 @@ encrypting and hashing 100 chunks, fsyncing them) is reported separately. Peak m
 per node is VmHWM minus the RSS it had before the first upload.
 
 Next to it, in the same run, the same bytes from one process to four receiver
-processes over (a) plain Tornado WebSockets in 256 KiB frames and (b) raw loopback TCP.
-Those receivers only count bytes: no encryption, hashing or disk. Every process runs
-with the allocator settings of a node (mesh.malloc), so that none of the difference
-is the allocator's.
+processes over plain Tornado WebSockets in 256 KiB frames, with receivers that
+
+- do the mandatory work and nothing else (the target's baseline): the sender seals
+  every frame with AES-256-GCM under a key of its own per receiver (as a link does),
+  and each receiver opens it, checks its SHA-256 against a list sent up front (as a
+  FileRef announces) and writes it to a file;
+- hash and write every frame (no encryption);
+- only count bytes;
+
+and over raw loopback TCP. Every process runs with the allocator settings of a node
+(mesh.malloc), so that none of the difference is the allocator's. ``--quick`` is a
+short smoke run (2 MiB, one round) for the test suite.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 from tornado.web import Application
@@ -117,9 +126,19 @@ class Push(WebSocketHandler):
             self.state["finished"].set()
 
 
-async def ws_sender(size: int, role: str = "ws-receiver") -> tuple[list[float], float]:
+# Receiver roles: what each does with every frame.
+PLAIN, STORE, MANDATORY = "ws-receiver", "ws-store", "ws-mandatory"
+
+
+def _nonce(counter: int) -> bytes:
+    return counter.to_bytes(12, "big")
+
+
+async def ws_sender(size: int, role: str = PLAIN) -> tuple[list[float], float]:
     """(seconds per receiver, CPU seconds of the sender and the four receivers).
-    ``role`` "ws-store" makes the receivers hash and write every frame to a file."""
+    STORE receivers hash and write every frame to a file; MANDATORY ones are first sent
+    the frames' SHA-256 list, then every frame sealed under their own AES-256-GCM key,
+    which they open, check and write."""
     state = {"clients": [], "done": {}, "cpu": [], "ready": asyncio.Event(),
              "finished": asyncio.Event()}
     sockets = bind_sockets(0, "127.0.0.1")
@@ -127,15 +146,25 @@ async def ws_sender(size: int, role: str = "ws-receiver") -> tuple[list[float], 
                                     websocket_max_message_size=FRAME + 1024))
     server.add_sockets(sockets)
     port = sockets[0].getsockname()[1]
-    clients = [_spawn(role, f"ws://127.0.0.1:{port}/push", size)
-               for _ in range(RECEIVERS)]
+    keys = [AESGCM.generate_key(256) for _ in range(RECEIVERS)]
+    clients = [_spawn(role, f"ws://127.0.0.1:{port}/push?key={key.hex()}", size)
+               for key in keys]
     await asyncio.wait_for(state["ready"].wait(), 30)
     data = os.urandom(size)
     t0, cpu0 = time.perf_counter(), time.process_time()
 
     async def push(handler: Push) -> None:
-        for offset in range(0, size, FRAME):
-            await handler.write_message(data[offset:offset + FRAME], binary=True)
+        if role != MANDATORY:
+            for offset in range(0, size, FRAME):
+                await handler.write_message(data[offset:offset + FRAME], binary=True)
+            return
+        aead = AESGCM(bytes.fromhex(handler.get_argument("key")))
+        await handler.write_message(b"".join(
+            hashlib.sha256(data[offset:offset + FRAME]).digest()
+            for offset in range(0, size, FRAME)), binary=True)
+        for counter, offset in enumerate(range(0, size, FRAME)):
+            await handler.write_message(
+                aead.encrypt(_nonce(counter), data[offset:offset + FRAME], None), binary=True)
 
     await asyncio.gather(*(push(h) for h in state["clients"]))
     await asyncio.wait_for(state["finished"].wait(), 120)
@@ -147,16 +176,27 @@ async def ws_sender(size: int, role: str = "ws-receiver") -> tuple[list[float], 
     return times, cpu
 
 
-async def ws_receiver(url: str, size: int, store: bool = False) -> None:
+async def ws_receiver(url: str, size: int, role: str) -> None:
     ws = await websocket_connect(url, max_message_size=FRAME + 1024)
+    aead = AESGCM(bytes.fromhex(url.rsplit("key=", 1)[1]))
     got, cpu0 = 0, time.process_time()
+    hashes = b""
+    if role == MANDATORY:
+        hashes = await ws.read_message()
+        assert isinstance(hashes, bytes)
     with tempfile.TemporaryFile() as out:
         while got < size:
             message = await ws.read_message()
             if message is None:
                 raise RuntimeError("sender went away")
-            if store:  # what a receiver must do at least: check and keep every chunk
-                assert isinstance(message, bytes)
+            assert isinstance(message, bytes)
+            if role == MANDATORY:  # what a receiver must do: open, check, keep
+                index = got // FRAME
+                message = aead.decrypt(_nonce(index), message, None)
+                if hashlib.sha256(message).digest() != hashes[32 * index:32 * index + 32]:
+                    raise RuntimeError(f"frame {index} does not match its hash")
+                os.pwrite(out.fileno(), message, got)
+            elif role == STORE:  # check and keep every chunk, nothing else
                 hashlib.sha256(message).digest()
                 os.pwrite(out.fileno(), message, got)
             got += len(message)
@@ -220,19 +260,21 @@ def mbps(size: int, seconds: float) -> float:
 async def main_bench(runs: int, size: int) -> None:
     print(f"# Attachments: {size / MiB:.0f} MiB to {RECEIVERS} receivers on loopback "
           f"({os.cpu_count()} CPUs), {runs} rounds\n")
-    results, ws_runs, tcp_runs, ws_cpu, store_runs, store_cpu = [], [], [], [], [], []
+    results: list[tuple[float, list[float], dict, float]] = []
+    # per baseline: sorted receiver times and CPU seconds, one entry per round
+    times: dict[str, list[list[float]]] = {role: [] for role in (MANDATORY, STORE, PLAIN)}
+    cpus: dict[str, list[float]] = {role: [] for role in times}
+    tcp_runs: list[list[float]] = []
     with tempfile.TemporaryDirectory(prefix="parley-bench-") as tmp:
         procs, nodes, group = await start_group(Path(tmp), RECEIVERS + 1)
         try:
             idle = [n.memory("VmRSS") for n in nodes]
-            for _ in range(runs):  # interleaved, so all three see the same background load
+            for _ in range(runs):  # interleaved, so all see the same background load
                 results.append(await parley_run(nodes, group, size))
-                times, cpu = await ws_sender(size)
-                ws_runs.append(sorted(times))
-                ws_cpu.append(cpu)
-                times, cpu = await ws_sender(size, "ws-store")
-                store_runs.append(max(times))
-                store_cpu.append(cpu)
+                for role in times:
+                    done, cpu = await ws_sender(size, role)
+                    times[role].append(sorted(done))
+                    cpus[role].append(cpu)
                 tcp_runs.append(tcp_sender(size))
             peaks = [n.memory("VmHWM") - base for n, base in zip(nodes, idle, strict=True)]
         finally:
@@ -240,34 +282,39 @@ async def main_bench(runs: int, size: int) -> None:
                 proc.terminate()
             for proc in procs:
                 proc.wait(10)
+    parley_rows = [r[1] for r in results]
     print("Per round, seconds until the last receiver had everything: Parley",
-          [round(max(r[1]), 2) for r in results], "Tornado WS",
-          [round(max(r), 2) for r in ws_runs], "\n")
+          [round(max(r), 3) for r in parley_rows], "mandatory work",
+          [round(max(r), 3) for r in times[MANDATORY]], "\n")
 
     def per_receiver(rows: list[list[float]], pick) -> list[float]:
         return [pick(sorted(r)[i] for r in rows) for i in range(RECEIVERS)]
 
-    parley_rows = [r[1] for r in results]
-    print("| receiver (by finish) | Parley s | Parley MB/s | Tornado WS s | Tornado WS MB/s "
-          "| Parley / WS | raw TCP s | raw TCP MB/s |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| receiver (by finish) | Parley s | Parley MB/s | mandatory work s "
+          "| Parley / mandatory | hash + write s | plain WS s | Parley / plain WS "
+          "| raw TCP s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for label, pick in (("median", statistics.median), ("best", min)):
         parley = per_receiver(parley_rows, pick)
-        ws, tcp = per_receiver(ws_runs, pick), per_receiver(tcp_runs, pick)
+        must, store = per_receiver(times[MANDATORY], pick), per_receiver(times[STORE], pick)
+        ws, tcp = per_receiver(times[PLAIN], pick), per_receiver(tcp_runs, pick)
         for i in range(RECEIVERS):
-            print(f"| {i + 1} ({label}) | {parley[i]:.2f} | {mbps(size, parley[i]):.0f} | "
-                  f"{ws[i]:.2f} | {mbps(size, ws[i]):.0f} | {ws[i] / parley[i]:.0%} | "
-                  f"{tcp[i]:.3f} | {mbps(size, tcp[i]):.0f} |")
-    parley_cpu = statistics.median(r[3] for r in results)
-    print(f"\nCPU seconds for the whole distribution (all processes, median): Parley "
-          f"{parley_cpu:.2f} ({RECEIVERS + 1} nodes: receive, verify, store, serve), Tornado WS "
-          f"{statistics.median(ws_cpu):.2f} (one sender, {RECEIVERS} byte counters); "
-          f"{RECEIVERS * size / MiB:.0f} MiB delivered, {os.cpu_count()} CPUs.")
-    print(f"Tornado WS whose receivers hash and write every frame (no crypto, no "
-          f"protocol): last receiver done after {statistics.median(store_runs):.2f} s, "
-          f"{statistics.median(store_cpu):.2f} CPU seconds (medians).")
+            print(f"| {i + 1} ({label}) | {parley[i]:.3f} | {mbps(size, parley[i]):.0f} | "
+                  f"{must[i]:.3f} | {must[i] / parley[i]:.0%} | {store[i]:.3f} | "
+                  f"{ws[i]:.3f} | {ws[i] / parley[i]:.0%} | {tcp[i]:.3f} |")
+    ratios = [must / parley for must, parley in zip(
+        (max(r) for r in times[MANDATORY]), (max(r) for r in parley_rows), strict=True)]
+    print(f"\nLast receiver, Parley / mandatory work, per round: "
+          f"{[f'{r:.0%}' for r in ratios]}, median {statistics.median(ratios):.0%}")
+    print(f"\nCPU seconds for the whole distribution (all processes, median; "
+          f"{RECEIVERS * size / MiB:.0f} MiB delivered, {os.cpu_count()} CPUs): Parley "
+          f"{statistics.median(r[3] for r in results):.2f} ({RECEIVERS + 1} nodes: "
+          f"receive, verify, store, serve); mandatory work "
+          f"{statistics.median(cpus[MANDATORY]):.2f}; hash + write "
+          f"{statistics.median(cpus[STORE]):.2f}; plain WS "
+          f"{statistics.median(cpus[PLAIN]):.2f} (one sender, {RECEIVERS} byte counters).")
     upload = statistics.median(r[0] for r in results)
-    print(f"\nUpload through the API (body to disk, encrypt + hash + fsync 100 chunks, "
+    print(f"\nUpload through the API (body to disk, encrypt + hash + fsync the chunks, "
           f"commit the message), median: {upload:.2f} s ({mbps(size, upload):.0f} MB/s).")
     print("\n| node | peak memory over idle (MiB) |\n|---|---|")
     for i, peak in enumerate(peaks):
@@ -289,14 +336,18 @@ def main() -> None:
     parser.add_argument("--receivers", type=int, default=RECEIVERS,
                         help="receiving nodes (and baseline receivers); 1 shows a single "
                              "pair, which on 2 CPUs does not queue for CPU")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: 2 MiB, one round")
     parser.add_argument("--role", default="bench", help=argparse.SUPPRESS)
     parser.add_argument("--target", default="", help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.quick:
+        args.runs, args.mib = 1, 2
     RECEIVERS = args.receivers
     malloc.tune()  # the baselines run with the allocator settings every node process has
-    if args.role in ("ws-receiver", "ws-store"):
-        asyncio.run(ws_receiver(args.target, args.size, store=args.role == "ws-store"))
+    if args.role in (PLAIN, STORE, MANDATORY):
+        asyncio.run(ws_receiver(args.target, args.size, args.role))
     elif args.role == "tcp-receiver":
         tcp_receiver(int(args.target), args.size)
     else:
