@@ -59,6 +59,7 @@ __all__ = [
     "MeshHandler",
     "MeshServer",
     "Transport",
+    "accept_from",
     "dial",
     "mesh_routes",
     "mesh_settings",
@@ -532,17 +533,51 @@ async def dial(url: str, identity: KeyPair, record: Record, *,
                           endpoint=url, on_established=on_established, on_frame=on_frame,
                           on_closed=on_closed, max_queue_bytes=max_queue_bytes,
                           handshake_timeout=handshake_timeout)
+
+    def attach(transport: Transport) -> LinkConnection:
+        conn.attach(transport)
+        return conn
+
+    await _open_link(url, attach, connect_timeout, ping_interval, ping_timeout)
+    try:
+        await conn.wait_established()
+    except asyncio.CancelledError:
+        conn.close("shutdown")
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            async with asyncio.timeout(CLOSE_FLUSH_TIMEOUT + 1):
+                await conn.wait_closed()
+        raise
+    return conn
+
+
+async def accept_from(url: str, accept: Callable[[Transport], LinkConnection | None], *,
+                      connect_timeout: float = CONNECT_TIMEOUT,
+                      ping_interval: float = PING_INTERVAL,
+                      ping_timeout: float = PING_TIMEOUT) -> LinkConnection | None:
+    """Open a WebSocket to ``url`` and answer a link over it: we dial out, but the far
+    end speaks first (a circuit relay splicing us to someone who dialled our relay
+    address). ``accept`` attaches the responder's LinkConnection, or returns None to
+    refuse (the WebSocket is then closed). Raises DialError like ``dial``."""
+    return await _open_link(url, accept, connect_timeout, ping_interval, ping_timeout)
+
+
+async def _open_link(url: str, attach: Callable[[Transport], LinkConnection | None],
+                     connect_timeout: float, ping_interval: float,
+                     ping_timeout: float) -> LinkConnection | None:
+    """Connect a WebSocket and hand its transport to ``attach``; messages that arrive
+    before that are kept in order and fed after."""
+    holder: list[LinkConnection] = []
     inbox: list[bytes | None] = []
 
     def on_message(message: str | bytes | None) -> None:
-        if conn.link is None:  # before attach (a rude server): keep it in order
+        if not holder:  # before attach (a rude server): keep it in order
             inbox.append(message if not isinstance(message, str) else b"")
         elif message is None:
-            conn.transport_lost("websocket closed")
+            holder[0].transport_lost("websocket closed")
         elif isinstance(message, str):
-            conn.close("bad_frame", "text message on a mesh link")
+            holder[0].close("bad_frame", "text message on a mesh link")
         else:
-            conn.data_received(message)
+            holder[0].data_received(message)
 
     try:
         request = HTTPRequest(url, connect_timeout=connect_timeout,
@@ -564,20 +599,16 @@ async def dial(url: str, identity: KeyPair, record: Record, *,
     # Small frames (acks, digests) must not wait for Nagle and delayed ACKs (~40 ms).
     ws.protocol.set_nodelay(True)
     _size_send_buffer(ws.protocol.stream.socket)
-    conn.attach(_ClientTransport(ws))
+    conn = attach(_ClientTransport(ws))
+    if conn is None:
+        ws.close(1013, "busy")
+        return None
+    holder.append(conn)
     for message in inbox:
         if message is None:
             conn.transport_lost("websocket closed")
         else:
             conn.data_received(message)
-    try:
-        await conn.wait_established()
-    except asyncio.CancelledError:
-        conn.close("shutdown")
-        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-            async with asyncio.timeout(CLOSE_FLUSH_TIMEOUT + 1):
-                await conn.wait_closed()
-        raise
     return conn
 
 
