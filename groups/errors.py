@@ -12,6 +12,8 @@
         │                                      we trusted: shown as "safety number changed"
         ├── BadBundle            (RemoteError) a prekey bundle we cannot build a session from
         ├── BadDistribution      (RemoteError) a sender-key distribution message we refuse
+        ├── Throttled            (RemoteError) a member's messages are over its rate limit:
+        │                                      refused for now, fine to offer again later
         └── DecryptError         (RemoteError) a ciphertext we refuse
             ├── MalformedMessage    it does not parse
             ├── InvalidCiphertext   MAC, signature, padding or body hash do not check out
@@ -58,6 +60,7 @@ __all__ = [
     "NotFound",
     "OpRejected",
     "PermissionDenied",
+    "Throttled",
     "UnknownKey",
 ]
 
@@ -103,6 +106,16 @@ class BadBundle(CryptoError, RemoteError):
 
 class BadDistribution(CryptoError, RemoteError):
     reason = "bad_sender_key"
+
+
+class Throttled(CryptoError, RemoteError):
+    """A member sent more (or costlier) messages than its rate limit allows just now.
+
+    Nothing is wrong with the message itself: a validate hook refuses it *for now*
+    (mesh.gossip_state.NotYetValid), so anti-entropy offers it again later.
+    """
+
+    reason = "throttled"
 
 
 class DecryptError(CryptoError, RemoteError):
