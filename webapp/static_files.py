@@ -1,7 +1,9 @@
 """Serving the browser app (webapp/dist, the Vite build) and the built-in pages.
 
-- ``/_ui/*``: the few public files of webapp/static (the locked page's stylesheet and
-  its unlock script). They hold no secrets and must load before the user is signed in.
+- ``/_ui/*``: the few public files of webapp/static (the locked page's stylesheet, its
+  unlock script, the icon). They hold no secrets and must load before the user is
+  signed in. ``/favicon.ico``, which browsers and tools ask for unprompted, is the same
+  SVG icon (a 404 there was a logged warning on every page load).
 - everything else (not ``/api/``): the app. Without a valid session cookie (or bearer
   token) any path answers 401 with the locked page, which tells the user to open the
   URL the node printed; the app itself is never served to an unauthenticated browser.
@@ -29,6 +31,7 @@ __all__ = [
     "PUBLIC_PREFIX",
     "STATIC_DIR",
     "AppHandler",
+    "FaviconHandler",
     "PublicStaticHandler",
     "static_routes",
 ]
@@ -37,6 +40,7 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 PUBLIC_PREFIX = "/_ui/"
 LOCKED_PAGE = "locked.html"
 NOT_BUILT_PAGE = "not-built.html"
+FAVICON = "favicon.svg"
 IMMUTABLE = "private, max-age=31536000, immutable"
 NO_STORE = "no-store"
 
@@ -54,6 +58,13 @@ class PublicStaticHandler(UiHandlerMixin, JsonErrorMixin, StaticFileHandler):
 
     def set_extra_headers(self, path: str) -> None:
         self.set_header("Cache-Control", "no-cache")
+
+
+class FaviconHandler(PublicStaticHandler):
+    """``/favicon.ico``: the SVG icon of webapp/static, served as image/svg+xml."""
+
+    async def get(self, path: str, include_body: bool = True) -> None:
+        await super().get(FAVICON, include_body)
 
 
 class AppHandler(UiHandlerMixin, JsonErrorMixin, StaticFileHandler):
@@ -105,5 +116,6 @@ def static_routes(ctx: UiContext) -> list[tuple[str, type, dict[str, Any]]]:
     """Routes to mount after every API route (the last one matches everything)."""
     return [
         (PUBLIC_PREFIX + r"(.+)", PublicStaticHandler, {"ctx": ctx}),
+        (r"/favicon\.ico()", FaviconHandler, {"ctx": ctx}),
         (r"/(.*)", AppHandler, {"ctx": ctx}),
     ]

@@ -36,6 +36,8 @@ const FRIENDLY = {
   invite_invalid: "That invite is not valid (it may have been used already). Ask for a new one.",
   removed_member: "You were removed from that group, so this invite does not work for you.",
   own_invite: "That is an invite you made yourself.",
+  unknown_group: "The person who invited you is no longer in that group. Ask a member for a new invite.",
+  unknown_identity: "The inviter's node does not know your keys yet. Try again in a minute.",
   key_mismatch:
     "Their key changed while you were comparing: this is a new safety number. Compare it again.",
   bad_user_id: "A Parley ID has 15 digits.",
@@ -44,6 +46,11 @@ const FRIENDLY = {
   internal_error: "Your node hit an unexpected error (its log has the details).",
   unsupported_media_type: "Your node did not accept that upload (is it older than this app?).",
 };
+
+/** A sentence for a bare error code (an event's `reason`): never the raw code. */
+export function describeCode(code) {
+  return FRIENDLY[code] || "Ask for a new invite, or try again later.";
+}
 
 /** A sentence for people: our wording for known codes, else the server's message. */
 export function describeError(err) {

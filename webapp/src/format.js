@@ -124,3 +124,31 @@ export function extractInvite(text) {
   const match = /parley:invite\/[A-Za-z0-9_-]+/.exec(value);
   return match ? match[0] : value;
 }
+
+const FILE_KINDS = {
+  "application/pdf": "PDF document",
+  "application/zip": "ZIP archive",
+  "application/gzip": "Gzip archive",
+  "application/x-gzip": "Gzip archive",
+  "application/x-tar": "Tar archive",
+  "application/x-7z-compressed": "7-Zip archive",
+  "application/json": "JSON file",
+  "text/plain": "Text file",
+  "text/csv": "Spreadsheet (CSV)",
+  "image/svg+xml": "SVG image",
+};
+
+/** A short kind for a file card ("PDF document", "ZIP archive", "TXT file"): raw MIME
+ *  types such as application/octet-stream mean nothing to people and are long. */
+export function fileKind(mime, name) {
+  const type = String(mime || "").split(";")[0].trim().toLowerCase();
+  if (FILE_KINDS[type]) {
+    return FILE_KINDS[type];
+  }
+  const ext = /\.([A-Za-z0-9]{1,8})$/.exec(String(name || ""));
+  if (ext) {
+    return `${ext[1].toUpperCase()} file`;
+  }
+  const top = type.split("/")[0];
+  return { image: "Image", video: "Video", audio: "Audio", text: "Text file" }[top] || "File";
+}

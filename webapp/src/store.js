@@ -3,7 +3,7 @@
 // and api.js talk to the node.
 
 import { reactive } from "vue";
-import { ApiError, MAX_FILE_BYTES, del, describeError, get, post, upload } from "./api.js";
+import { ApiError, MAX_FILE_BYTES, del, describeCode, describeError, get, post, upload } from "./api.js";
 import { connectEvents } from "./events.js";
 import { formatBytes } from "./format.js";
 
@@ -27,8 +27,13 @@ export const state = reactive({
 
 let noticeKey = 0;
 
-/** Show a message to the user (never only in the console). */
+/** Show a message to the user (never only in the console). The same text is shown
+ *  once: an event that comes again (two members refusing one join) adds no twin. */
 export function notify(text, kind = "error", timeout = 0) {
+  const shown = state.notices.find((n) => n.text === text && n.kind === kind);
+  if (shown) {
+    return shown.key;
+  }
   const key = ++noticeKey;
   state.notices.push({ key, text, kind });
   if (timeout > 0) {
@@ -59,6 +64,11 @@ export async function loadConversations() {
   const reply = await get("/groups");
   state.conversations = reply.groups || [];
   state.conversationsLoaded = true;
+  if (state.activeConversation) {
+    // The list may have been counted before our last read receipt was stored (a file
+    // arriving keeps the node busy): the conversation on screen has nothing unread.
+    scheduleRead();
+  }
 }
 
 let conversationsTimer = null;
@@ -193,7 +203,10 @@ function onEvent(event) {
       break;
     }
     case "join_refused":
-      notify(`Joining the group was refused${data.reason ? `: ${data.reason}` : ""}.`);
+      // A join the user is waiting for on the join screen shows its error there.
+      if (joinsInFlight === 0) {
+        notify(`Joining the group was refused. ${describeCode(data.reason)}`);
+      }
       break;
     case "identity_changed":
       state.identityChanged[data.user_id] = true;
@@ -272,15 +285,21 @@ async function markRead() {
       last = i;
     }
   });
-  if (!conv || last < 0) {
+  if (!conv) {
     return;
   }
-  await post(`${basePath(conv)}/read`, { message_id: list[last].message_id });
-  // "This and every earlier message were seen" (docs/api.md).
-  list.slice(0, last + 1).forEach((m) => {
-    m.seen = true;
-  });
-  conv.unread = list.filter((m) => !m.seen && !mine(m)).length;
+  if (last >= 0) {
+    await post(`${basePath(conv)}/read`, { message_id: list[last].message_id });
+    // "This and every earlier message were seen" (docs/api.md).
+    list.slice(0, last + 1).forEach((m) => {
+      m.seen = true;
+    });
+  }
+  // The list may have been reloaded meanwhile: count on the conversation shown now.
+  const shown = conversationById(id);
+  if (shown) {
+    shown.unread = list.filter((m) => !m.seen && !mine(m)).length;
+  }
 }
 
 // -- actions -----------------------------------------------------------------------------

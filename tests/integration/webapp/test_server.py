@@ -151,7 +151,6 @@ def dist(tmp_path: Path) -> Path:
         '<!doctype html><html><head><script type="module" src="/assets/index-1a2b3c.js">'
         "</script></head><body><div id=app></div></body></html>")
     (root / "assets" / "index-1a2b3c.js").write_text("console.log('app');\n")
-    (root / "favicon.ico").write_bytes(b"\x00\x00\x01\x00")
     (tmp_path / "secret.txt").write_text("outside dist")
     return root
 
@@ -172,8 +171,18 @@ async def test_app_is_served_when_signed_in(start_ui: Callable[..., Ui], dist: P
     assert asset.headers["Content-Type"].startswith(("application/javascript", "text/javascript"))
     assert_secure_headers(asset, ui.host)
 
-    favicon = await ui.fetch("/favicon.ico", headers=cookie)
-    assert favicon.code == 200 and favicon.headers["Cache-Control"] == "no-store"
+
+
+async def test_the_icon_is_public(start_ui: Callable[..., Ui], dist: Path) -> None:
+    """Browsers ask for /favicon.ico by themselves, before and after signing in: it is
+    the SVG icon, not a 404 (which was a logged warning on every page load)."""
+    ui = start_ui(dist_dir=dist)
+    for path in ("/favicon.ico", "/_ui/favicon.svg"):
+        icon = await ui.fetch(path)
+        assert icon.code == 200, path
+        assert icon.headers["Content-Type"] == "image/svg+xml"
+        assert icon.body.startswith(b"<svg")
+        assert_secure_headers(icon, ui.host)
 
 
 async def test_client_side_routes_get_index(start_ui: Callable[..., Ui], dist: Path) -> None:
