@@ -12,10 +12,11 @@ import logging
 import signal
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 from bootstrap.api import BootstrapConfig
-from bootstrap.server import BootstrapServer, start_bootstrap
+from bootstrap.server import DEFAULT_RELAY, BootstrapServer, start_bootstrap
 from groups.meetups import parse_attachment_limit
 from groups.node import Node, NodeConfig
 from mesh import malloc
@@ -48,6 +49,11 @@ def _parser() -> argparse.ArgumentParser:
     boot.add_argument("--dht-port", type=int, default=DEFAULT_BOOTSTRAP_PORT,
                       help="UDP port of the bootstrap's DHT node (0 picks a free one)")
     boot.add_argument("--no-dht", action="store_true", help="run no DHT node")
+    boot.add_argument("--no-relay", action="store_true",
+                      help="do not serve as a circuit relay for nodes behind routers")
+    boot.add_argument("--relay-max-reservations", type=int,
+                      default=DEFAULT_RELAY.max_reservations,
+                      help="how many nodes may hold a reservation on this relay at once")
 
     node = sub.add_parser("node", parents=[common], help="run your node")
     _node_options(node, bootstrap_default=f"http://127.0.0.1:{DEFAULT_BOOTSTRAP_PORT}")
@@ -129,10 +135,14 @@ def _announce(node: Node, label: str = "") -> None:
 
 async def _serve_bootstrap(args: argparse.Namespace) -> None:
     config = BootstrapConfig(rate=args.rate, burst=args.burst)
+    relay = None if args.no_relay else replace(
+        DEFAULT_RELAY, max_reservations=args.relay_max_reservations)
     server = start_bootstrap(args.host, args.port, Path(args.db), config,
-                             dht_port=None if args.no_dht else args.dht_port)
+                             dht_port=None if args.no_dht else args.dht_port, relay=relay)
     dht = f", DHT on udp {server.dht.address[1]}" if server.dht is not None else ""
-    print(f"Parley bootstrap listening on {server.url} (database {args.db}{dht})", flush=True)
+    relayed = ", relay at /relay" if server.relay is not None else ""
+    print(f"Parley bootstrap listening on {server.url} (database {args.db}{dht}{relayed})",
+          flush=True)
     await _until_signalled()
     await server.stop()
 

@@ -101,6 +101,16 @@ def _errors(*codes: int) -> dict[str, Any]:
     return out
 
 
+_OBSERVED = {"type": "object", "required": ["address", "port"],
+             "properties": {"address": {"type": "string",
+                                        "description": "IP address the request came from"},
+                            "port": {"type": "integer", "minimum": 0, "maximum": 65535}}}
+_DIALBACK = {"type": "object", "required": ["address", "port", "reachable", "detail"],
+             "properties": {**_OBSERVED["properties"], "reachable": {"type": "boolean"},
+                            "detail": {"type": "string", "description": "connected, timeout, "
+                                       "refused or the name of the error"}}}
+
+
 def openapi_document() -> dict[str, Any]:
     record_body = {"type": "object", "required": ["record"], "properties": {"record": _RECORD}}
     return {
@@ -160,5 +170,19 @@ def openapi_document() -> dict[str, Any]:
                              "type": "object", "required": ["record", "prekey"],
                              "properties": {"record": _RECORD, "prekey": _PREKEY}},
                              "A bundle"), **_errors(400, 401, 404, 413, 429)}}},
+            "/v1/observed": {"get": {
+                "operationId": "observed",
+                "summary": "The client's address and source port as this server sees them",
+                "responses": {"200": _json(_OBSERVED, "Observed address"), **_errors(429)}}},
+            "/v1/dialback": {"post": {
+                "operationId": "dialback",
+                "summary": "Open a TCP connection back to the requesting address on a port "
+                           "and say whether it succeeded (reachability check)",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "additionalProperties": False, "required": ["port"],
+                    "properties": {"port": {"type": "integer", "minimum": 1,
+                                            "maximum": 65535}}}}}},
+                "responses": {"200": _json(_DIALBACK, "Result of the dial-back"),
+                              **_errors(400, 413, 429)}}},
         },
     }

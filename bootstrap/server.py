@@ -10,10 +10,15 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
 from bootstrap.api import BootstrapConfig, BootstrapContext, make_app
+from bootstrap.observed import observed_routes
 from bootstrap.store import open_store
 from mesh.dht import DhtConfig, DhtNode, bind_udp
+from mesh.relay import RelayLimits
+from mesh.relay_server import RelayService, relay_routes
 
-__all__ = ["BootstrapServer", "start_bootstrap"]
+__all__ = ["DEFAULT_RELAY", "BootstrapServer", "start_bootstrap"]
+
+DEFAULT_RELAY = RelayLimits()
 
 
 @dataclass
@@ -23,6 +28,7 @@ class BootstrapServer:
     host: str
     port: int
     dht: DhtNode | None = None  # the mirror node, when started with a dht_port
+    relay: RelayService | None = None  # the circuit relay, unless started without one
 
     @property
     def url(self) -> str:
@@ -31,6 +37,8 @@ class BootstrapServer:
 
     async def stop(self) -> None:
         self.http.stop()
+        if self.relay is not None:
+            self.relay.stop()
         await self.http.close_all_connections()
         if self.dht is not None:
             await self.dht.stop()
@@ -39,18 +47,26 @@ class BootstrapServer:
 
 def start_bootstrap(host: str, port: int, db_path: str | os.PathLike[str],
                     config: BootstrapConfig | None = None, *, dht_port: int | None = None,
-                    dht_config: DhtConfig | None = None) -> BootstrapServer:
+                    dht_config: DhtConfig | None = None,
+                    relay: RelayLimits | None = DEFAULT_RELAY) -> BootstrapServer:
     """Open the database and listen; port 0 picks a free port (see ``.port``).
 
     With ``dht_port`` (UDP; 0 picks a free one) the server also runs a Kademlia node
     on the same host, tells clients its address in /v1/health and mirrors every record
-    it accepts into the DHT. Must be called with an asyncio event loop running.
+    it accepts into the DHT. Unless ``relay`` is None it is also a circuit relay
+    (mesh/relay_server.py) with those limits, at ws://HOST:PORT/relay. Must be called
+    with an asyncio event loop running.
     """
     conn = open_store(db_path)
     ctx = BootstrapContext(conn, config or BootstrapConfig())
     # The handlers cap bodies at 64 KiB themselves (with a JSON 413); this is the
     # connection-level backstop for anything that slips past them.
-    http = HTTPServer(make_app(ctx), max_body_size=1024 * 1024, idle_connection_timeout=60)
+    app = make_app(ctx)
+    service = None if relay is None else RelayService(relay)
+    # Added rules come before the catch-all 404 of make_app's application.
+    app.add_handlers(r".*", observed_routes(ctx)
+                     + ([] if service is None else relay_routes(service)))
+    http = HTTPServer(app, max_body_size=1024 * 1024, idle_connection_timeout=60)
     sockets: list[socket.socket] = []
     dht = None
     try:
@@ -67,4 +83,4 @@ def start_bootstrap(host: str, port: int, db_path: str | os.PathLike[str],
         conn.close()
         raise
     http.add_sockets(sockets)
-    return BootstrapServer(ctx, http, host, sockets[0].getsockname()[1], dht)
+    return BootstrapServer(ctx, http, host, sockets[0].getsockname()[1], dht, service)

@@ -90,7 +90,8 @@ async def test_health_and_openapi(bootstrap_server) -> None:
     doc = json.loads((await raw(bootstrap_server.url, "GET", "/v1/openapi.json")).body)
     assert doc["openapi"].startswith("3.")
     assert set(doc["paths"]) == {"/v1/health", "/v1/openapi.json", "/v1/users",
-                                 "/v1/users/{user_id}", "/v1/users/{user_id}/bundle"}
+                                 "/v1/users/{user_id}", "/v1/users/{user_id}/bundle",
+                                 "/v1/observed", "/v1/dialback"}
 
 
 async def test_register_lookup_update_and_claim(bootstrap_server) -> None:

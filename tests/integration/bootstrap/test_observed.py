@@ -1,0 +1,83 @@
+"""The bootstrap's observed-address and dial-back endpoints, and its circuit relay."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+
+from mesh.reachability import ReachabilityError, probe
+from mesh.relay import relay_address
+from mesh.relay_client import RelayClient
+from mesh.websocket import LinkAcceptor, dial
+from tests.integration.mesh.conftest import wait_for
+from tests.unit.mesh.test_link_helpers import make_node
+
+
+async def fetch(url: str, body: object | None = None) -> tuple[int, dict]:
+    kwargs = {} if body is None else {"method": "POST", "body": json.dumps(body)}
+    try:
+        response = await AsyncHTTPClient().fetch(url, **kwargs)
+    except HTTPClientError as exc:
+        assert exc.response is not None
+        return exc.code, json.loads(exc.response.body)
+    return response.code, json.loads(response.body)
+
+
+async def test_observed_address_is_the_clients(bootstrap_server):
+    status, body = await fetch(f"{bootstrap_server.url}/v1/observed")
+    assert status == 200 and body["address"] == "127.0.0.1" and 0 < body["port"] < 65536
+
+
+async def test_dialback_reaches_a_listening_port_and_not_a_closed_one(bootstrap_server):
+    listener = socket.create_server(("127.0.0.1", 0))
+    closed = socket.create_server(("127.0.0.1", 0))
+    closed_port = closed.getsockname()[1]
+    closed.close()
+    try:
+        port = listener.getsockname()[1]
+        status, body = await fetch(f"{bootstrap_server.url}/v1/dialback", {"port": port})
+        assert status == 200
+        assert body == {"address": "127.0.0.1", "port": port, "reachable": True,
+                        "detail": "connected"}
+        status, body = await fetch(f"{bootstrap_server.url}/v1/dialback",
+                                   {"port": closed_port})
+        assert (body["reachable"], body["detail"]) == (False, "refused")
+    finally:
+        listener.close()
+
+
+@pytest.mark.parametrize("body", [{"port": 0}, {"port": "80"}, {"port": True}, {},
+                                  {"port": 80, "host": "192.0.2.1"}, [80]])
+async def test_dialback_refuses_bad_requests(bootstrap_server, body):
+    status, answer = await fetch(f"{bootstrap_server.url}/v1/dialback", body)
+    assert status == 400 and answer["error"] in {"bad_port", "bad_request"}
+
+
+async def test_a_loopback_observation_is_not_taken_as_a_public_address(bootstrap_server):
+    listener = socket.create_server(("127.0.0.1", 0))
+    try:
+        with pytest.raises(ReachabilityError, match="cannot be anyone's address"):
+            await probe(bootstrap_server.url, listener.getsockname()[1])
+    finally:
+        listener.close()
+
+
+async def test_the_bootstrap_is_a_relay_by_default(bootstrap_server):
+    assert bootstrap_server.relay is not None
+    alice, bob = make_node(), make_node()
+    acceptor = LinkAcceptor(alice.identity, alice.record)
+    client = RelayClient(alice.identity, [bootstrap_server.url], acceptor.accept_inbound)
+    client.start()
+    try:
+        await wait_for(lambda: client.addresses)
+        assert client.addresses == (relay_address(bootstrap_server.url, alice.user_id),)
+        conn = await dial(client.addresses[0], bob.identity, bob.record,
+                          expected_peer=alice.user_id)
+        assert conn.peer == alice.record
+        conn.close()
+    finally:
+        await client.close()
+        await acceptor.close_all()
