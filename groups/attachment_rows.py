@@ -12,7 +12,8 @@ from typing import Any
 
 import msgpack
 
-from groups.messages import BadContent, FileRef
+from groups.errors import BadContent
+from groups.messages import FileRef
 
 __all__ = ["AttachmentRow", "AttachmentState", "all_rows", "insert_row", "load_row",
            "parse_file", "set_state"]

@@ -40,10 +40,10 @@ from groups.attachment_rows import (
     set_state,
 )
 from groups.crypto import ATTACHMENT_FILE_ID_LEN, attachment_chunk_count, new_attachment_key
-from groups.errors import ChunkError, NotFound, PermissionDenied
-from groups.filestore import ChunkWriter, FileStore, StorageError, Written, sealed_length
+from groups.errors import BadContent, ChunkError, NotFound, PermissionDenied, StorageError
+from groups.filestore import ChunkWriter, FileStore, Written, sealed_length
 from groups.filetypes import OCTET_STREAM, SNIFF_BYTES, clean_name, settle_mime, sniff_file
-from groups.messages import MAX_FILE_SIZE, BadContent, FileRef
+from groups.messages import MAX_FILE_SIZE, FileRef
 from groups.store import atomic
 from groups.transfer import Transfers, Verdict
 from mesh import wire

@@ -25,10 +25,16 @@
     └── GroupError
         ├── OpRejected        (RemoteError) a membership op that does not verify or is
         │                                   not allowed by the log (reason says which)
+        ├── BadContent        (RemoteError) an envelope or decrypted content that does
+        │                                   not parse strictly or breaks a bound
         ├── PermissionDenied  (LocalError)  our user may not do that (not an admin ...)
+        │   └── Unsendable                  what our user asked to send cannot be encoded
+        │                                   within the protocol's bounds (too long, the
+        │                                   conversation's clock exhausted ...)
         ├── InviteError       (RemoteError) an invite that is malformed, forged, expired,
         │                                   already used, or for someone removed
         └── NotFound          (LocalError)  no such group, member or message here
+    └── StorageError          (LocalError)  the disk refused or lost an attachment chunk
 
 Everything python-axolotl, protobuf or `cryptography` raises on hostile bytes is turned
 into one of these at the groups.crypto boundary; remote errors carry a stable ``reason``
@@ -41,6 +47,7 @@ from mesh.errors import LocalError, MeshError, RemoteError
 
 __all__ = [
     "BadBundle",
+    "BadContent",
     "BadDistribution",
     "ChunkError",
     "CryptoError",
@@ -60,8 +67,10 @@ __all__ = [
     "NotFound",
     "OpRejected",
     "PermissionDenied",
+    "StorageError",
     "Throttled",
     "UnknownKey",
+    "Unsendable",
 ]
 
 
@@ -164,9 +173,21 @@ class PermissionDenied(GroupError, LocalError):
         self.reason = reason
 
 
+class BadContent(GroupError, RemoteError):
+    reason = "bad_content"
+
+
+class Unsendable(PermissionDenied):
+    """Refused before anything is encrypted or stored: the user sees why."""
+
+
 class InviteError(GroupError, RemoteError):
     reason = "bad_invite"
 
 
 class NotFound(GroupError, LocalError):
     pass
+
+
+class StorageError(GroupsError, LocalError):
+    """A chunk is missing or damaged on disk, or the disk refused a write."""

@@ -47,20 +47,15 @@ from groups.crypto import (
     decrypt_chunk,
     encrypt_chunk,
 )
-from groups.errors import GroupsError
-from mesh.errors import LocalError
+from groups.errors import StorageError
 
-__all__ = ["MAX_OPEN_READERS", "STRIDE", "ChunkWriter", "FileStore", "StorageError", "Written",
+__all__ = ["MAX_OPEN_READERS", "STRIDE", "ChunkWriter", "FileStore", "Written",
            "sealed_length"]
 
 TAG = 16
 MAX_OPEN_READERS = 16
 STRIDE = ATTACHMENT_CHUNK_SIZE + TAG
 _CHUNKS_FILE = re.compile(r"^([0-9a-f]{64})\.chunks$")
-
-
-class StorageError(GroupsError, LocalError):
-    """A chunk is missing or damaged on disk, or the disk refused a write."""
 
 
 def sealed_length(size: int, index: int) -> int:

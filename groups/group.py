@@ -37,6 +37,7 @@ OP_DOMAIN = b"parley/group-op/v1"
 MAX_NAME = 100
 MAX_OPS = 10_000           # a group's log; beyond it ops are refused (re-create the group)
 MAX_PENDING = 256          # ops whose parent we have not seen yet
+MAX_TIME = 2**53 - 1       # bound of ``at`` and ``expires`` (unix seconds; exact everywhere)
 ZERO = bytes(32)
 
 
@@ -103,7 +104,9 @@ class Op:
                     type(signature) is not bytes:
                 raise FormatError("op field of the wrong type")
             if domain != OP_DOMAIN or len(group_id) != GROUP_ID_LEN or len(prev) != 32 \
-                    or len(name) > MAX_NAME or len(secret) > 32 or len(signature) != 64:
+                    or len(name) > MAX_NAME or len(secret) > 32 or len(signature) != 64 \
+                    or not 0 <= epoch <= MAX_OPS or not 0 <= at <= MAX_TIME \
+                    or not 0 <= expires <= MAX_TIME:
                 raise FormatError("op field out of range")
             op = cls(group_id, epoch, prev, OpKind(kind), author, author_key, at, target,
                      target_key, name, secret, expires, signature)

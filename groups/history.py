@@ -1,4 +1,5 @@
-"""Repository functions for the messenger's tables (schema version 2 in groups/store.py).
+"""Repository functions for the messenger's tables (schema versions 2 and 4 in
+groups/store.py).
 
 ``Mailbox`` is the SQLite implementation of mesh.gossip_state.MessageStore: every mesh
 message a node commits, in any of its topics, so that it can serve them to others.
@@ -12,15 +13,19 @@ import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from groups.conversation_clock import MAX_ORDER
+from groups.errors import Unsendable
 from mesh.gossip_state import Message
 
 __all__ = [
-    "ChatRow", "Conversation", "Mailbox", "add_conversation", "add_op", "chat_message",
+    "MAX_SEQ", "ChatRow", "Conversation", "Mailbox", "add_conversation", "add_op", "chat_message",
     "chat_messages", "conversation", "conversations", "deliveries", "due_receipts",
     "insert_chat_message", "load_ops", "mark_left", "mark_seen", "next_own_seq",
-    "note_undecrypted", "owe_receipt", "set_delivery", "settle_receipts", "tick_lamport",
-    "undecrypted",
+    "note_undecrypted", "order_clock", "owe_receipt", "set_delivery", "set_order_clock",
+    "settle_receipts", "undecrypted",
 ]
+
+MAX_SEQ = MAX_ORDER   # a peer's mesh seq beyond it is refused; ours refuses to pass it
 
 # A state only moves forward; "failed" can be left again by a later success.
 _RANK = {"failed": 0, "pending": 1, "sent": 2, "delivered": 3, "read": 4}
@@ -144,16 +149,23 @@ def mark_left(conn: sqlite3.Connection, topic: bytes, now: float) -> None:
 
 
 def next_own_seq(conn: sqlite3.Connection, topic: bytes) -> int:
-    conn.execute("UPDATE conversations SET own_seq = own_seq + 1 WHERE topic = ?", (topic,))
-    return conn.execute("SELECT own_seq FROM conversations WHERE topic = ?", (topic,)).fetchone()[0]
+    """Our next mesh seq in ``topic``; refuses (Unsendable) rather than pass MAX_SEQ."""
+    seq = conn.execute("SELECT own_seq FROM conversations WHERE topic = ?",
+                       (topic,)).fetchone()[0] + 1
+    if seq > MAX_SEQ:
+        raise Unsendable("this conversation has run out of sequence numbers", "seq_exhausted")
+    conn.execute("UPDATE conversations SET own_seq = ? WHERE topic = ?", (seq, topic))
+    return seq
 
 
-def tick_lamport(conn: sqlite3.Connection, topic: bytes, observed: int = 0) -> int:
-    """Advance the conversation's Lamport clock past ``observed``; return the new value."""
-    conn.execute("UPDATE conversations SET lamport = MAX(lamport, ?) + 1 WHERE topic = ?",
-                 (observed, topic))
+def order_clock(conn: sqlite3.Connection, topic: bytes) -> int:
+    """The conversation's ordering clock (groups.conversation_clock)."""
     return conn.execute("SELECT lamport FROM conversations WHERE topic = ?",
                         (topic,)).fetchone()[0]
+
+
+def set_order_clock(conn: sqlite3.Connection, topic: bytes, value: int) -> None:
+    conn.execute("UPDATE conversations SET lamport = ? WHERE topic = ?", (value, topic))
 
 
 # Membership ops --------------------------------------------------------------------
@@ -207,7 +219,7 @@ def chat_message(conn: sqlite3.Connection, message_id: bytes) -> ChatRow | None:
 def chat_messages(conn: sqlite3.Connection, topic: bytes, limit: int = 200,
                   before_lamport: int | None = None) -> list[ChatRow]:
     """The last ``limit`` messages of a conversation in display order."""
-    bound = before_lamport if before_lamport is not None else 2**63 - 1
+    bound = before_lamport if before_lamport is not None else MAX_ORDER + 1
     rows = conn.execute(f"SELECT {_CHAT_COLUMNS} FROM chat_messages "  # noqa: S608
                         "WHERE topic = ? AND lamport < ? ORDER BY lamport DESC, sender DESC, "
                         "seq DESC LIMIT ?", (topic, bound, limit)).fetchall()

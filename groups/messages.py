@@ -21,16 +21,16 @@ from typing import Any, ClassVar
 
 import msgpack
 
-from groups.errors import GroupError
-from mesh.errors import RemoteError
+from groups.conversation_clock import MAX_ORDER
+from groups.errors import BadContent, Unsendable
 
 __all__ = [
     "DIRECT_CONTENTS",
     "GROUP_CONTENTS",
     "MAX_FILE_CHUNKS",
     "MAX_FILE_SIZE",
+    "MAX_INT",
     "MAX_TEXT_BYTES",
-    "BadContent",
     "Content",
     "Envelope",
     "EnvelopeKind",
@@ -52,10 +52,8 @@ FILE_CHUNK_SIZE = 256 * 1024        # groups.crypto.ATTACHMENT_CHUNK_SIZE
 MAX_FILE_CHUNKS = MAX_FILE_SIZE // FILE_CHUNK_SIZE   # 100
 MAX_RECEIPT_IDS = 512
 MAX_WELCOME_OPS = 10_000
-
-
-class BadContent(GroupError, RemoteError):
-    reason = "bad_content"
+MAX_INT = MAX_ORDER   # every integer in a content: 0..2^53-1 (exact in JSON and JavaScript)
+MAX_SENT_AT = 8_640_000_000_000_000   # ms: the last instant a JavaScript Date can hold
 
 
 class EnvelopeKind(IntEnum):
@@ -99,8 +97,9 @@ _TYPES: dict[str, type[Content]] = {}
 
 @dataclass(frozen=True)
 class Content:
-    """Base of the plaintexts. ``LIMITS`` bounds bytes/str lengths and list sizes;
-    ``ITEM_LEN`` gives the exact length of each item of a list of byte strings."""
+    """Base of the plaintexts. ``LIMITS`` bounds bytes/str lengths, list sizes and
+    integers (MAX_INT unless it says less); ``ITEM_LEN`` gives the exact length of each
+    item of a list of byte strings."""
 
     TYPE: ClassVar[str]
     LIMITS: ClassVar[dict[str, int]] = {}
@@ -111,12 +110,19 @@ class Content:
         _TYPES[cls.TYPE] = cls
 
     def encode(self) -> bytes:
+        """The wire form, checked as a receiver would check it: what we could not
+        receive, we do not send (Unsendable, before anything is encrypted or stored)."""
         body = {"t": self.TYPE}
         for f in fields(self):
             value = getattr(self, f.name)
             body[f.name] = value.to_msgpack() if isinstance(value, FileRef) else (
                 list(value) if isinstance(value, tuple) else value)
-        return msgpack.packb(body, use_bin_type=True)
+        try:
+            data = msgpack.packb(body, use_bin_type=True)
+            decode_content(data, (type(self),))
+        except (BadContent, ValueError, TypeError, OverflowError) as exc:
+            raise Unsendable(f"this {self.TYPE} cannot be sent: {exc}", "bad_content") from None
+        return data
 
 
 def decode_content(data: bytes, allowed: tuple[type[Content], ...]) -> Content:
@@ -145,8 +151,9 @@ def decode_content(data: bytes, allowed: tuple[type[Content], ...]) -> Content:
 def _check(value: Any, hint: str, limit: int | None, item_len: int | None,
            where: str) -> Any:
     if hint == "int":
-        if type(value) is not int or not 0 <= value < 2**63:
-            raise BadContent(f"{where} must be a non-negative integer")
+        top = MAX_INT if limit is None else limit
+        if type(value) is not int or not 0 <= value <= top:
+            raise BadContent(f"{where} must be an integer in 0..{top}")
     elif hint in ("str", "bytes"):
         if type(value).__name__ != hint:
             raise BadContent(f"{where} must be {hint}")
@@ -207,8 +214,8 @@ class Text(Content):
     """A chat message: text, optionally with a file (then ``text`` is its caption)."""
 
     TYPE = "text"
-    LIMITS = {"text": MAX_TEXT_BYTES}
-    lamport: int
+    LIMITS = {"text": MAX_TEXT_BYTES, "sent_at": MAX_SENT_AT}
+    lamport: int      # the ordering value (groups.conversation_clock)
     sent_at: int      # milliseconds since the epoch, as the sender's clock says
     text: str
     file: FileRef | None = None

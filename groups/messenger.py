@@ -21,10 +21,11 @@ from typing import Any, Protocol
 
 import msgpack
 
-from groups import history
+from groups import conversation_clock, history
 from groups.crypto import Crypto
 from groups.directory import Directory
 from groups.errors import (
+    BadContent,
     DecryptError,
     DuplicateMessage,
     GroupsError,
@@ -39,7 +40,6 @@ from groups.messages import (
     DIRECT_CONTENTS,
     GROUP_CONTENTS,
     MAX_TEXT_BYTES,
-    BadContent,
     Content,
     Envelope,
     EnvelopeKind,
@@ -186,6 +186,8 @@ class Messenger:
 
     def validate(self, message: Message) -> None:
         """Cheap checks before a message is stored or forwarded; raise to refuse."""
+        if message.seq > history.MAX_SEQ:
+            raise InvalidMessage(f"seq beyond {history.MAX_SEQ}", "bad_seq")
         envelope = Envelope.decode(message.payload)
         conv = history.conversation(self.conn, message.topic)
         if conv is None or conv.left_at is not None:
@@ -285,9 +287,13 @@ class Messenger:
         conv = history.conversation(self.conn, message.topic)
         if conv is not None and conv.kind == "direct" and not conv.visible:
             self.open_direct(message.origin, visible=True)
-        history.tick_lamport(self.conn, message.topic, content.lamport)
+        now = self.clock()
+        last = history.order_clock(self.conn, message.topic)
+        history.set_order_clock(self.conn, message.topic,
+                                conversation_clock.observe(last, content.lamport, now))
         row = ChatRow(message.msg_id, message.topic, message.origin, message.seq,
-                      content.lamport, content.sent_at, content.text,
+                      conversation_clock.receive_value(content.lamport, now),
+                      content.sent_at, content.text,
                       None if content.file is None else _pack_file(content.file), False)
         if history.insert_chat_message(self.conn, row):
             if content.file is not None and self.attachments is not None:
@@ -332,7 +338,8 @@ class Messenger:
             raise PermissionDenied("you are no longer in this group", "not_member")
         now = self.clock()
         with atomic(self.conn):
-            lamport = history.tick_lamport(self.conn, topic)
+            lamport = conversation_clock.tick(history.order_clock(self.conn, topic), now)
+            history.set_order_clock(self.conn, topic, lamport)
             content = Text(lamport, int(now * 1000), text, file)
             if conv.kind == "group":
                 recipients = self.groups.recipients(topic)

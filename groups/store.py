@@ -253,7 +253,24 @@ CREATE TABLE attachments (
 CREATE INDEX attachments_message ON attachments (message_id);
 """
 
-MIGRATIONS: list[str] = [_V1_KEYS, _V2_MESSENGER, _V3_ATTACHMENTS]
+# Version 4: repair ordering values poisoned before they were bounded (issue 15: a text
+# claiming 2^63-1 overflowed the conversation's clock into a REAL, and every later
+# message was dropped). A chat message's value outside 0..2^53-1 (or not an integer)
+# becomes the highest sound value of its conversation, so it sorts with the newest; a
+# conversation's clock becomes the highest value of its messages. Messages lost to the
+# poisoned clock cannot be recovered (their sender-key iterations are spent).
+_V4_ORDER_REPAIR = """
+UPDATE chat_messages SET lamport = (
+    SELECT COALESCE(MAX(c.lamport), 0) FROM chat_messages c
+    WHERE c.topic = chat_messages.topic AND typeof(c.lamport) = 'integer'
+    AND c.lamport BETWEEN 0 AND 9007199254740991)
+WHERE typeof(lamport) != 'integer' OR lamport NOT BETWEEN 0 AND 9007199254740991;
+UPDATE conversations SET lamport = (
+    SELECT COALESCE(MAX(lamport), 0) FROM chat_messages WHERE topic = conversations.topic)
+WHERE typeof(lamport) != 'integer' OR lamport NOT BETWEEN 0 AND 9007199254740991;
+"""
+
+MIGRATIONS: list[str] = [_V1_KEYS, _V2_MESSENGER, _V3_ATTACHMENTS, _V4_ORDER_REPAIR]
 
 def open_store(path: str | PathLike[str]) -> sqlite3.Connection:
     """Open (create, migrate) the node database at ``path`` (or ``":memory:"``)."""

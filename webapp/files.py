@@ -26,8 +26,7 @@ from urllib.parse import quote
 
 from groups.attachments import MAX_FILE_SIZE, AttachmentState
 from groups.crypto import ATTACHMENT_CHUNK_SIZE
-from groups.errors import ChunkError
-from groups.filestore import StorageError
+from groups.errors import ChunkError, StorageError
 from groups.filetypes import check_upload_name
 from groups.messages import MAX_TEXT_BYTES, FileRef
 from mesh.jsonapi import ApiError

@@ -15,13 +15,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from groups import crypto
-from groups.errors import ChunkError, PermissionDenied
+from groups.errors import BadContent, ChunkError, PermissionDenied, StorageError
 from groups.filestore import (
     MAX_OPEN_READERS,
     STRIDE,
     ChunkWriter,
     FileStore,
-    StorageError,
     sealed_length,
 )
 from groups.filetypes import (
@@ -36,7 +35,6 @@ from groups.messages import (
     FILE_CHUNK_SIZE,
     MAX_FILE_CHUNKS,
     MAX_FILE_SIZE,
-    BadContent,
     FileRef,
 )
 
