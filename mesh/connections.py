@@ -8,6 +8,12 @@ registry, keeps one link per peer pair, and reports links up and down to the gos
 runtime through callbacks. The choice of peers (plan_dials / plan_prunes) is pure so
 that it can be tested without sockets.
 
+A peer's endpoints are dialled happy-eyeballs style (RFC 8305): in the order of
+mesh.addresses.order_endpoints (what worked last time, LAN, direct, relayed), a new
+attempt starting every ``stagger`` seconds (250 ms) while the earlier ones are still
+pending or as soon as they fail, the first established link winning and the others
+cancelled. Each link's path (lan, direct, relayed) is kept for the UI.
+
 One link per peer pair: when two links to the same peer are established (both sides
 dialled at once), both sides keep the one dialled by the lower user id and close the
 other with "duplicate"; two links dialled by the same side (a reconnect racing a dead
@@ -25,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mesh import wire
+from mesh.addresses import is_lan_ip, order_endpoints, path_of
 from mesh.errors import RemoteError
 from mesh.identity import KeyPair, Record
 from mesh.link import Closed
@@ -36,6 +43,7 @@ __all__ = [
     "D_HI",
     "D_LO",
     "FULL_MESH_MAX",
+    "STAGGER",
     "ConnectionManager",
     "D",
     "DialAttempt",
@@ -49,6 +57,7 @@ log = logging.getLogger("parley.mesh.connections")
 D_LO, D, D_HI = 4, 6, 12
 FULL_MESH_MAX = 13  # groups up to this size (ourselves included) connect to everyone
 BACKOFF_BASE, BACKOFF_CAP = 1.0, 60.0
+STAGGER = 0.25  # happy eyeballs: RFC 8305 recommends 250 ms between attempts
 MAX_LINKS = 256
 ORPHAN_GRACE = 120.0
 TICK = 1.0
@@ -132,7 +141,7 @@ def plan_prunes(topics: Mapping[bytes, Collection[str]], *, connected: Collectio
 class _Peer:
     failures: int = 0
     not_before: float = 0.0
-    endpoint_index: int = 0
+    remembered: str | None = None  # the endpoint that last produced a link
 
 
 @dataclass(frozen=True)
@@ -157,7 +166,8 @@ class ConnectionManager:
                  full_mesh_max: int = FULL_MESH_MAX,
                  backoff_base: float = BACKOFF_BASE, backoff_cap: float = BACKOFF_CAP,
                  max_links: int = MAX_LINKS, orphan_grace: float = ORPHAN_GRACE,
-                 tick: float = TICK, rng: random.Random | None = None,
+                 tick: float = TICK, stagger: float = STAGGER,
+                 rng: random.Random | None = None,
                  dialer: Callable[..., Awaitable[LinkConnection]] = dial,
                  link_options: Mapping[str, Any] | None = None,
                  dial_options: Mapping[str, Any] | None = None) -> None:
@@ -169,6 +179,7 @@ class ConnectionManager:
         self.d_lo, self.d, self.d_hi, self.full_mesh_max = d_lo, d, d_hi, full_mesh_max
         self.backoff_base, self.backoff_cap = backoff_base, backoff_cap
         self.max_links, self.orphan_grace, self.tick = max_links, orphan_grace, tick
+        self.stagger = stagger
         self.rng = rng or random.Random()
         self._dialer = dialer
         # link_options go to every LinkConnection (max_queue_bytes, handshake_timeout,
@@ -178,6 +189,7 @@ class ConnectionManager:
         self._topics: dict[bytes, dict[str, tuple[str, ...]]] = {}
         self._links: dict[str, LinkConnection] = {}
         self._all: set[LinkConnection] = set()
+        self._inbound_paths: dict[LinkConnection, str] = {}
         self._dialing: dict[str, asyncio.Task[None]] = {}
         self._peers: dict[str, _Peer] = {}
         self._orphan_since: dict[str, float] = {}
@@ -215,6 +227,17 @@ class ConnectionManager:
     def topic_links(self, topic: bytes) -> list[str]:
         return sorted(set(self._topics.get(topic, ())) & set(self.links()))
 
+    def path_of(self, conn: LinkConnection) -> str:
+        """How a link travels: "lan", "direct" or "relayed" (inbound links we cannot
+        place, e.g. over Bluetooth, report what adopt() was told)."""
+        if conn.initiator and conn.endpoint is not None:
+            return path_of(conn.endpoint)
+        return self._inbound_paths.get(conn, "direct")
+
+    def link_paths(self) -> dict[str, str]:
+        """The path of each established link, by peer user id."""
+        return {peer: self.path_of(conn) for peer, conn in self.links().items()}
+
     # Lifecycle
 
     def start(self) -> None:
@@ -235,11 +258,20 @@ class ConnectionManager:
     # InboundAcceptor for mesh.websocket.MeshHandler
 
     def accept_inbound(self, transport: Transport) -> LinkConnection | None:
+        lan = is_lan_ip(getattr(transport, "remote_host", ""))  # WebSocket transports have it
+        return self._accept(transport, "lan" if lan else "direct")
+
+    def accept_relayed(self, transport: Transport) -> LinkConnection | None:
+        """An inbound link spliced by a circuit relay (mesh/relay_client.py)."""
+        return self._accept(transport, "relayed")
+
+    def _accept(self, transport: Transport, path: str) -> LinkConnection | None:
         if self._closing or len(self._all) >= self.max_links:
             return None
         conn = LinkConnection(self.identity, self.record, initiator=False,
                               **self._conn_kwargs())
         self._all.add(conn)
+        self._inbound_paths[conn] = path
         conn.attach(transport)
         return conn
 
@@ -304,6 +336,7 @@ class ConnectionManager:
 
     def _closed(self, conn: LinkConnection, event: Closed) -> None:
         self._all.discard(conn)
+        self._inbound_paths.pop(conn, None)
         peer = conn.peer_id
         if peer is None or self._links.get(peer) is not conn:
             return
@@ -372,24 +405,63 @@ class ConnectionManager:
 
     async def _dial(self, peer: str) -> None:
         state = self._peer(peer)
-        endpoints = self._endpoints(peer)
         try:
+            endpoints = order_endpoints(self._endpoints(peer), state.remembered)
             if not endpoints:
                 return
-            url = endpoints[state.endpoint_index % len(endpoints)]
-            try:
-                conn = await self._dialer(url, self.identity, self.record, expected_peer=peer,
-                                          **self._conn_kwargs(), **self._dial_options)
-            except RemoteError as exc:
+            conn = await self._race(peer, endpoints)
+            if conn is None:
                 state.failures += 1
-                state.endpoint_index += 1
                 state.not_before = self._now() + backoff_delay(
                     state.failures, self.rng, self.backoff_base, self.backoff_cap)
-                self.attempts.append(DialAttempt(self._now(), peer, url, exc.reason))
                 return
-            self.attempts.append(DialAttempt(self._now(), peer, url, "ok"))
+            state.remembered = conn.endpoint
             if conn.closed:  # lost deduplication or closed at once
                 self._all.discard(conn)
         finally:
             self._dialing.pop(peer, None)
             self._kick()
+
+    async def _race(self, peer: str, endpoints: list[str]) -> LinkConnection | None:
+        """Happy eyeballs over ``endpoints``; the first established link, or None."""
+        loop = asyncio.get_running_loop()
+        waiting = list(endpoints)
+        running: dict[asyncio.Task[LinkConnection], str] = {}
+        winner: LinkConnection | None = None
+        try:
+            while winner is None and (waiting or running):
+                if waiting:
+                    url = waiting.pop(0)
+                    running[loop.create_task(self._dialer(
+                        url, self.identity, self.record, expected_peer=peer,
+                        **self._conn_kwargs(), **self._dial_options))] = url
+                done, _ = await asyncio.wait(running, timeout=self.stagger if waiting else None,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    winner = self._settle(peer, running.pop(task), task, winner)
+        finally:
+            for task in running:
+                task.cancel()
+            if running:
+                await asyncio.wait(running)
+            for task, url in running.items():
+                if not task.cancelled():
+                    winner = self._settle(peer, url, task, winner)
+        return winner
+
+    def _settle(self, peer: str, url: str, task: asyncio.Task[LinkConnection],
+                winner: LinkConnection | None) -> LinkConnection | None:
+        """Record one finished attempt; return the winner so far (a second success
+        is closed: the race has already been won)."""
+        exc = task.exception()
+        if exc is not None:
+            if not isinstance(exc, RemoteError):
+                raise exc
+            self.attempts.append(DialAttempt(self._now(), peer, url, exc.reason))
+            return winner
+        conn = task.result()
+        self.attempts.append(DialAttempt(self._now(), peer, url, "ok"))
+        if winner is None:
+            return conn
+        conn.close("duplicate", "another endpoint answered first")
+        return winner

@@ -407,6 +407,7 @@ class LinkAcceptor:
 class _HandlerTransport:
     def __init__(self, handler: MeshHandler) -> None:
         self._handler = handler
+        self.remote_host = handler.request.remote_ip or ""  # says whether a link is LAN
 
     def write(self, data: bytes) -> Awaitable[None]:
         return self._handler.write_message(data, binary=True)

@@ -220,3 +220,20 @@ async def test_a_circuit_over_its_byte_budget_is_closed(relay_server, reserving)
     await rec.until(lambda: rec.closed)
     await alice.recorder.until(lambda: alice.recorder.closed)
     assert len(alice.recorder.frames) < 3
+
+
+async def test_managers_link_through_a_relay_and_report_the_path(relay_server, managed):
+    relay = relay_server()
+    a, b = managed(), managed()
+    client = RelayClient(b.node.identity, [relay.url], b.manager.accept_relayed)
+    client.start()
+    try:
+        await wait_for(lambda: client.addresses)
+        a.manager.set_topic(TOPIC, {b.user_id: list(client.addresses)})
+        b.manager.set_topic(TOPIC, {a.user_id: []})
+        await wait_for(lambda: a.manager.link_paths() == {b.user_id: "relayed"})
+        await wait_for(lambda: b.manager.link_paths() == {a.user_id: "relayed"})
+        a.manager.link_for(b.user_id).send(wire.Graft(TOPIC))
+        await wait_for(lambda: b.frames == [(a.user_id, wire.Graft(TOPIC))])
+    finally:
+        await client.close()
