@@ -13,9 +13,13 @@ an endpoint that does not answer, which dialers pass over (mesh/addresses.py).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import enum
 import ipaddress
 import json
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,12 +27,16 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 from mesh.addresses import AddressBook, Kind, endpoint_url, is_lan_ip
 from mesh.errors import RemoteError
+from mesh.identity import KeyPair
+from mesh.relay_client import RelayClient
+from mesh.websocket import LinkConnection, Transport
 
 __all__ = [
     "DialBack",
     "Observed",
     "Reachability",
     "ReachabilityError",
+    "ReachabilityService",
     "Status",
     "parse_dialback",
     "parse_observed",
@@ -37,7 +45,11 @@ __all__ = [
     "status_of",
 ]
 
+log = logging.getLogger("parley.mesh.reachability")
+
 PROBE_TIMEOUT = 10.0
+RECHECK = 600.0   # a node's situation changes when the laptop moves: look again
+RETRY = 30.0      # after a bootstrap that did not answer
 
 
 class ReachabilityError(RemoteError):
@@ -162,3 +174,73 @@ def status_of(book: AddressBook, checked: bool) -> Status:
     else:
         state = Reachability.UNKNOWN
     return Status(state, public, relays, lan)
+
+
+class ReachabilityService:
+    """Keeps a node's AddressBook current and knows how others reach it.
+
+    Every RECHECK seconds (RETRY after a failure) it asks the bootstrap for a dial-back
+    on the mesh port and publishes the confirmed public address, or withdraws it. When
+    the dial-back fails, or when relays were configured explicitly, it keeps relay
+    reservations (RelayClient: the bootstrap and ``relays``), whose addresses go into the
+    book as RELAY candidates; circuits arrive through ``accept_relayed``."""
+
+    def __init__(self, identity: KeyPair, book: AddressBook, *, bootstrap: str | None,
+                 mesh_port: int | None, relays: Sequence[str] = (),
+                 accept_relayed: Callable[[Transport], LinkConnection | None],
+                 recheck: float = RECHECK, retry: float = RETRY) -> None:
+        self.book = book
+        self.bootstrap = bootstrap or None
+        self.mesh_port = mesh_port
+        self.explicit_relays = bool(relays)
+        candidates = [*relays, *([bootstrap] if bootstrap else [])]
+        self.relays = RelayClient(identity, candidates, accept_relayed,
+                                  on_change=lambda urls: book.set_kind(Kind.RELAY, urls))
+        self.recheck, self.retry = recheck, retry
+        self.checked = False
+        self.last: DialBack | None = None
+        self.problem = ""
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self.explicit_relays:
+            self.relays.start()
+        if self.bootstrap is not None and self.mesh_port is not None and self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.relays.close()
+
+    def status(self) -> Status:
+        return status_of(self.book, self.checked)
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``reachability`` object of the UI API (docs/api.md)."""
+        relays = [{"relay": s.url, "state": s.state, "address": s.address,
+                   "reason": s.reason} for s in self.relays.status.values()]
+        return {**self.status().to_json(), "relay_status": relays, "problem": self.problem}
+
+    async def _run(self) -> None:
+        assert self.bootstrap is not None and self.mesh_port is not None
+        while True:
+            wait = self.recheck
+            try:
+                self.last = await probe(self.bootstrap, self.mesh_port)
+            except RemoteError as exc:  # ReachabilityError too: nothing is published
+                self.problem = f"{exc.reason}: {exc}"
+                log.info("reachability check failed: %s", self.problem)
+                wait = self.retry
+            else:
+                self.problem = ""
+                self.checked = True
+                publish(self.book, self.last)
+                log.info("reachability: %s:%d %s (%s)", self.last.observed.address,
+                         self.mesh_port, "reachable" if self.last.reachable else "unreachable",
+                         self.last.detail)
+                if not self.last.reachable:
+                    self.relays.start()
+            await asyncio.sleep(wait)

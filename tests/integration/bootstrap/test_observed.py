@@ -8,7 +8,8 @@ import socket
 import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
-from mesh.reachability import ReachabilityError, probe
+from mesh.addresses import AddressBook, Kind
+from mesh.reachability import ReachabilityError, ReachabilityService, probe
 from mesh.relay import relay_address
 from mesh.relay_client import RelayClient
 from mesh.websocket import LinkAcceptor, dial
@@ -81,3 +82,29 @@ async def test_the_bootstrap_is_a_relay_by_default(bootstrap_server):
     finally:
         await client.close()
         await acceptor.close_all()
+
+
+async def test_reachability_service_keeps_relay_candidates_and_reports(bootstrap_server):
+    alice = make_node()
+    acceptor = LinkAcceptor(alice.identity, alice.record)
+    changes: list[tuple[str, ...]] = []
+    book = AddressBook(changes.append)
+    book.add("ws://127.0.0.1:9/mesh", Kind.LAN)
+    listener = socket.create_server(("127.0.0.1", 0))
+    service = ReachabilityService(alice.identity, book, bootstrap=bootstrap_server.url,
+                                  mesh_port=listener.getsockname()[1],
+                                  relays=[bootstrap_server.url],
+                                  accept_relayed=acceptor.accept_inbound, retry=0.05)
+    service.start()
+    try:
+        address = relay_address(bootstrap_server.url, alice.user_id)
+        await wait_for(lambda: address in book.endpoints())
+        await wait_for(lambda: service.problem.startswith("bad_observed"))
+        report = service.to_json()
+        assert report["state"] == "relayed" and report["relays"] == [address]
+        assert report["relay_status"][0]["state"] == "reserved"
+        assert changes[-1] == ("ws://127.0.0.1:9/mesh", address)
+    finally:
+        await service.close()
+        await acceptor.close_all()
+        listener.close()
