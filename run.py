@@ -17,10 +17,12 @@ from pathlib import Path
 
 from bootstrap.api import BootstrapConfig
 from bootstrap.server import DEFAULT_RELAY, BootstrapServer, start_bootstrap
+from groups.errors import NotFound
 from groups.meetups import parse_attachment_limit
-from groups.node import Node, NodeConfig
+from groups.node import NodeConfig
 from mesh import malloc
 from mesh.identity import display_user_id
+from webapp.app import App
 
 DEFAULT_BOOTSTRAP_PORT = 8470
 DEFAULT_UI_PORT = 8471
@@ -118,7 +120,6 @@ def _bluetooth_limit(text: str) -> int | None:
 
 def _node_config(args: argparse.Namespace, bootstrap: str) -> NodeConfig:
     return NodeConfig(data_dir=Path(args.data_dir), bootstrap=bootstrap,
-                      ui_port=args.ui_port,
                       mesh_port=None if args.no_mesh else args.mesh_port,
                       mesh_host=args.mesh_host, advertise=tuple(args.advertise),
                       dht_port=None if args.no_dht else args.dht_port,
@@ -128,9 +129,10 @@ def _node_config(args: argparse.Namespace, bootstrap: str) -> NodeConfig:
                       bluetooth_attachments=args.bluetooth_attachments)
 
 
-def _announce(node: Node, label: str = "") -> None:
+def _announce(app: App, label: str = "") -> None:
     who = f"{label} " if label else ""
-    print(f"Parley node {who}{display_user_id(node.user_id)}: open {node.ui_url}", flush=True)
+    print(f"Parley node {who}{display_user_id(app.node.user_id)}: open {app.ui_url}",
+          flush=True)
 
 
 async def _serve_bootstrap(args: argparse.Namespace) -> None:
@@ -148,10 +150,10 @@ async def _serve_bootstrap(args: argparse.Namespace) -> None:
 
 
 async def _serve_node(args: argparse.Namespace) -> None:
-    node = await Node.start(_node_config(args, args.bootstrap))
-    _announce(node)
+    app = await App.start(_node_config(args, args.bootstrap), ui_port=args.ui_port)
+    _announce(app)
     await _until_signalled()
-    await node.stop()
+    await app.stop()
 
 
 def _private_dir(path: Path) -> Path:
@@ -164,10 +166,11 @@ async def _serve_all(args: argparse.Namespace) -> None:
     server = start_bootstrap("127.0.0.1", args.bootstrap_port, data_dir / "bootstrap.db",
                              dht_port=None if args.no_dht else args.bootstrap_port)
     print(f"Parley bootstrap listening on {server.url}", flush=True)
-    node = await Node.start(_node_config(args, args.bootstrap or server.url))
-    _announce(node)
+    app = await App.start(_node_config(args, args.bootstrap or server.url),
+                          ui_port=args.ui_port)
+    _announce(app)
     await _until_signalled()
-    await node.stop()
+    await app.stop()
     await server.stop()
 
 
@@ -176,24 +179,25 @@ async def _serve_demo(args: argparse.Namespace) -> None:
     base = _private_dir(Path(args.data_dir or tempfile.mkdtemp(prefix="parley-demo-")))
     server: BootstrapServer = start_bootstrap("127.0.0.1", 0, base / "bootstrap.db",
                                               dht_port=0)
-    nodes: dict[str, Node] = {}
+    apps: dict[str, App] = {}
     for name in ("alice", "bob", "carol"):
-        nodes[name] = await Node.start(NodeConfig(data_dir=base / name, bootstrap=server.url))
-    for node in nodes.values():
-        await node.registered.wait()
-    alice = nodes["alice"].messenger
-    groups = [c for c in nodes["alice"].group_list() if c["name"] == "Demo"]
-    group_id = bytes.fromhex(groups[0]["id"]) if groups else alice.groups.create("Demo")
+        apps[name] = await App.start(NodeConfig(data_dir=base / name, bootstrap=server.url))
+    for app in apps.values():
+        await app.node.registered.wait()
+    alice = apps["alice"].api
+    groups = [c for c in alice.conversations() if c["name"] == "Demo"]
+    group_id = bytes.fromhex(groups[0]["id"]) if groups else alice.create_group("Demo")
     for name in ("bob", "carol"):
-        if not nodes[name].messenger.groups.is_member(group_id, nodes[name].user_id):
-            invite = alice.groups.invite(group_id)
-            await nodes[name].messenger.groups.join(invite, wait=30.0)
+        try:
+            apps[name].api.group_info(group_id)
+        except NotFound:
+            await apps[name].api.join(alice.invite(group_id))
     print(f"Parley demo in {base} (bootstrap {server.url}); group \"Demo\":", flush=True)
-    for name, node in nodes.items():
-        _announce(node, name)
+    for name, app in apps.items():
+        _announce(app, name)
     await _until_signalled()
-    for node in nodes.values():
-        await node.stop()
+    for app in apps.values():
+        await app.stop()
     await server.stop()
 
 

@@ -45,7 +45,7 @@ from tornado.websocket import WebSocketHandler, websocket_connect
 from mesh.gossip_state import Deliver, Event
 from mesh.identity import LAST_RESORT_PREKEY_ID, KeyPair, PreKey, Record, SignedPreKey
 from mesh.memstore import MemoryStore
-from mesh.runtime import MeshRuntime, Meter
+from mesh.runtime import MeshHooks, MeshRuntime, Meter
 
 TOPIC = b"bench-topic-0001"
 HEAD = struct.Struct(">8sd")  # message key, publish time (time.monotonic, system-wide)
@@ -83,8 +83,9 @@ class GossipNode:
         self.store = MemoryStore()
         self.tracker = Tracker()
         self.runtime = MeshRuntime(self.identity, self.record, self.store,
-                                   commit=self.store.add, validate=lambda m: None,
-                                   on_event=self._event, rng=random.Random(seed), meter=True)
+                                   rng=random.Random(seed), meter=True)
+        self.hooks = MeshHooks(commit=self.store.add, validate=lambda m: None,
+                               on_event=self._event)
         self.port = 0
 
     def _event(self, event: Event) -> None:
@@ -181,7 +182,7 @@ class Worker:
     async def cmd_init(self) -> list[tuple[str, int]]:
         for i in range(self.count):
             node = GossipNode(self.index * 1000 + i)
-            node.port = node.runtime.start(0) or 0
+            node.port = node.runtime.start(node.hooks, 0) or 0
             self.gossip.append(node)
         return [(n.id, n.port) for n in self.gossip]
 

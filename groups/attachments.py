@@ -80,6 +80,7 @@ class AttachmentService:
 
     def __init__(self, messenger: Messenger, files_dir: Path,
                  links: Callable[[], Mapping[str, LinkPort]], *,
+                 may_move: Callable[[str, int], bool] = lambda peer, size: True,
                  transfers: Transfers | None = None) -> None:
         self.m = messenger
         self.conn = messenger.conn
@@ -88,9 +89,9 @@ class AttachmentService:
         self.core = transfers or Transfers(self.me)
         self.access = ConversationAccess(self.conn, self.me, messenger.groups)
         self.links = links
-        # Set by the node: may a file of this many bytes move over our link to this
-        # peer? (Bluetooth links can be limited by size: groups/meetups.py.)
-        self.may_move: Callable[[str, int], bool] = lambda peer, size: True
+        # May a file of this many bytes move over our link to this peer? (Bluetooth
+        # links can be limited by size: groups/meetups.py.)
+        self.may_move = may_move
         self.counters: Counter[str] = Counter()
         self._rows: dict[bytes, AttachmentRow] = {}
         self._served: dict[bytes, Counter[str]] = {}

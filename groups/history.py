@@ -226,6 +226,12 @@ def chat_messages(conn: sqlite3.Connection, topic: bytes, limit: int = 200,
     return [ChatRow(*r[:8], bool(r[8])) for r in reversed(rows)]
 
 
+def unread_count(conn: sqlite3.Connection, topic: bytes, me: str) -> int:
+    """Messages of others in ``topic`` that our user has not seen."""
+    return conn.execute("SELECT COUNT(*) FROM chat_messages WHERE topic = ? AND seen = 0 "
+                        "AND sender != ?", (topic, me)).fetchone()[0]
+
+
 def mark_seen(conn: sqlite3.Connection, message_ids: Iterable[bytes]) -> list[bytes]:
     """Mark messages seen by our user; returns those that were not seen before."""
     fresh = []

@@ -1,14 +1,21 @@
-"""The composition root: one user's node, wired from its parts.
+"""The composition root of the messenger: one user's node, wired from its parts.
 
-    node = await Node.start(NodeConfig(data_dir=Path("data"), bootstrap="http://..."))
-    print(node.ui_url)
+    node = await Node.start(NodeConfig(data_dir=Path("data"), bootstrap="http://..."),
+                            events=sink)
     ...
     await node.stop()
 
-Everything a node has is built here and nowhere else: the data directory and identity,
-the SQLite store and crypto, discovery, the mesh (listener, connection manager, gossip
-runtime), the messenger, and the local UI server. Nothing is global; two nodes can live
-in one process (the demo and the tests do that).
+Everything a node has is built here and nowhere else, each part from parts built before
+it: the data directory and identity, the SQLite store and crypto, discovery (bootstrap
+client, DHT node), the directory of known users, the mesh runtime (passive until
+started), the messenger, Bluetooth meetups and attachments. Only then does the runtime
+start, with the messenger's and attachments' real methods as its hooks. Nothing is
+global; two nodes can live in one process (the demo and the tests do that).
+
+The node knows no UI: the process root (webapp/app.py, used by run.py) puts a UI
+server in front of it, through groups.node_api.NodeApi. A new service (a relay, mDNS,
+reachability checks) is one more part built in ``__init__`` from the parts it needs,
+started in ``_start`` and stopped in ``stop`` (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -27,13 +34,10 @@ from typing import Any
 from groups import history, prekeys
 from groups import store as node_store
 from groups.attachments import AttachmentService
-from groups.crypto import Crypto, safety_number, safety_number_qr
+from groups.crypto import Crypto
 from groups.directory import Directory, NoDiscovery
-from groups.errors import NotFound, PermissionDenied
-from groups.invites import qr_svg
 from groups.meetups import Meetups
-from groups.messages import FileRef, direct_topic
-from groups.messenger import Messenger
+from groups.messenger import EventSink, Messenger
 from mesh.dht import DhtNode
 from mesh.dht_records import format_dht_contact, parse_dht_contacts
 from mesh.discovery import DiscoveryClient
@@ -41,11 +45,8 @@ from mesh.errors import DiscoveryRefused, MeshError
 from mesh.gossip_state import Acked, Event, Message, Rejected
 from mesh.identity import KeyPair, Record, display_user_id, load_or_create_identity
 from mesh.lookup import Discovery, DiscoveryMode, bootstrap_dht_contact
-from mesh.runtime import MeshRuntime
+from mesh.runtime import MeshHooks, MeshRuntime
 from mesh.websocket import MESH_PATH, DialError, LinkConnection
-from webapp.api import api_routes
-from webapp.events import EventHub
-from webapp.server import UiServer, start_ui_server
 
 __all__ = ["Node", "NodeConfig"]
 
@@ -61,7 +62,6 @@ REGISTER_RETRY = (2.0, 120.0)
 class NodeConfig:
     data_dir: Path
     bootstrap: str = "http://127.0.0.1:8470"
-    ui_port: int = 0
     mesh_port: int | None = 0  # None: no WebSocket mesh (no listener, endpoints or dials)
     mesh_host: str = "127.0.0.1"
     advertise: tuple[str, ...] = ()   # endpoints to publish; default ws://host:port/mesh
@@ -75,83 +75,96 @@ class NodeConfig:
 
 
 class Node:
+    """One user's messenger node. ``Node.start`` opens what needs I/O (identity file,
+    database, the DHT's UDP socket), builds the parts in dependency order here, then
+    starts them; ``stop`` undoes it in reverse."""
+
     def __init__(self, config: NodeConfig, identity: KeyPair, conn: Any, crypto: Crypto,
-                 dht: DhtNode | None) -> None:
+                 dht: DhtNode | None, events: EventSink) -> None:
         self.config = config
+        self.data_dir = Path(config.data_dir)
         self.identity = identity
         self.user_id = identity.user_id
         self.conn = conn
         self.crypto = crypto
-        self.hub = EventHub()
+        self.events = events
         self.client = DiscoveryClient(config.bootstrap, identity) if config.bootstrap else None
         self.dht = dht
         mode = DiscoveryMode(config.discovery) if dht is not None else DiscoveryMode.BOOTSTRAP
         self.discovery = Discovery(bootstrap=self.client, dht=dht, mode=mode) \
             if self.client is not None or dht is not None else NoDiscovery()
         self.directory = Directory(conn, crypto, self.discovery)
-        self.record: Record | None = None
         self.registered = asyncio.Event()
         self.dht_joined = False
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
-        self.runtime: MeshRuntime
-        self.messenger: Messenger
-        self.attachments: AttachmentService
-        self.meetups: Meetups
-        self.ui: UiServer
+        now = time.time()
+        self._prekeys = prekeys.maintain_prekeys(crypto, now, server_left=None)
+        # Provisional until the mesh listens and we know our endpoints (``_start``).
+        self.record: Record = prekeys.build_record(
+            identity, self._prekeys, endpoints=(),
+            seq=node_store.counter_value(conn, "record_seq") or 1, now=now)
+        self.runtime = MeshRuntime(
+            identity, self.record, history.Mailbox(conn),
+            manager_options=None if config.mesh_port is not None else {"dialer": _no_dial})
+        self.messenger = Messenger(identity, conn, crypto, self.directory,
+                                   RuntimePort(self.runtime), events,
+                                   invite_info=self._invite_info)
+        self.meetups = Meetups(runtime=self.runtime, messenger=self.messenger,
+                               data_dir=self.data_dir,
+                               attachments_limit=config.bluetooth_attachments)
+        self.attachments = AttachmentService(self.messenger, self.data_dir / "files",
+                                             self.runtime.links, may_move=self.meetups.may_move)
+        # Attachments ask the membership (inside the messenger) who may fetch a file, and
+        # the messenger tells attachments of each file it commits: one of the two has
+        # to be handed the other.
+        self.messenger.attachments = self.attachments
 
     # -- life cycle ------------------------------------------------------------------------
 
     @classmethod
-    async def start(cls, config: NodeConfig) -> Node:
+    async def start(cls, config: NodeConfig, *, events: EventSink) -> Node:
+        """Build and start a node; ``events`` hears what the UI shows (new messages,
+        receipts, transfers)."""
         data_dir = Path(config.data_dir)
         identity = load_or_create_identity(data_dir)
         conn = node_store.open_store(data_dir / "node.db")
-        now = time.time()
         dht = None
-        if config.dht_port is not None:
-            dht = DhtNode()
-            await dht.listen(config.dht_port, config.mesh_host)
-        node = cls(config, identity, conn, Crypto(conn, identity, now=now), dht)
-        update = prekeys.maintain_prekeys(node.crypto, now, server_left=None)
-        provisional = prekeys.build_record(identity, update, endpoints=(),
-                                           seq=node._record_seq(bump=False) or 1, now=now)
-        node.runtime = MeshRuntime(
-            identity, provisional, history.Mailbox(conn),
-            commit=lambda message: node.messenger.commit(message),
-            validate=lambda message: node.messenger.validate(message),
-            on_event=node._on_mesh_event, on_link=node._on_link,
-            on_other_frame=lambda peer, frame: node.attachments.on_frame(peer, frame),
-            manager_options=None if config.mesh_port is not None else {"dialer": _no_dial})
-        port = node.runtime.start(config.mesh_port, config.mesh_host)
-        endpoints = config.advertise or (
-            () if port is None else (f"ws://{config.mesh_host}:{port}{MESH_PATH}",))
-        node.record = prekeys.build_record(identity, update, endpoints=endpoints,
-                                           seq=node._record_seq(bump=True), now=now)
-        node.runtime.manager.set_record(node.record)
-        node.directory.remember(node.record, now)
-        node.messenger = Messenger(identity, conn, node.crypto, node.directory,
-                                   _MeshPort(node.runtime), node.hub,
-                                   invite_info=node._invite_info)
-        node.attachments = AttachmentService(node.messenger, data_dir / "files",
-                                             node.runtime.links)
-        node.messenger.attachments = node.attachments
-        node.messenger.load()
-        await node.attachments.start()
-        node.meetups = Meetups(runtime=node.runtime, messenger=node.messenger, data_dir=data_dir,
-                               attachments_limit=config.bluetooth_attachments)
-        node.attachments.may_move = node.meetups.may_move
-        await node.meetups.start(config.bluetooth)
-        node.ui = start_ui_server(data_dir, api_routes=api_routes(), node=node, hub=node.hub,
-                                  port=config.ui_port)
-        node._tasks = [asyncio.ensure_future(node._register_loop(update)),
-                       asyncio.ensure_future(node.messenger.run_outbox(node._stop)),
-                       asyncio.ensure_future(node._refresh_loop())]
-        if dht is not None:
-            node._tasks.append(asyncio.ensure_future(node._dht_loop()))
-        log.info("node %s up: mesh %s, UI port %d", display_user_id(node.user_id),
-                 ", ".join(endpoints), node.ui.port)
+        try:
+            if config.dht_port is not None:
+                dht = DhtNode()
+                await dht.listen(config.dht_port, config.mesh_host)
+            node = cls(config, identity, conn, Crypto(conn, identity, now=time.time()), dht,
+                       events)
+            await node._start()
+        except BaseException:
+            if dht is not None:
+                await dht.stop()
+            conn.close()
+            raise
         return node
+
+    async def _start(self) -> None:
+        port = self.runtime.start(
+            MeshHooks(commit=self.messenger.commit, validate=self.messenger.validate,
+                      on_event=self._on_mesh_event, on_link=self._on_link,
+                      on_other_frame=self.attachments.on_frame),
+            self.config.mesh_port, self.config.mesh_host)
+        endpoints = self.config.advertise or (
+            () if port is None else (f"ws://{self.config.mesh_host}:{port}{MESH_PATH}",))
+        self.record = prekeys.build_record(self.identity, self._prekeys, endpoints=endpoints,
+                                           seq=self._next_record_seq(), now=time.time())
+        self.runtime.manager.set_record(self.record)
+        self.directory.remember(self.record, time.time())
+        self.messenger.load()
+        await self.attachments.start()
+        await self.meetups.start(self.config.bluetooth)
+        self._tasks = [asyncio.ensure_future(self._register_loop(self._prekeys)),
+                       asyncio.ensure_future(self.messenger.run_outbox(self._stop)),
+                       asyncio.ensure_future(self._refresh_loop())]
+        if self.dht is not None:
+            self._tasks.append(asyncio.ensure_future(self._dht_loop()))
+        log.info("node %s up: mesh %s", display_user_id(self.user_id), ", ".join(endpoints))
 
     async def stop(self) -> None:
         self._stop.set()
@@ -161,7 +174,6 @@ class Node:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.meetups.close()
-        await self.ui.stop()
         await self.runtime.close()
         if self.dht is not None:
             if self.dht_joined:
@@ -170,16 +182,8 @@ class Node:
         await self.attachments.close()
         self.conn.close()
 
-    @property
-    def ui_url(self) -> str:
-        return self.ui.url
-
-    def _record_seq(self, *, bump: bool) -> int:
-        """The seq of our record: persisted, and raised for every new record."""
-        if not bump:
-            row = self.conn.execute("SELECT value FROM crypto_counters WHERE name = "
-                                    "'record_seq'").fetchone()
-            return row[0] if row else 0
+    def _next_record_seq(self) -> int:
+        """The seq of a new record of ours: persisted, raised for every new record."""
         with node_store.atomic(self.conn):
             return node_store.next_counter(self.conn, "record_seq")
 
@@ -193,10 +197,10 @@ class Node:
             return
         while not self._stop.is_set():
             try:
-                assert self.record is not None
                 if first:
                     fresh = prekeys.initial_prekeys(self.crypto, time.time()) \
-                        if self._record_seq(bump=False) <= 1 else update
+                        if node_store.counter_value(self.conn, "record_seq") <= 1 \
+                        else update
                     try:
                         left = await self.client.register(self.record,
                                                              fresh.one_time_prekeys)
@@ -256,7 +260,6 @@ class Node:
                     await asyncio.wait_for(self._stop.wait(), delay)
                 delay = min(delay * 2, REGISTER_RETRY[1])
                 continue
-            assert self.record is not None
             self.dht.publish_own(self.record, resign=self._resign)
             self.dht_joined = True
             break
@@ -303,10 +306,9 @@ class Node:
                 await self.dht.join(parse_dht_contacts(list(contacts)))
 
     def _new_record(self, update: prekeys.PrekeyUpdate) -> Record:
-        assert self.record is not None
         self.record = prekeys.build_record(self.identity, update,
                                            endpoints=self.record.endpoints,
-                                           seq=self._record_seq(bump=True), now=time.time())
+                                           seq=self._next_record_seq(), now=time.time())
         self.runtime.manager.set_record(self.record)
         self.directory.remember(self.record, time.time())
         if self.dht is not None and self.dht.running:
@@ -314,7 +316,7 @@ class Node:
         return self.record
 
     def _invite_info(self) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
-        endpoints = self.record.endpoints if self.record else ()
+        endpoints = self.record.endpoints
         dht: list[str] = []
         if self.dht is not None and self.dht.running and self.dht.address is not None:
             host, port = self.dht.address
@@ -341,107 +343,13 @@ class Node:
             log.info("refused message %s from %s: %s", event.msg_id.hex()[:12],
                      event.from_peer, event.reason)
 
-    # -- what the API asks -------------------------------------------------------------
-
-    def me_info(self) -> dict[str, Any]:
-        return {"id": self.user_id, "display_id": display_user_id(self.user_id),
-                "identity_key": self.identity.public.hex(),
-                "safety_qr": qr_svg(f"parley:user/{self.user_id}/{self.identity.public.hex()}"),
-                "endpoints": list(self.record.endpoints if self.record else ()),
-                "bootstrap": self.config.bootstrap,
-                "registered": self.client is not None and self.registered.is_set(),
-                "storage_bytes": self.storage_bytes(),
-                "bluetooth": self.meetups.summary(),
-                "dht": None if self.dht is None else {
-                    "joined": self.dht_joined,
-                    "peers": self.dht.routing_table_size() if self.dht.running else 0}}
-
-    def contacts(self) -> list[dict[str, Any]]:
-        return [{"id": uid, "display_id": display_user_id(uid),
-                 "conversation": direct_topic(self.user_id, uid).hex()}
-                for uid in self.directory.contacts()]
-
-    async def add_contact(self, user_id: str) -> dict[str, Any]:
-        if user_id == self.user_id:
-            raise NotFound("that is your own id")
-        record = await self.directory.refresh(user_id, time.time())
-        self.directory.remember(record, time.time(), contact=True)
-        await self.directory.ensure_session(user_id, time.time())
-        with node_store.atomic(self.conn):
-            topic = self.messenger.open_direct(user_id, visible=True)
-        self.messenger.announce_direct(topic, user_id)
-        return {"id": user_id, "display_id": display_user_id(user_id),
-                "conversation": topic.hex()}
-
-    def chat_topic(self, user_id: str) -> bytes:
-        topic = direct_topic(self.user_id, user_id)
-        conv = history.conversation(self.conn, topic)
-        if conv is None:
-            raise NotFound("no chat with this user; add them as a contact first")
-        return topic
-
-    async def open_chat(self, user_id: str) -> bytes:
-        """The 1:1 topic with ``user_id``, adding the contact first if needed."""
-        if history.conversation(self.conn, direct_topic(self.user_id, user_id)) is None \
-                or not self.crypto.has_session(user_id):
-            await self.add_contact(user_id)
-        return direct_topic(self.user_id, user_id)
-
-    async def send_direct(self, user_id: str, text: str, file: FileRef | None = None) -> bytes:
-        return self.messenger.send_text(await self.open_chat(user_id), text, file)
-
-    def group_list(self) -> list[dict[str, Any]]:
-        out = []
-        for conv in history.conversations(self.conn):
-            if not conv.visible or conv.left_at is not None:
-                continue
-            rows = history.chat_messages(self.conn, conv.topic, limit=1)
-            unread = self.conn.execute(
-                "SELECT COUNT(*) FROM chat_messages WHERE topic = ? AND seen = 0 AND sender != ?",
-                (conv.topic, self.user_id)).fetchone()[0]
-            out.append({"id": conv.topic.hex(), "kind": conv.kind, "name": conv.name,
-                        "peer": conv.peer, "unread": unread,
-                        "last_message": self.messenger.describe(rows[-1]) if rows else None})
-        return out
-
-    def safety(self, user_id: str) -> dict[str, Any]:
-        key = self.crypto.identity_key_of(user_id)
-        if key is None:
-            record = self.directory.record(user_id)
-            if record is None:
-                raise NotFound("no key known for this user yet")
-            key = record.identity_key
-        number = safety_number(self.identity.public, key)
-        return {"id": user_id, "safety_number": number, "identity_key": key.hex(),
-                "verified": self.directory.is_verified(user_id, key),
-                "qr_svg": qr_svg(safety_number_qr(self.identity.public, key))}
-
-    def set_verified(self, user_id: str, identity_key: bytes, verified: bool) -> dict[str, Any]:
-        """Our user compared the safety number in person (for exactly this key)."""
-        current = self.safety(user_id)
-        if bytes.fromhex(current["identity_key"]) != identity_key:
-            raise PermissionDenied("the key changed since you compared it; compare again",
-                                   "key_mismatch")
-        self.directory.set_verified(user_id, identity_key, verified)
-        return self.safety(user_id)
-
-    def storage_bytes(self) -> int:
-        """What this node keeps on disk (database, its WAL, attachment chunks)."""
-        total = 0
-        for path in Path(self.config.data_dir).rglob("*"):
-            with contextlib.suppress(OSError):
-                if path.is_file():
-                    total += path.stat().st_size
-        return total
-
-
 
 async def _no_dial(url: str, *args: Any, **kwargs: Any) -> LinkConnection:
     """The dialer of a node without a WebSocket mesh (mesh_port None)."""
     raise DialError(f"not dialling {url}: this node has no WebSocket mesh")
 
 
-class _MeshPort:
+class RuntimePort:
     """The messenger's view of the mesh (groups.messenger.MeshPort) over MeshRuntime."""
 
     def __init__(self, runtime: MeshRuntime) -> None:

@@ -301,6 +301,12 @@ def next_counter(conn: sqlite3.Connection, name: str, step: int = 1, start: int 
     return value
 
 
+def counter_value(conn: sqlite3.Connection, name: str) -> int:
+    """What the next ``next_counter(conn, name)`` returns; 0 if it never ran."""
+    row = conn.execute("SELECT value FROM crypto_counters WHERE name = ?", (name,)).fetchone()
+    return row[0] if row else 0
+
+
 # Local identity
 
 

@@ -15,6 +15,7 @@ import asyncio
 import random
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from mesh import wire
@@ -26,7 +27,7 @@ from mesh.identity import KeyPair, Record
 from mesh.link import SEAL_OVERHEAD
 from mesh.websocket import LinkConnection, MeshServer
 
-__all__ = ["MeshRuntime", "Meter"]
+__all__ = ["MeshHooks", "MeshRuntime", "Meter"]
 
 _GOSSIP = frozenset(FRAME_TYPES)
 
@@ -51,26 +52,39 @@ class Meter:
         return sum(self.bytes.values())
 
 
-class MeshRuntime:
-    """One identity's mesh on the running asyncio loop.
+@dataclass(frozen=True)
+class MeshHooks:
+    """The layer above, as the runtime calls it once started.
 
     ``commit(message) -> bool`` stores a validated message durably (False: could not);
     ``validate(message)`` raises a RemoteError to refuse one; ``on_event`` receives
     Deliver, Acked and Rejected events; ``on_other_frame(peer, frame)`` gets non-gossip
-    frames (attachment chunks). ``manager_options`` go to the ConnectionManager.
+    frames (attachment chunks); ``on_link(conn)`` hears of each verified link first.
+    """
+
+    commit: Callable[[Message], bool]
+    validate: Validator
+    on_event: Callable[[Event], None] | None = None
+    on_other_frame: Callable[[str, wire.Frame], None] | None = None
+    on_link: Callable[[LinkConnection], None] | None = None
+
+
+class MeshRuntime:
+    """One identity's mesh on the running asyncio loop.
+
+    Built first and passive (the layer above may join topics and hold it as its port);
+    ``start(hooks, ...)`` hands it the layer above and lets links in. Nothing reaches
+    the hooks before that: no link exists and nothing is published before ``start``.
+    ``manager_options`` go to the ConnectionManager.
     """
 
     def __init__(self, identity: KeyPair, record: Record, store: MessageStore, *,
-                 commit: Callable[[Message], bool], validate: Validator,
-                 on_event: Callable[[Event], None] | None = None,
-                 on_other_frame: Callable[[str, wire.Frame], None] | None = None,
-                 on_link: Callable[[LinkConnection], None] | None = None,
                  params: Params | None = None, rng: random.Random | None = None,
                  manager_options: Mapping[str, Any] | None = None,
                  meter: bool = False) -> None:
         self.user_id = record.user_id
         self.store = store
-        self.engine = GossipEngine(self.user_id, store, validate, params, rng)
+        self.engine = GossipEngine(self.user_id, store, self._validate, params, rng)
         p = self.engine.params
         self.manager = ConnectionManager(
             identity, record, on_link=self._on_link, on_frame=self._on_frame,
@@ -78,10 +92,7 @@ class MeshRuntime:
             full_mesh_max=p.full_mesh_max, rng=rng, **dict(manager_options or {}))
         self.server: MeshServer | None = None
         self.meter = Meter() if meter else None
-        self._commit = commit
-        self._on_event = on_event
-        self._on_other = on_other_frame
-        self._on_link_up = on_link
+        self._hooks: MeshHooks | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._links: dict[str, LinkConnection] = {}
         self._timer: asyncio.TimerHandle | None = None
@@ -93,9 +104,14 @@ class MeshRuntime:
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    def start(self, port: int | None = 0, address: str = "127.0.0.1") -> int | None:
-        """Start link upkeep; with a ``port``, also listen for inbound links on it
-        (0 picks a free port). Returns the bound port. Call inside the running loop."""
+    def start(self, hooks: MeshHooks, port: int | None = 0,
+              address: str = "127.0.0.1") -> int | None:
+        """Start link upkeep, calling ``hooks``; with a ``port``, also listen for inbound
+        links on it (0 picks a free port). Returns the bound port. Call inside the
+        running loop."""
+        if self._hooks is not None:
+            raise LocalError("the mesh runtime is already started")
+        self._hooks = hooks
         self._loop = asyncio.get_running_loop()
         bound = None
         if port is not None:
@@ -143,7 +159,7 @@ class MeshRuntime:
         """Number, commit and disseminate a new message of ours."""
         seq = max(self._seq.get(topic, 0), self.store.head(topic, self.user_id)) + 1
         message = Message(topic, self.user_id, seq, payload)
-        if not self._commit(message):
+        if not self._started.commit(message):
             raise LocalError("could not commit our own message")
         self._seq[topic] = seq
         self.publish_committed(message)
@@ -172,8 +188,8 @@ class MeshRuntime:
         if old is not None:  # the manager reports the old one closed first; be safe
             self.engine.peer_down(peer, self.now)
         self._links[peer] = conn
-        if self._on_link_up is not None:  # lets the layer above join topics for this peer
-            self._on_link_up(conn)
+        if self._started.on_link is not None:  # the layer above joins topics for this peer
+            self._started.on_link(conn)
         self.engine.peer_up(peer, self.now)
         self._flush()
 
@@ -184,8 +200,8 @@ class MeshRuntime:
         if type(frame) in _GOSSIP:
             self.engine.receive(peer, frame, self.now)
             self._flush()
-        elif self._on_other is not None:
-            self._on_other(peer, frame)
+        elif self._started.on_other_frame is not None:
+            self._started.on_other_frame(peer, frame)
 
     def _on_link_closed(self, conn: LinkConnection, reason: str) -> None:
         peer = conn.peer_id
@@ -225,16 +241,26 @@ class MeshRuntime:
             self.meter.count(frame)
         conn.send(frame)
 
+    @property
+    def _started(self) -> MeshHooks:
+        if self._hooks is None:
+            raise LocalError("the mesh runtime is not started")
+        return self._hooks
+
+    def _validate(self, message: Message) -> None:
+        self._started.validate(message)
+
     def _dispatch(self, events: Iterable[Event]) -> None:
+        hooks = self._started
         for event in events:
             if isinstance(event, Commit):
                 msg_id = event.message.msg_id
-                if self._commit(event.message):
+                if hooks.commit(event.message):
                     self.engine.committed(msg_id, self.now)
                 else:
                     self.engine.abandon(msg_id)
-            elif self._on_event is not None:
-                self._on_event(event)
+            elif hooks.on_event is not None:
+                hooks.on_event(event)
 
     def _rearm(self) -> None:
         if self._closed or self._loop is None:

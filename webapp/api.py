@@ -1,7 +1,8 @@
 """The node API under /api/v1 (docs/api.md): what the browser app and scripts call.
 
-Handlers are thin: they parse and check input, call the node (groups/node.py), and turn
-the groups and mesh error trees into JSON errors with the right status. The policy of
+Handlers are thin: they parse and check input, call the node's NodeApi (given to each
+through ``initialize``; groups/node_api.py), and let webapp/node_handler.py turn the
+groups and mesh error trees into JSON errors with the right status. The policy of
 webapp.server.UiApiHandler (Host, Origin, token, content type, body size) runs first.
 """
 
@@ -10,24 +11,16 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from groups.errors import (
-    GroupsError,
-    IdentityChanged,
-    InviteError,
-    NoSession,
-    NotFound,
-    PermissionDenied,
-)
 from groups.invites import Invite, qr_svg
 from groups.membership import INVITE_TTL
-from mesh.dht_records import DhtError, RecordNotFound
+from groups.node_api import NodeApi
 from mesh.encoding import FormatError
-from mesh.errors import DiscoveryRefused, DiscoveryUnavailable, MeshError, RecordError
 from mesh.identity import parse_user_id
 from mesh.jsonapi import ApiError, check_fields
 from webapp.bluetooth_api import bluetooth_routes
 from webapp.files import AttachmentMixin, UploadMixin
-from webapp.server import API_PREFIX, UiApiHandler
+from webapp.node_handler import NodeHandler
+from webapp.server import API_PREFIX, Route
 
 __all__ = ["api_routes"]
 
@@ -35,68 +28,6 @@ _GROUP_ID = re.compile(r"^[0-9a-f]{32}$")
 _MESSAGE_ID = re.compile(r"^[0-9a-f]{64}$")
 MIN_INVITE_TTL = 1
 MAX_INVITE_TTL = 30 * 24 * 3600.0
-_STATUS_OF_REASON = {"text_too_long": 413, "empty_message": 400, "bad_name": 400,
-                     "invite_malformed": 400, "file_too_large": 413, "empty_file": 400,
-                     "bad_file_name": 400}
-
-
-def to_api_error(exc: Exception) -> ApiError:
-    """One place where the lower layers' typed errors become HTTP answers."""
-    reason = getattr(exc, "reason", "error")
-    if isinstance(exc, NotFound):
-        return ApiError(404, "not_found", str(exc))
-    if isinstance(exc, IdentityChanged):
-        return ApiError(409, "identity_changed",
-                        f"the safety number of {exc.user_id} changed; compare it before "
-                        "you continue")
-    if isinstance(exc, NoSession):
-        return ApiError(409, "no_session", str(exc))
-    if isinstance(exc, PermissionDenied | InviteError):
-        return ApiError(_STATUS_OF_REASON.get(reason, 403), reason, str(exc))
-    if isinstance(exc, DiscoveryRefused):
-        status = 404 if exc.status == 404 else 502
-        return ApiError(status, "unknown_user" if status == 404 else reason, str(exc))
-    if isinstance(exc, RecordNotFound):
-        return ApiError(404, "unknown_user", "no user with this id could be found")
-    if isinstance(exc, DiscoveryUnavailable | DhtError):
-        return ApiError(503, "discovery_unavailable",
-                        "the bootstrap server (and the DHT) could not be reached")
-    if isinstance(exc, RecordError):
-        return ApiError(502, reason, f"a server sent a record that does not verify: {exc}")
-    if isinstance(exc, FormatError):
-        return ApiError(400, "bad_request", str(exc))
-    return ApiError(500, "internal_error", "unexpected error")
-
-
-class NodeHandler(UiApiHandler):
-    """Maps the groups/mesh errors raised by a handler method to JSON answers."""
-
-    # A 64 KiB text may grow sixfold as JSON (\u escapes of 6 bytes): room for it, so the
-    # messenger, not the transport, tells the user what the limit is.
-    body_limit = 512 * 1024
-
-    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
-        if isinstance(value, GroupsError | MeshError) and to_api_error(value).status_code < 500:
-            return  # a refusal, answered with its reason
-        super().log_exception(typ, value, tb)
-
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, GroupsError | MeshError):
-            mapped = to_api_error(exc)
-            self.set_status(mapped.status_code)
-            kwargs["exc_info"] = (ApiError, mapped, None)
-            status_code = mapped.status_code
-        super().write_error(status_code, **kwargs)
-
-    def text_field(self) -> str:
-        body = self.json_body()
-        check_fields(body, {"text"})
-        if not isinstance(body["text"], str):
-            raise ApiError(400, "bad_request", "text must be a string")
-        return body["text"]
-
-
 def _group_id(raw: str) -> bytes:
     if not _GROUP_ID.match(raw):
         raise ApiError(400, "bad_group_id", "a group id is 32 hexadecimal characters")
@@ -118,7 +49,7 @@ def _user_id(raw: Any) -> str:
 
 class MeHandler(NodeHandler):
     def get(self) -> None:
-        me = self.node.me_info()
+        me = self.node.me()
         self.send_json(200, me)
 
 
@@ -136,7 +67,7 @@ class ContactsHandler(NodeHandler):
 class ChatMessagesHandler(UploadMixin, NodeHandler):
     def get(self, raw_id: str) -> None:
         topic = self.node.chat_topic(_user_id(raw_id))
-        self.send_json(200, {"messages": self.node.messenger.messages(topic)})
+        self.send_json(200, {"messages": self.node.messages(topic)})
 
     async def post(self, raw_id: str) -> None:
         user_id = _user_id(raw_id)
@@ -159,26 +90,26 @@ class ChatReadHandler(NodeHandler):
     def _read(self, topic: bytes) -> None:
         body = self.json_body()
         check_fields(body, {"message_id"})
-        count = self.node.messenger.mark_read(topic, _message_id(body["message_id"]))
+        count = self.node.mark_read(topic, _message_id(body["message_id"]))
         self.send_json(200, {"marked": count})
 
 
 class GroupsHandler(NodeHandler):
     def get(self) -> None:
-        self.send_json(200, {"groups": self.node.group_list()})
+        self.send_json(200, {"groups": self.node.conversations()})
 
     def post(self) -> None:
         body = self.json_body()
         check_fields(body, {"name"})
         if not isinstance(body["name"], str):
             raise ApiError(400, "bad_request", "name must be a string")
-        group_id = self.node.messenger.groups.create(body["name"])
+        group_id = self.node.create_group(body["name"])
         self.send_json(201, {"group_id": group_id.hex()})
 
 
 class GroupHandler(NodeHandler):
     def get(self, raw_id: str) -> None:
-        self.send_json(200, self.node.messenger.groups.info(_group_id(raw_id)))
+        self.send_json(200, self.node.group_info(_group_id(raw_id)))
 
 
 class InvitesHandler(NodeHandler):
@@ -189,7 +120,7 @@ class InvitesHandler(NodeHandler):
         if type(ttl) not in (int, float) or not MIN_INVITE_TTL <= ttl <= MAX_INVITE_TTL:
             raise ApiError(400, "bad_ttl", f"ttl is {MIN_INVITE_TTL} to {MAX_INVITE_TTL:.0f} "
                                            "seconds")
-        invite = self.node.messenger.groups.invite(_group_id(raw_id), ttl)
+        invite = self.node.invite(_group_id(raw_id), ttl)
         link = invite.to_link()
         self.send_json(201, {"invite": link, "expires": invite.expires, "qr_svg": qr_svg(link)})
 
@@ -199,14 +130,13 @@ class JoinHandler(NodeHandler):
         body = self.json_body()
         check_fields(body, {"invite"})
         invite = Invite.parse(body["invite"])
-        await self.node.join_dht_contacts(invite.dht)
-        group_id, joined = await self.node.messenger.groups.join(invite)
+        group_id, joined = await self.node.join(invite)
         self.send_json(200 if joined else 202, {"group_id": group_id.hex(), "joined": joined})
 
 
 class MemberHandler(NodeHandler):
     def delete(self, raw_group: str, raw_user: str) -> None:
-        self.node.messenger.groups.remove(_group_id(raw_group), _user_id(raw_user))
+        self.node.remove_member(_group_id(raw_group), _user_id(raw_user))
         self.set_status(204)
         self.finish()
 
@@ -215,34 +145,29 @@ class AdminsHandler(NodeHandler):
     def post(self, raw_group: str) -> None:
         body = self.json_body()
         check_fields(body, {"id"})
-        self.node.messenger.groups.promote(_group_id(raw_group), _user_id(body["id"]))
-        self.send_json(200, self.node.messenger.groups.info(_group_id(raw_group)))
+        self.send_json(200, self.node.promote(_group_id(raw_group), _user_id(body["id"])))
 
 
 class GroupMessagesHandler(UploadMixin, NodeHandler):
     def get(self, raw_id: str) -> None:
-        group_id = _group_id(raw_id)
-        self.node.messenger.groups.log_of(group_id)
-        self.send_json(200, {"messages": self.node.messenger.messages(group_id)})
+        group_id = self.node.group_topic(_group_id(raw_id))
+        self.send_json(200, {"messages": self.node.messages(group_id)})
 
     async def post(self, raw_id: str) -> None:
         group_id = _group_id(raw_id)
         upload = self.upload()
         if upload is not None:
-            self.node.messenger.groups.log_of(group_id)  # a group we are in, or 404
+            self.node.group_topic(group_id)  # a group we are in, or 404
             self.send_json(201, await self.send_upload(
-                group_id, upload,
-                lambda text, ref: self.node.messenger.send_text(group_id, text, ref)))
+                group_id, upload, lambda text, ref: self.node.send_text(group_id, text, ref)))
             return
-        message_id = self.node.messenger.send_text(group_id, self.text_field())
+        message_id = self.node.send_text(group_id, self.text_field())
         self.send_json(201, {"message_id": message_id.hex()})
 
 
 class GroupReadHandler(ChatReadHandler):
     def post(self, raw_id: str) -> None:  # type: ignore[override]
-        group_id = _group_id(raw_id)
-        self.node.messenger.groups.log_of(group_id)
-        self._read(group_id)
+        self._read(self.node.group_topic(_group_id(raw_id)))
 
 
 class AttachmentHandler(AttachmentMixin, NodeHandler):
@@ -251,12 +176,12 @@ class AttachmentHandler(AttachmentMixin, NodeHandler):
 
 class AttachmentInfoHandler(NodeHandler):
     def get(self, raw_id: str) -> None:
-        self.send_json(200, self.node.attachments.info(_attachment_id(raw_id)))
+        self.send_json(200, self.node.attachment_info(_attachment_id(raw_id)))
 
 
 class TransfersHandler(NodeHandler):
     def get(self) -> None:
-        self.send_json(200, self.node.attachments.stats())
+        self.send_json(200, self.node.transfer_stats())
 
 
 def _attachment_id(raw: str) -> bytes:
@@ -290,9 +215,10 @@ class VerifiedHandler(NodeHandler):
                                                    verified))
 
 
-def api_routes() -> list[tuple[str, type[UiApiHandler]]]:
+def api_routes(node: NodeApi) -> list[Route]:
+    """The node API's routes, each handler given ``node`` (and the server's UiContext)."""
     p, gid, uid = API_PREFIX, r"([^/]+)", r"([^/]+)"
-    return [
+    routes: list[tuple[str, type[NodeHandler]]] = [
         (p + "/me", MeHandler),
         (p + "/contacts", ContactsHandler),
         (p + f"/chats/{uid}/messages", ChatMessagesHandler),
@@ -312,4 +238,5 @@ def api_routes() -> list[tuple[str, type[UiApiHandler]]]:
         (p + "/transfers", TransfersHandler),
         *bluetooth_routes(),
     ]
+    return [(pattern, handler, {"node": node}) for pattern, handler in routes]
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from mesh.jsonapi import ApiError, check_fields
-from webapp.server import API_PREFIX, UiApiHandler
+from webapp.node_handler import NodeHandler
+from webapp.server import API_PREFIX
 
 __all__ = ["BLUETOOTH_PATH", "BluetoothHandler", "bluetooth_routes"]
 
@@ -32,11 +33,11 @@ def _limit(value: Any) -> int | None:
                    f'attachments is "all", "none" or a size in MiB (0 to {MAX_LIMIT_MIB})')
 
 
-class BluetoothHandler(UiApiHandler):
+class BluetoothHandler(NodeHandler):
     body_limit = 1024
 
     def get(self) -> None:
-        self.send_json(200, self.node.meetups.status())
+        self.send_json(200, self.node.bluetooth())
 
     async def post(self) -> None:
         body = self.json_body()
@@ -47,11 +48,11 @@ class BluetoothHandler(UiApiHandler):
         if "enabled" in body and type(enabled) is not bool:
             raise ApiError(400, "bad_request", "enabled must be true or false")
         if "attachments" in body:
-            self.node.meetups.set_attachments_limit(_limit(body["attachments"]))
+            self.node.set_bluetooth_attachments(_limit(body["attachments"]))
         if enabled is not None:
-            await self.node.meetups.set_enabled(enabled)
-        self.send_json(200, self.node.meetups.status())
+            await self.node.set_bluetooth_enabled(enabled)
+        self.send_json(200, self.node.bluetooth())
 
 
-def bluetooth_routes() -> list[tuple[str, type[UiApiHandler]]]:
+def bluetooth_routes() -> list[tuple[str, type[NodeHandler]]]:
     return [(BLUETOOTH_PATH, BluetoothHandler)]

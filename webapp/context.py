@@ -47,14 +47,13 @@ class UiContext:
     ``token`` is the bearer token (also in ``<data-dir>/ui-token``); ``session`` is
     the value of the browser's session cookie, a separate random secret so that the
     cookie jar never holds the token itself. Both live only as long as the process.
-    ``node`` is whatever the API handlers need (opaque here). Neither secret appears
-    in the repr.
+    Neither secret appears in the repr. (The node's API reaches its handlers through
+    their own ``initialize``: see webapp/api.py.)
     """
 
     token: str = field(repr=False)
     port: int
     hub: EventHub = field(default_factory=EventHub)
-    node: Any = None
     dist_dir: Path = DIST_DIR
     session: str = field(default_factory=new_token, repr=False)
     sockets: set[Any] = field(default_factory=set, repr=False)  # open events sockets

@@ -29,6 +29,7 @@ from groups.crypto import ATTACHMENT_CHUNK_SIZE
 from groups.errors import ChunkError, StorageError
 from groups.filetypes import check_upload_name
 from groups.messages import MAX_TEXT_BYTES, FileRef
+from groups.node_api import NodeApi
 from mesh.jsonapi import ApiError
 from webapp.auth import MULTIPART_TYPE, media_type
 from webapp.multipart import (
@@ -149,7 +150,7 @@ class UploadMixin:
 
     accept_multipart = True
     request: Any
-    node: Any
+    node: NodeApi
     body_limit: int
 
     def _is_multipart(self) -> bool:
@@ -167,7 +168,7 @@ class UploadMixin:
                 parser = MultipartParser(params.get("boundary", ""))
             except MultipartError as exc:
                 raise ApiError(400, "bad_multipart", str(exc)) from None
-            fd, path = self.node.attachments.store.new_upload()
+            fd, path = self.node.new_upload()
             self._sink = _UploadSink(parser, fd, path)
 
     def check_content_length(self) -> None:
@@ -199,9 +200,9 @@ class UploadMixin:
                           send: Callable[[str, FileRef], Any]) -> dict[str, Any]:
         """Encrypt the upload into the store and send it with ``send(caption, file_ref)``
         (which returns the message id); the staged chunks go if the send fails."""
-        attachments = self.node.attachments
+        node = self.node
         try:
-            ref = await attachments.stage(topic, upload.path, check_upload_name(upload.name),
+            ref = await node.stage_upload(topic, upload.path, check_upload_name(upload.name),
                                           upload.size)
         finally:
             self._drop_upload()  # the plaintext goes before the answer does
@@ -210,9 +211,9 @@ class UploadMixin:
             if hasattr(message_id, "__await__"):
                 message_id = await message_id
         except BaseException:
-            attachments.discard(ref.file_id)
+            node.discard_attachment(ref.file_id)
             raise
-        return {"message_id": message_id.hex(), "attachment": attachments.info(ref.file_id)}
+        return {"message_id": message_id.hex(), "attachment": node.attachment_info(ref.file_id)}
 
     def _drop_upload(self) -> None:
         if getattr(self, "_sink", None) is not None:
@@ -281,7 +282,7 @@ def _disposition(mime: str, name: str) -> str:
 class AttachmentMixin:
     """GET (and HEAD) ``/api/v1/attachments/{id}``: the decrypted file, if complete."""
 
-    node: Any
+    node: NodeApi
     request: Any
 
     async def get(self, raw_id: str) -> None:
@@ -294,8 +295,7 @@ class AttachmentMixin:
         handler: Any = self
         if not _FILE_ID.match(raw_id):
             raise ApiError(400, "bad_attachment_id", "an attachment id is 64 hex characters")
-        attachments = self.node.attachments
-        row = attachments.get(bytes.fromhex(raw_id))
+        row = self.node.attachment(bytes.fromhex(raw_id))
         if row.state is not AttachmentState.COMPLETE:
             raise ApiError(409, "attachment_incomplete",
                            "the file is not here yet" if row.state is not
@@ -319,7 +319,7 @@ class AttachmentMixin:
         for index in range(start // ATTACHMENT_CHUNK_SIZE,
                            (end - 1) // ATTACHMENT_CHUNK_SIZE + 1):
             try:
-                plain = await attachments.read_plain(row, index)
+                plain = await self.node.read_attachment(row, index)
             except (StorageError, ChunkError) as exc:
                 if sent == 0:
                     raise ApiError(409, "attachment_incomplete",

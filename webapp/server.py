@@ -1,6 +1,6 @@
 """The node's local UI server (DESIGN §8): base handlers, the app factory, start/stop.
 
-    server = start_ui_server(data_dir, api_routes=routes, node=node, hub=hub, port=0)
+    server = start_ui_server(data_dir, api_routes=routes, hub=hub, port=0)
     print("Open", server.url)            # http://127.0.0.1:PORT/#token=...
     ...
     await server.stop()
@@ -82,10 +82,6 @@ class UiApiHandler(UiHandlerMixin, JsonHandler):
         super().initialize()
         self.ctx = ctx
         self.apply_security_headers()
-
-    @property
-    def node(self) -> Any:
-        return self.ctx.node
 
     @property
     def hub(self) -> EventHub:
@@ -281,8 +277,8 @@ class UiServer:
 
 
 def start_ui_server(data_dir: str | os.PathLike[str] | None, *,
-                    api_routes: Sequence[Route] = (), node: Any = None,
-                    hub: EventHub | None = None, port: int = 0, token: str | None = None,
+                    api_routes: Sequence[Route] = (), hub: EventHub | None = None,
+                    port: int = 0, token: str | None = None,
                     dist_dir: Path = DIST_DIR, ping_interval: float = PING_INTERVAL,
                     ping_timeout: float = PING_TIMEOUT) -> UiServer:
     """Bind 127.0.0.1:``port`` (0 picks a free port), make a new token in
@@ -296,7 +292,7 @@ def start_ui_server(data_dir: str | os.PathLike[str] | None, *,
         if data_dir is not None:
             token = create_ui_token(data_dir)
         assert token is not None
-        ctx = UiContext(token=token, port=bound, hub=hub or EventHub(), node=node,
+        ctx = UiContext(token=token, port=bound, hub=hub or EventHub(),
                         dist_dir=Path(dist_dir))
         app = make_ui_app(ctx, api_routes, ping_interval=ping_interval,
                           ping_timeout=ping_timeout)

@@ -18,25 +18,28 @@ import pytest
 from groups.node import Node, NodeConfig
 from mesh.link import StreamFramer
 from mesh.websocket import LinkConnection
+from webapp.app import App
+from webapp.events import EventHub
 
-__all__ = ["Meeting", "Relay", "meet", "start_node", "texts", "until"]
+__all__ = ["Meeting", "Relay", "meet", "node_config", "texts", "until"]
 
 
-async def start_node(data_dir: Path, **config: Any) -> Node:
+def node_config(data_dir: Path, **config: Any) -> NodeConfig:
     """A node that finds nobody by itself: no bootstrap, no DHT; no WebSocket mesh
     unless ``mesh_port`` is given."""
     options: dict[str, Any] = {"bootstrap": "", "dht_port": None, "mesh_port": None,
-                               "ui_port": 0, **config}
-    return await Node.start(NodeConfig(data_dir=data_dir, **options))
+                               **config}
+    return NodeConfig(data_dir=data_dir, **options)
 
 
 @pytest.fixture
 async def nodes(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Node]]]:
-    """``await nodes("a", **config)`` starts a node in tmp_path/a; all stop afterwards."""
+    """``await nodes("a", **config)`` starts a node (no UI) in tmp_path/a; all stop
+    afterwards."""
     started: list[Node] = []
 
     async def make(name: str, **config: Any) -> Node:
-        node = await start_node(tmp_path / name, **config)
+        node = await Node.start(node_config(tmp_path / name, **config), events=EventHub())
         started.append(node)
         return node
 
@@ -46,6 +49,24 @@ async def nodes(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Node]]]
         for node in reversed(started):
             with contextlib.suppress(Exception):
                 await node.stop()
+
+
+@pytest.fixture
+async def apps(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[App]]]:
+    """``await apps("a", **config)``: a node with its UI server, as run.py starts it."""
+    started: list[App] = []
+
+    async def make(name: str, **config: Any) -> App:
+        app = await App.start(node_config(tmp_path / name, **config))
+        started.append(app)
+        return app
+
+    try:
+        yield make
+    finally:
+        for app in reversed(started):
+            with contextlib.suppress(Exception):
+                await app.stop()
 
 
 async def until(predicate: Callable[[], Any], within: float = 20.0, what: str = "condition",

@@ -14,11 +14,11 @@ from typing import Any
 
 from tornado.httpclient import AsyncHTTPClient
 
-from groups.node import Node
 from mesh.bluetooth import BluetoothService, Sighting, StreamLink, open_stream_link
 from mesh.websocket import LinkConnection, Transport
 from tests.integration.bluetooth.conftest import until
 from tests.unit.mesh.test_link_helpers import make_node
+from webapp.app import App
 
 # Seconds between scans: long next to a loopback connect, so that only the lower
 # address connects (the higher one waits for a second sighting).
@@ -159,8 +159,8 @@ async def test_the_higher_address_connects_when_the_lower_cannot_see_it() -> Non
         await high.service.close()
 
 
-async def api(node: Node, method: str, body: Any = None) -> tuple[int, Any]:
-    origin, token = node.ui.url.split("/#token=")
+async def api(app: App, method: str, body: Any = None) -> tuple[int, Any]:
+    origin, token = app.ui_url.split("/#token=")
     reply = await AsyncHTTPClient().fetch(
         origin + "/api/v1/bluetooth", method=method, raise_error=False,
         body=None if body is None else json.dumps(body),
@@ -168,30 +168,31 @@ async def api(node: Node, method: str, body: Any = None) -> tuple[int, Any]:
     return reply.code, json.loads(reply.body)
 
 
-async def test_switched_on_in_settings_two_nodes_meet_and_a_join_completes(nodes) -> None:
+async def test_switched_on_in_settings_two_nodes_meet_and_a_join_completes(apps) -> None:
     air = Air()
-    a, b = await nodes("a"), await nodes("b")
+    app_a, app_b = await apps("a"), await apps("b")
+    a, b = app_a.node, app_b.node
     for node, address in ((a, "00:1A:7D:DA:71:0A"), (b, "00:1A:7D:DA:71:0B")):
         node.meetups.radio_factory = lambda address=address: FakeRadio(air, address)
         node.meetups.scan_interval = SCAN
     group = a.messenger.groups.create("radio club")
     join = asyncio.create_task(b.messenger.groups.join(a.messenger.groups.invite(group),
                                                        wait=20))
-    assert (await api(a, "POST", {"enabled": "yes"}))[0] == 400
-    assert (await api(a, "POST", {"attachments": "some"}))[0] == 400
-    assert (await api(a, "POST", {"colour": "blue"}))[0] == 400
-    for node in (a, b):
-        code, shown = await api(node, "POST", {"enabled": True, "attachments": 5})
+    assert (await api(app_a, "POST", {"enabled": "yes"}))[0] == 400
+    assert (await api(app_a, "POST", {"attachments": "some"}))[0] == 400
+    assert (await api(app_a, "POST", {"colour": "blue"}))[0] == 400
+    for app in (app_a, app_b):
+        code, shown = await api(app, "POST", {"enabled": True, "attachments": 5})
         assert code == 200 and shown["running"] and shown["attachments"] == 5 * 1024 * 1024
     assert await join == (group, True)
     assert air.connects == [("00:1A:7D:DA:71:0A", "00:1A:7D:DA:71:0B")]
     await until(lambda: group.hex() in a.meetups.status()["groups"], what="a sync")
-    code, shown = await api(a, "GET")
+    code, shown = await api(app_a, "GET")
     assert code == 200 and shown["enabled"] and shown["address"] == "00:1A:7D:DA:71:0A"
     assert [(p["id"], p["address"], p["linked"], p["member"]) for p in shown["nearby"]] == \
         [(b.user_id, "00:1A:7D:DA:71:0B", True, True)]
     # Switched off: the radio stops and the link ends; the setting is remembered.
-    code, shown = await api(b, "POST", {"enabled": False})
+    code, shown = await api(app_b, "POST", {"enabled": False})
     assert code == 200 and not shown["enabled"] and not shown["running"]
     await until(lambda: not a.runtime.links(), what="the link ends")
     assert json.loads((b.meetups.path).read_text())["enabled"] is False

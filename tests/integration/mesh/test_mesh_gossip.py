@@ -18,7 +18,7 @@ import pytest
 from mesh.gossip_state import Deliver, Event, Message, Params
 from mesh.link import MAX_MESSAGE
 from mesh.memstore import MemoryStore
-from mesh.runtime import MeshRuntime
+from mesh.runtime import MeshHooks, MeshRuntime
 from tests.integration.mesh.conftest import StallProxy
 from tests.unit.mesh.test_link_helpers import Node, make_node
 
@@ -48,11 +48,11 @@ class MeshNode:
 
     def start(self) -> None:
         self.runtime = MeshRuntime(
-            self.node.identity, self.node.record, self.store, commit=self.store.add,
-            validate=lambda m: None, on_event=self._event, params=FAST,
+            self.node.identity, self.node.record, self.store, params=FAST,
             rng=random.Random(self.seed),
             manager_options={**MANAGER, "link_options": self.link_options})
-        self.port = self.runtime.start(0)
+        self.port = self.runtime.start(
+            MeshHooks(commit=self.store.add, validate=lambda m: None, on_event=self._event))
 
     async def stop(self) -> None:
         if self.runtime is not None:

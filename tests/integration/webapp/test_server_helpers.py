@@ -13,11 +13,17 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest, HTTPResponse
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
+from webapp.context import UiContext
 from webapp.server import UiApiHandler, UiServer, start_ui_server
 
 
 class PingHandler(UiApiHandler):
-    """GET /api/v1/ping: the smallest authenticated endpoint."""
+    """GET /api/v1/ping: the smallest authenticated endpoint; it names the collaborator
+    its route hands it through ``initialize`` (as the node API's routes do)."""
+
+    def initialize(self, ctx: UiContext, node: str) -> None:  # type: ignore[override]
+        super().initialize(ctx)
+        self.node = node
 
     def get(self) -> None:
         self.send_json(200, {"pong": True, "node": self.node})
@@ -47,7 +53,7 @@ class UploadHandler(UiApiHandler):
 
 
 ROUTES: list[Any] = [
-    (r"/api/v1/ping", PingHandler),
+    (r"/api/v1/ping", PingHandler, {"node": "example-node"}),
     (r"/api/v1/echo", EchoHandler, {}),
     (r"/api/v1/upload", UploadHandler),
 ]
@@ -144,7 +150,7 @@ async def start_ui(tmp_path: Path) -> AsyncIterator[Callable[..., Ui]]:
 
 @pytest.fixture
 async def ui(start_ui: Callable[..., Ui]) -> Ui:
-    return start_ui(node="example-node")
+    return start_ui()
 
 
 async def eventually(predicate: Callable[[], bool], within: float = 5.0) -> None:

@@ -1,0 +1,215 @@
+"""NodeApi: everything a UI (webapp/api.py) may ask of a node, and nothing more.
+
+The handlers of the node API get one NodeApi through ``initialize()`` and call only
+its methods; they never reach into the node's parts. Methods take and return plain
+values (ids as str/bytes, JSON-ready dicts) and raise the groups and mesh error trees,
+which webapp/api.py turns into HTTP answers. State-changing methods commit before they
+return (accepted = durable).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+from typing import Any
+
+from groups import history
+from groups import store as node_store
+from groups.attachment_rows import AttachmentRow
+from groups.crypto import safety_number, safety_number_qr
+from groups.errors import NotFound, PermissionDenied
+from groups.invites import Invite, qr_svg
+from groups.membership import INVITE_TTL
+from groups.messages import FileRef, direct_topic
+from groups.node import Node
+from mesh.identity import display_user_id
+
+__all__ = ["NodeApi"]
+
+
+class NodeApi:
+    def __init__(self, node: Node) -> None:
+        self._node = node
+        self._messenger = node.messenger
+        self._groups = node.messenger.groups
+        self._attachments = node.attachments
+        self._meetups = node.meetups
+        self.user_id = node.user_id
+
+    # -- me, contacts, safety numbers --------------------------------------------------
+
+    def me(self) -> dict[str, Any]:
+        node = self._node
+        dht = node.dht
+        return {"id": self.user_id, "display_id": display_user_id(self.user_id),
+                "identity_key": node.identity.public.hex(),
+                "safety_qr": qr_svg(f"parley:user/{self.user_id}/{node.identity.public.hex()}"),
+                "endpoints": list(node.record.endpoints),
+                "bootstrap": node.config.bootstrap,
+                "registered": node.client is not None and node.registered.is_set(),
+                "storage_bytes": self.storage_bytes(),
+                "bluetooth": self._meetups.summary(),
+                "dht": None if dht is None else {
+                    "joined": node.dht_joined,
+                    "peers": dht.routing_table_size() if dht.running else 0}}
+
+    def storage_bytes(self) -> int:
+        """What this node keeps on disk (database, its WAL, attachment chunks)."""
+        total = 0
+        for path in Path(self._node.data_dir).rglob("*"):
+            with contextlib.suppress(OSError):
+                if path.is_file():
+                    total += path.stat().st_size
+        return total
+
+    def contacts(self) -> list[dict[str, Any]]:
+        return [{"id": uid, "display_id": display_user_id(uid),
+                 "conversation": direct_topic(self.user_id, uid).hex()}
+                for uid in self._node.directory.contacts()]
+
+    async def add_contact(self, user_id: str) -> dict[str, Any]:
+        if user_id == self.user_id:
+            raise NotFound("that is your own id")
+        directory = self._node.directory
+        record = await directory.refresh(user_id, time.time())
+        directory.remember(record, time.time(), contact=True)
+        await directory.ensure_session(user_id, time.time())
+        with node_store.atomic(self._node.conn):
+            topic = self._messenger.open_direct(user_id, visible=True)
+        self._messenger.announce_direct(topic, user_id)
+        return {"id": user_id, "display_id": display_user_id(user_id),
+                "conversation": topic.hex()}
+
+    def safety(self, user_id: str) -> dict[str, Any]:
+        node = self._node
+        key = node.crypto.identity_key_of(user_id)
+        if key is None:
+            record = node.directory.record(user_id)
+            if record is None:
+                raise NotFound("no key known for this user yet")
+            key = record.identity_key
+        number = safety_number(node.identity.public, key)
+        return {"id": user_id, "safety_number": number, "identity_key": key.hex(),
+                "verified": node.directory.is_verified(user_id, key),
+                "qr_svg": qr_svg(safety_number_qr(node.identity.public, key))}
+
+    def set_verified(self, user_id: str, identity_key: bytes, verified: bool) -> dict[str, Any]:
+        """Our user compared the safety number in person (for exactly this key)."""
+        current = self.safety(user_id)
+        if bytes.fromhex(current["identity_key"]) != identity_key:
+            raise PermissionDenied("the key changed since you compared it; compare again",
+                                   "key_mismatch")
+        self._node.directory.set_verified(user_id, identity_key, verified)
+        return self.safety(user_id)
+
+    # -- 1:1 chats -----------------------------------------------------------------------
+
+    def chat_topic(self, user_id: str) -> bytes:
+        """The 1:1 topic with ``user_id``; NotFound unless we chat with them."""
+        topic = direct_topic(self.user_id, user_id)
+        if history.conversation(self._node.conn, topic) is None:
+            raise NotFound("no chat with this user; add them as a contact first")
+        return topic
+
+    async def open_chat(self, user_id: str) -> bytes:
+        """The 1:1 topic with ``user_id``, adding the contact first if needed."""
+        topic = direct_topic(self.user_id, user_id)
+        if history.conversation(self._node.conn, topic) is None \
+                or not self._node.crypto.has_session(user_id):
+            await self.add_contact(user_id)
+        return topic
+
+    async def send_direct(self, user_id: str, text: str, file: FileRef | None = None) -> bytes:
+        return self._messenger.send_text(await self.open_chat(user_id), text, file)
+
+    # -- groups ------------------------------------------------------------------------
+
+    def conversations(self) -> list[dict[str, Any]]:
+        """Groups and 1:1 chats we are in, each with its last message and unread count."""
+        conn = self._node.conn
+        out = []
+        for conv in history.conversations(conn):
+            if not conv.visible or conv.left_at is not None:
+                continue
+            rows = history.chat_messages(conn, conv.topic, limit=1)
+            out.append({"id": conv.topic.hex(), "kind": conv.kind, "name": conv.name,
+                        "peer": conv.peer,
+                        "unread": history.unread_count(conn, conv.topic, self.user_id),
+                        "last_message": self._messenger.describe(rows[-1]) if rows else None})
+        return out
+
+    def create_group(self, name: str) -> bytes:
+        return self._groups.create(name)
+
+    def group_topic(self, group_id: bytes) -> bytes:
+        """``group_id`` if we are in that group; NotFound otherwise."""
+        self._groups.log_of(group_id)
+        return group_id
+
+    def group_info(self, group_id: bytes) -> dict[str, Any]:
+        return self._groups.info(group_id)
+
+    def invite(self, group_id: bytes, ttl: float = INVITE_TTL) -> Invite:
+        return self._groups.invite(group_id, ttl)
+
+    async def join(self, invite: Invite) -> tuple[bytes, bool]:
+        """Redeem an invite: (group id, joined now) - False: the request waits for a
+        member to come online. The invite's DHT contacts are tried first."""
+        await self._node.join_dht_contacts(invite.dht)
+        return await self._groups.join(invite)
+
+    def remove_member(self, group_id: bytes, user_id: str) -> None:
+        self._groups.remove(group_id, user_id)
+
+    def promote(self, group_id: bytes, user_id: str) -> dict[str, Any]:
+        self._groups.promote(group_id, user_id)
+        return self._groups.info(group_id)
+
+    # -- messages (both kinds of conversation, by topic) -------------------------------------
+
+    def messages(self, topic: bytes) -> list[dict[str, Any]]:
+        return self._messenger.messages(topic)
+
+    def send_text(self, topic: bytes, text: str, file: FileRef | None = None) -> bytes:
+        return self._messenger.send_text(topic, text, file)
+
+    def mark_read(self, topic: bytes, message_id: bytes) -> int:
+        return self._messenger.mark_read(topic, message_id)
+
+    # -- attachments -------------------------------------------------------------------
+
+    def new_upload(self) -> tuple[int, Path]:
+        """A private file (fd, path) to stream an upload's plaintext into."""
+        return self._attachments.store.new_upload()
+
+    async def stage_upload(self, topic: bytes, path: Path, name: str, size: int) -> FileRef:
+        """Encrypt an uploaded file into the chunk store, ready to be sent in ``topic``."""
+        return await self._attachments.stage(topic, path, name, size)
+
+    def discard_attachment(self, file_id: bytes) -> None:
+        self._attachments.discard(file_id)
+
+    def attachment(self, file_id: bytes) -> AttachmentRow:
+        return self._attachments.get(file_id)
+
+    async def read_attachment(self, row: AttachmentRow, index: int) -> bytes:
+        """Chunk ``index`` of a complete file, decrypted and checked."""
+        return await self._attachments.read_plain(row, index)
+
+    def attachment_info(self, file_id: bytes) -> dict[str, Any]:
+        return self._attachments.info(file_id)
+
+    def transfer_stats(self) -> dict[str, Any]:
+        return self._attachments.stats()
+
+    # -- Bluetooth ---------------------------------------------------------------------
+
+    def bluetooth(self) -> dict[str, Any]:
+        return self._meetups.status()
+
+    def set_bluetooth_attachments(self, limit: int | None) -> None:
+        self._meetups.set_attachments_limit(limit)
+
+    async def set_bluetooth_enabled(self, enabled: bool) -> None:
+        await self._meetups.set_enabled(enabled)
