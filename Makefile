@@ -62,7 +62,7 @@ webapp/dist/index.html: $(WEBAPP_STAMP) $(WEBAPP_SOURCES)
 lint: setup
 	$(VENV)/bin/ruff check .
 
-BENCHES := bootstrap crypto messenger mesh attachments dht
+BENCHES := bootstrap crypto messenger mesh attachments shaped dht
 
 bench: setup
 	@for b in $(BENCHES); do echo "## bench.$$b"; $(PY) -m bench.$$b || exit 1; done
