@@ -102,6 +102,9 @@ def _node_options(parser: argparse.ArgumentParser, *, bootstrap_default: str) ->
     parser.add_argument("--refresh-interval", type=float, default=30.0,
                         help="seconds between looks for peers that moved (their records "
                              "are re-read at most every 5 intervals)")
+    parser.add_argument("--no-lan-discovery", action="store_true",
+                        help="do not announce this node or look for friends on the LAN "
+                             "(mDNS; on only when the mesh listens beyond 127.0.0.1)")
     parser.add_argument("--bluetooth", action="store_true",
                         help="meet nearby nodes over Bluetooth (needs `make bluetooth` "
                              "and an adapter; without them the node says so and runs on)")
@@ -126,6 +129,7 @@ def _node_config(args: argparse.Namespace, bootstrap: str) -> NodeConfig:
                       discovery=args.discovery, dht_contacts=tuple(args.dht_contact),
                       refresh_interval=args.refresh_interval,
                       retention_days=args.retention_days, bluetooth=args.bluetooth,
+                      lan_discovery=not args.no_lan_discovery,
                       bluetooth_attachments=args.bluetooth_attachments)
 
 

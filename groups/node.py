@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import os
@@ -44,7 +45,9 @@ from mesh.discovery import DiscoveryClient
 from mesh.errors import DiscoveryRefused, MeshError
 from mesh.gossip_state import Acked, Event, Message, Rejected
 from mesh.identity import KeyPair, Record, display_user_id, load_or_create_identity
+from mesh.lan import LanCore, Match
 from mesh.lookup import Discovery, DiscoveryMode, bootstrap_dht_contact
+from mesh.mdns import LanDiscovery, lan_addresses
 from mesh.runtime import MeshHooks, MeshRuntime
 from mesh.websocket import MESH_PATH, DialError, LinkConnection
 
@@ -72,6 +75,7 @@ class NodeConfig:
     dht_contacts: tuple[str, ...] = ()  # "ip:port" of DHT nodes to join through
     bluetooth: bool = False           # advertise, scan and link over Bluetooth RFCOMM
     bluetooth_attachments: int | None = None  # max file bytes over Bluetooth; None: all
+    lan_discovery: bool = True        # mDNS on the LAN (only when the mesh listens beyond loopback)
 
 
 class Node:
@@ -119,6 +123,7 @@ class Node:
         # the messenger tells attachments of each file it commits: one of the two has
         # to be handed the other.
         self.messenger.attachments = self.attachments
+        self.lan: LanDiscovery | None = None
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -159,6 +164,8 @@ class Node:
         self.messenger.load()
         await self.attachments.start()
         await self.meetups.start(self.config.bluetooth)
+        if port is not None:
+            await self._start_lan_discovery(port)
         self._tasks = [asyncio.ensure_future(self._register_loop(self._prekeys)),
                        asyncio.ensure_future(self.messenger.run_outbox(self._stop)),
                        asyncio.ensure_future(self._refresh_loop())]
@@ -174,6 +181,8 @@ class Node:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.meetups.close()
+        if self.lan is not None:
+            await self.lan.close()
         await self.runtime.close()
         if self.dht is not None:
             if self.dht_joined:
@@ -326,6 +335,38 @@ class Node:
             dht = [format_dht_contact(host, port)]
             dht += [format_dht_contact(h, p) for h, p in self.dht.contacts(limit=3)]
         return self.config.bootstrap, endpoints, tuple(dict.fromkeys(dht))
+
+    # -- LAN discovery -------------------------------------------------------------------
+
+    async def _start_lan_discovery(self, port: int) -> None:
+        """Announce on the LAN and dial known peers heard there (see mesh/lan.py). Only
+        when the mesh listens on a LAN address: a loopback mesh cannot be dialled."""
+        host = self.config.mesh_host
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:  # a host name: which LAN address it means is not ours to guess
+            return
+        if not self.config.lan_discovery or address.is_loopback:
+            return
+        wildcard = address.is_unspecified
+        self.lan = LanDiscovery(LanCore(self.identity), port, peers=self._lan_peers,
+                                on_match=self._lan_match,
+                                addresses=lan_addresses if wildcard else lambda: (host,))
+        await self.lan.start()
+
+    def _lan_peers(self) -> dict[str, bytes]:
+        peers = {}
+        for user in self.messenger.peers_of_interest():
+            record = self.directory.record(user)
+            if record is not None:
+                peers[user] = record.identity_key
+        return peers
+
+    def _lan_match(self, match: Match) -> None:
+        hosts = (f"[{a}]" if ":" in a else a for a in match.addresses)
+        urls = [f"ws://{h}:{match.port}{MESH_PATH}" for h in hosts]
+        log.info("found %s on the LAN at %s", display_user_id(match.peer_id), ", ".join(urls))
+        self.runtime.manager.set_hints(match.peer_id, urls)
 
     # -- mesh callbacks ------------------------------------------------------------------
 

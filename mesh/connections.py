@@ -187,6 +187,7 @@ class ConnectionManager:
         self._link_options = dict(link_options or {})
         self._dial_options = dict(dial_options or {})
         self._topics: dict[bytes, dict[str, tuple[str, ...]]] = {}
+        self._hints: dict[str, tuple[str, ...]] = {}
         self._links: dict[str, LinkConnection] = {}
         self._all: set[LinkConnection] = set()
         self._inbound_paths: dict[LinkConnection, str] = {}
@@ -208,6 +209,17 @@ class ConnectionManager:
 
     def remove_topic(self, topic: bytes) -> None:
         self._topics.pop(topic, None)
+        self._kick()
+
+    def set_hints(self, peer_id: str, urls: Sequence[str]) -> None:
+        """Endpoints of a peer heard outside its record (a LAN announcement): they join
+        its candidates in the usual dial order. New hints end the peer's backoff, so a
+        friend who just appeared on the LAN is dialled now."""
+        urls = tuple(urls)
+        if peer_id == self.user_id or self._hints.get(peer_id) == urls:
+            return
+        self._hints[peer_id] = urls
+        self._peer(peer_id).not_before = 0.0
         self._kick()
 
     def set_record(self, record: Record) -> None:
@@ -377,7 +389,7 @@ class ConnectionManager:
         topics = {t: tuple(m) for t, m in self._topics.items()}
         connected = set(self.links())
         dialable = {p for m in self._topics.values() for p, eps in m.items()
-                    if eps and self._peer(p).not_before <= now}
+                    if (eps or p in self._hints) and self._peer(p).not_before <= now}
         for peer in plan_dials(topics, connected=connected, pending=set(self._dialing),
                                dialable=dialable, d_lo=self.d_lo, d=self.d,
                                full_mesh_max=self.full_mesh_max, rng=self.rng):
@@ -397,7 +409,7 @@ class ConnectionManager:
                 self._links[peer].close("surplus", "no shared topic")
 
     def _endpoints(self, peer: str) -> list[str]:
-        seen: dict[str, None] = {}
+        seen: dict[str, None] = dict.fromkeys(self._hints.get(peer, ()))
         for members in self._topics.values():
             for url in members.get(peer, ()):
                 seen.setdefault(url, None)
