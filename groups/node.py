@@ -75,7 +75,7 @@ class NodeConfig:
     dht_contacts: tuple[str, ...] = ()  # "ip:port" of DHT nodes to join through
     bluetooth: bool = False           # advertise, scan and link over Bluetooth RFCOMM
     bluetooth_attachments: int | None = None  # max file bytes over Bluetooth; None: all
-    lan_discovery: bool = True        # mDNS on the LAN (only when the mesh listens beyond loopback)
+    lan_discovery: bool = False       # mDNS on the LAN (run.py: on; needs a mesh beyond loopback)
 
 
 class Node:

@@ -7,6 +7,7 @@
         ├── RecordError         a signed record that does not decode or verify
         ├── SignatureError      a signature that does not verify
         ├── AnnouncementError   a LAN (mDNS) announcement that does not parse
+        ├── PortMapError        a NAT-PMP gateway refused, stayed silent or sent garbage
         └── DiscoveryError      the bootstrap server refused or failed a request
             ├── DiscoveryUnavailable   no answer (connection refused, timeout, 5xx)
             └── DiscoveryRefused       a 4xx with the server's error code
@@ -25,6 +26,7 @@ __all__ = [
     "KeyFileError",
     "LocalError",
     "MeshError",
+    "PortMapError",
     "RecordError",
     "RemoteError",
     "SignatureError",
@@ -64,6 +66,10 @@ class SignatureError(RemoteError):
 
 class AnnouncementError(RemoteError):
     reason = "bad_announcement"
+
+
+class PortMapError(RemoteError):
+    reason = "bad_portmap"
 
 
 class DiscoveryError(RemoteError):
