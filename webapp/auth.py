@@ -16,14 +16,21 @@ rebinding attack can make a hostile name resolve there. So, for every request:
   ``multipart/form-data`` where a handler takes uploads), which no cross-site HTML
   form can send without a CORS preflight that we never answer.
 
+The token is new at every start; the browser's cookie is derived from a session secret
+kept in ``<data-dir>/ui-session`` (0600), so an open tab survives a restart of its node
+and "sign out everywhere" (a new secret) ends every browser's session at once.
+
 Everything here is plain functions over header strings, so it is unit-tested without
 a server; the Tornado handlers in webapp/context.py apply it.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import hmac
+import logging
 import os
 import re
 import secrets
@@ -34,6 +41,7 @@ from mesh.errors import LocalError
 from mesh.jsonapi import ApiError
 
 __all__ = [
+    "SESSION_FILE",
     "TOKEN_BYTES",
     "TOKEN_FILE",
     "UiTokenError",
@@ -47,15 +55,22 @@ __all__ = [
     "content_security_policy",
     "cookie_name",
     "create_ui_token",
+    "load_session_secret",
     "media_type",
     "new_token",
     "read_ui_token",
     "remove_ui_token",
+    "rotate_session_secret",
     "security_headers",
+    "session_cookie_value",
     "tokens_equal",
 ]
 
+log = logging.getLogger("parley.webapp")
+
 TOKEN_FILE = "ui-token"  # noqa: S105 (a file name, not a secret)
+SESSION_FILE = "ui-session"
+_COOKIE_CONTEXT = b"parley ui session cookie v1"
 TOKEN_BYTES = 32
 _TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{43}")  # 32 bytes, urlsafe base64, no padding
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -79,27 +94,74 @@ def create_ui_token(data_dir: str | os.PathLike[str]) -> str:
     """Make a new token and write it to ``<data_dir>/ui-token`` (mode 0600), atomically.
 
     A new token on every start means a token that leaked (shell history, a screenshot
-    of the printed URL) stops working at the next restart. The file is written to a
-    private temporary file first and renamed over the old one, so a reader never sees a
-    half-written token and the token is never readable by others, not even briefly.
+    of the printed URL) stops working at the next restart.
     """
-    directory = Path(data_dir)
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     token = new_token()
-    fd, tmp = tempfile.mkstemp(prefix=".ui-token.", dir=directory)  # created 0600
+    _write_private(Path(data_dir), TOKEN_FILE, token)
+    return token
+
+
+def load_session_secret(data_dir: str | os.PathLike[str]) -> str:
+    """The secret the browsers' session cookies derive from, kept across restarts in
+    ``<data_dir>/ui-session`` (0600); made on first use.
+
+    A file that does not hold a secret, or that others may read (the secret may have
+    leaked), is replaced by a new secret: the cost is only that browsers sign in again.
+    """
+    path = Path(data_dir) / SESSION_FILE
+    try:
+        mode = path.stat().st_mode & 0o777
+        text = path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        return rotate_session_secret(data_dir)
+    except (OSError, UnicodeDecodeError) as exc:
+        log.warning("cannot read %s (%s): browsers must sign in again", path, exc)
+        return rotate_session_secret(data_dir)
+    if mode & 0o077:
+        log.warning("%s was readable by others (mode %o): made a new session secret, "
+                    "browsers must sign in again", path, mode)
+        return rotate_session_secret(data_dir)
+    if not _TOKEN_RE.fullmatch(text):
+        log.warning("%s holds no session secret: made a new one, browsers must sign in "
+                    "again", path)
+        return rotate_session_secret(data_dir)
+    return text
+
+
+def rotate_session_secret(data_dir: str | os.PathLike[str]) -> str:
+    """Write a new session secret (0600, atomically): every cookie made from the old one
+    stops working, in this run and after restarts ("sign out everywhere")."""
+    secret = new_token()
+    _write_private(Path(data_dir), SESSION_FILE, secret)
+    return secret
+
+
+def session_cookie_value(secret: str) -> str:
+    """The cookie value for a session secret: HMAC-SHA256 under a fixed context, so the
+    cookie jar (which browsers may save to disk) never holds the secret of the data dir
+    itself and the file's content is not a cookie either."""
+    digest = hmac.new(secret.encode("ascii"), _COOKIE_CONTEXT, hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+def _write_private(directory: Path, name: str, text: str) -> None:
+    """Write ``directory/name`` readable by us only, atomically: a private temporary file
+    in the same directory, fsynced, renamed over the old file, the directory fsynced. A
+    reader never sees half a secret and others never see it, not even briefly."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=directory)  # created 0600
     try:
         with os.fdopen(fd, "w", encoding="ascii") as f:
-            f.write(token + "\n")
+            f.write(text + "\n")
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o600)
-        os.replace(tmp, directory / TOKEN_FILE)
+        os.replace(tmp, directory / name)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
     _fsync_dir(directory)
-    return token
 
 
 def read_ui_token(data_dir: str | os.PathLike[str]) -> str:

@@ -27,26 +27,31 @@ from webapp.auth import (
     check_resource_isolation,
     cookie_name,
     new_token,
+    rotate_session_secret,
     security_headers,
+    session_cookie_value,
     tokens_equal,
 )
 from webapp.events import EventHub
 
-__all__ = ["DIST_DIR", "JsonErrorMixin", "UiContext", "UiHandlerMixin"]
+__all__ = ["DIST_DIR", "SIGNED_OUT", "JsonErrorMixin", "UiContext", "UiHandlerMixin"]
 
 log = logging.getLogger("parley.webapp")
 
 DIST_DIR = Path(__file__).resolve().parent / "dist"
 _SECRET_RE = re.compile(r"[A-Za-z0-9_-]{32,}")
+SIGNED_OUT = 4001  # events socket close code: the browser's session was revoked
 
 
 @dataclass(eq=False)
 class UiContext:
     """Collaborators and secrets of one UI server.
 
-    ``token`` is the bearer token (also in ``<data-dir>/ui-token``); ``session`` is
-    the value of the browser's session cookie, a separate random secret so that the
-    cookie jar never holds the token itself. Both live only as long as the process.
+    ``token`` is the bearer token (also in ``<data-dir>/ui-token``), new at every
+    start; ``session`` is the value of the browsers' session cookie, a separate secret
+    so that the cookie jar never holds the token itself. With a ``data_dir`` it is
+    derived from the session secret kept there (webapp/auth.py), so cookies survive a
+    restart until ``sign_out_everywhere()``; without one it is random per process.
     Neither secret appears in the repr. (The node's API reaches its handlers through
     their own ``initialize``: see webapp/api.py.)
     """
@@ -57,6 +62,7 @@ class UiContext:
     dist_dir: Path = DIST_DIR
     session: str = field(default_factory=new_token, repr=False)
     sockets: set[Any] = field(default_factory=set, repr=False)  # open events sockets
+    data_dir: Path | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
@@ -66,6 +72,15 @@ class UiContext:
                 raise ValueError(f"{name} must be at least 32 urlsafe base64 characters")
         if tokens_equal(self.token, self.session):
             raise ValueError("the session secret must differ from the token")
+
+    def sign_out_everywhere(self) -> None:
+        """A new session secret: every browser's cookie stops working, now and after
+        restarts, and their events sockets close (4001). Bearer clients keep theirs."""
+        self.session = session_cookie_value(rotate_session_secret(self.data_dir)) \
+            if self.data_dir is not None else new_token()
+        for socket in list(self.sockets):
+            if socket.by_cookie:
+                socket.close(SIGNED_OUT, "signed out everywhere")
 
     @property
     def cookie_name(self) -> str:

@@ -7,7 +7,8 @@
 
 API handlers subclass UiApiHandler; ``make_ui_app`` gives each of them the server's
 UiContext as ``ctx`` and refuses any route whose handler does not enforce the policy.
-Built-in routes: ``/api/v1/session`` (token -> cookie exchange), ``/api/v1/events``
+Built-in routes: ``/api/v1/session`` (token -> cookie exchange), ``/api/v1/sessions``
+(sign out everywhere), ``/api/v1/events``
 (the events WebSocket), ``/_ui/*`` (public files of the locked page) and the app.
 """
 
@@ -28,7 +29,14 @@ from tornado.web import Application, RequestHandler
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 from mesh.jsonapi import ApiError, JsonHandler, check_fields
-from webapp.auth import check_content_type, create_ui_token, remove_ui_token, tokens_equal
+from webapp.auth import (
+    check_content_type,
+    create_ui_token,
+    load_session_secret,
+    remove_ui_token,
+    session_cookie_value,
+    tokens_equal,
+)
 from webapp.context import DIST_DIR, JsonErrorMixin, UiContext, UiHandlerMixin
 from webapp.events import EventHub
 from webapp.static_files import static_routes
@@ -39,6 +47,7 @@ __all__ = [
     "SESSION_PATH",
     "EventsHandler",
     "SessionHandler",
+    "SessionsHandler",
     "UiApiHandler",
     "UiContext",
     "UiServer",
@@ -127,6 +136,19 @@ class SessionHandler(UiApiHandler):
         self.finish()
 
 
+class SessionsHandler(UiApiHandler):
+    """``DELETE /api/v1/sessions``: sign out everywhere. A new session secret ends
+    every browser's session (this one's too), in this run and after restarts."""
+
+    body_limit = 1024
+
+    def delete(self) -> None:
+        self.ctx.sign_out_everywhere()
+        self.clear_cookie(self.ctx.cookie_name, path="/", httponly=True, samesite="Strict")
+        self.set_status(204)
+        self.finish()
+
+
 class ApiNotFoundHandler(UiApiHandler):
     """Any other ``/api/`` path: the policy first (so nothing leaks), then 404."""
 
@@ -146,6 +168,7 @@ class EventsHandler(UiHandlerMixin, JsonErrorMixin, WebSocketHandler):
         self.ctx = ctx
         self.apply_security_headers()
         self._stream: IOStream | None = None
+        self.by_cookie = False
 
     def prepare(self) -> None:
         self.guard(api=True, auth=True)
@@ -160,6 +183,8 @@ class EventsHandler(UiHandlerMixin, JsonErrorMixin, WebSocketHandler):
     def open(self, *args: str, **kwargs: str) -> None:
         assert self.ws_connection is not None
         self._stream = self.ws_connection.stream
+        # A browser's socket ends when its session is revoked; a script's does not.
+        self.by_cookie = self.request.headers.get("Authorization") is None
         self.set_nodelay(True)
         self.ctx.sockets.add(self)
         self.ctx.hub.attach(self)
@@ -203,6 +228,7 @@ def make_ui_app(ctx: UiContext, api_routes: Sequence[Route] = (), *,
     /api/v1, given ``ctx`` through initialize), then the built-in routes."""
     routes: list[tuple[str, type[RequestHandler], dict[str, Any]]] = [
         (SESSION_PATH, SessionHandler, {"ctx": ctx}),
+        (SESSION_PATH + "s", SessionsHandler, {"ctx": ctx}),
         (EVENTS_PATH, EventsHandler, {"ctx": ctx}),
     ]
     for route in api_routes:
@@ -289,11 +315,14 @@ def start_ui_server(data_dir: str | os.PathLike[str] | None, *,
     sockets = bind_sockets(port, "127.0.0.1")
     try:
         bound = sockets[0].getsockname()[1]
+        secrets: dict[str, Any] = {}
         if data_dir is not None:
             token = create_ui_token(data_dir)
+            secrets = {"session": session_cookie_value(load_session_secret(data_dir)),
+                       "data_dir": Path(data_dir)}
         assert token is not None
         ctx = UiContext(token=token, port=bound, hub=hub or EventHub(),
-                        dist_dir=Path(dist_dir))
+                        dist_dir=Path(dist_dir), **secrets)
         app = make_ui_app(ctx, api_routes, ping_interval=ping_interval,
                           ping_timeout=ping_timeout)
         http = HTTPServer(app, max_body_size=MAX_BODY_BACKSTOP, idle_connection_timeout=120,

@@ -4,8 +4,8 @@
 // "same-origin"); every POST/DELETE carries Content-Type: application/json, as the
 // server requires. Errors become ApiError with the server's code and its message,
 // which is written for people; a few codes get a friendlier sentence here. A 401 means
-// the node restarted (the cookie died with it): the page reloads into the locked page,
-// which explains what to do.
+// this browser was signed out (here or by "Sign out everywhere"; a restart of the node
+// keeps the session): the page reloads into the locked page, which explains what to do.
 
 export const API = "/api/v1";
 export const MAX_FILE_BYTES = 26214400; // 25 MiB: the node refuses more (413 file_too_large)
@@ -66,7 +66,7 @@ export function describeError(err) {
 let reloading = false;
 
 function sessionLost() {
-  // The node restarted or the cookie was cleared: the locked page says what to do.
+  // The session was revoked or the cookie cleared: the locked page says what to do.
   if (!reloading) {
     reloading = true;
     window.location.reload();

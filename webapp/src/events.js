@@ -3,13 +3,16 @@
 // The first message is always "ready"; after it no event is missed, so the app
 // reloads its state on every "ready" (first connect and every reconnect). A closed
 // socket (node restart, 4000 slow_client, network blip) reconnects by itself with
-// jittered exponential backoff; after a few failures in a row it asks the API whether
-// the session still holds (a 401 there reloads the page into the locked page).
+// jittered exponential backoff; after a few failures in a row, or at once when the node
+// closed it because every browser was signed out (4001), it asks the API whether the
+// session still holds (a 401 there reloads the page into the locked page). A restarted
+// node keeps the session (its secret is in the data dir): the tab just reconnects.
 
 import { get } from "./api.js";
 
 const MIN_DELAY = 300;
 const MAX_DELAY = 10000;
+const SIGNED_OUT = 4001; // the node revoked browser sessions ("sign out everywhere")
 
 export function connectEvents({ onEvent, onState }) {
   let socket = null;
@@ -49,14 +52,14 @@ export function connectEvents({ onEvent, onState }) {
       }
       onEvent(event);
     };
-    socket.onclose = () => {
+    socket.onclose = (event) => {
       socket = null;
       if (stopped) {
         return;
       }
       onState("offline");
       failures += 1;
-      if (failures % 3 === 0) {
+      if (event.code === SIGNED_OUT || failures % 3 === 0) {
         // A refused handshake looks like any other close: ask the API (401 reloads).
         get("/me").catch(() => {});
       }

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
-from webapp.auth import TOKEN_FILE, read_ui_token
+from webapp.auth import SESSION_FILE, TOKEN_FILE, read_ui_token
 
 from .test_server_helpers import Ui
 
@@ -172,8 +172,10 @@ async def test_token_never_reaches_the_logs(ui: Ui, caplog: pytest.LogCaptureFix
 async def test_token_file_is_private_and_matches(ui: Ui) -> None:
     path = ui.data_dir / TOKEN_FILE
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE((ui.data_dir / SESSION_FILE).stat().st_mode) == 0o600
     assert read_ui_token(ui.data_dir) == ui.token
-    assert [p.name for p in ui.data_dir.iterdir()] == [TOKEN_FILE]  # no temp files left
+    # No temp files left.
+    assert sorted(p.name for p in ui.data_dir.iterdir()) == sorted([TOKEN_FILE, SESSION_FILE])
     assert ui.server.url == f"http://127.0.0.1:{ui.port}/#token={ui.token}"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 import string
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 
 from mesh.jsonapi import ApiError
 from webapp.auth import (
+    SESSION_FILE,
     TOKEN_FILE,
     UiTokenError,
     allowed_hosts,
@@ -24,11 +26,14 @@ from webapp.auth import (
     check_resource_isolation,
     content_security_policy,
     create_ui_token,
+    load_session_secret,
     media_type,
     new_token,
     read_ui_token,
     remove_ui_token,
+    rotate_session_secret,
     security_headers,
+    session_cookie_value,
     tokens_equal,
 )
 
@@ -91,6 +96,56 @@ def test_remove_only_deletes_our_own_token(tmp_path: Path) -> None:
     remove_ui_token(tmp_path, token)
     assert not (tmp_path / TOKEN_FILE).exists()
     remove_ui_token(tmp_path, token)  # already gone: fine
+
+
+# Session secret (browser cookies that outlive a restart)
+
+
+def test_the_session_secret_is_made_once_and_kept(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    secret = load_session_secret(data_dir)
+    path = data_dir / SESSION_FILE
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert path.read_text() == secret + "\n" and len(secret) == 43
+    assert load_session_secret(data_dir) == secret  # the next start: the same
+    assert os.listdir(data_dir) == [SESSION_FILE]   # no temp files left
+
+
+def test_rotation_replaces_the_secret(tmp_path: Path) -> None:
+    first = load_session_secret(tmp_path)
+    second = rotate_session_secret(tmp_path)
+    assert second != first and load_session_secret(tmp_path) == second
+
+
+@pytest.mark.parametrize("content", [b"", b"short\n", b"x" * 43 + b"!", b"\xff" * 43])
+def test_a_damaged_secret_is_replaced(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                      content: bytes) -> None:
+    (tmp_path / SESSION_FILE).write_bytes(content)
+    (tmp_path / SESSION_FILE).chmod(0o600)
+    with caplog.at_level(logging.WARNING, logger="parley.webapp"):
+        secret = load_session_secret(tmp_path)
+    assert [r.levelno for r in caplog.records] == [logging.WARNING]
+    assert "browsers must sign in again" in caplog.text
+    assert (tmp_path / SESSION_FILE).read_text() == secret + "\n"
+
+
+def test_a_secret_others_could_read_is_replaced(tmp_path: Path,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    old = load_session_secret(tmp_path)
+    (tmp_path / SESSION_FILE).chmod(0o644)
+    with caplog.at_level(logging.WARNING, logger="parley.webapp"):
+        new = load_session_secret(tmp_path)
+    assert new != old and "readable by others" in caplog.text
+    assert old not in caplog.text and new not in caplog.text  # secrets are never logged
+    assert stat.S_IMODE((tmp_path / SESSION_FILE).stat().st_mode) == 0o600
+
+
+def test_the_cookie_is_derived_from_the_secret() -> None:
+    secret = new_token()
+    cookie = session_cookie_value(secret)
+    assert cookie == session_cookie_value(secret) and cookie != secret
+    assert len(cookie) == 43 and set(cookie) <= set(string.ascii_letters + string.digits + "-_")
+    assert session_cookie_value(new_token()) != cookie
 
 
 def test_tokens_equal() -> None:
