@@ -17,7 +17,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from groups import history
-from groups.errors import InviteError, NotFound, OpRejected, PermissionDenied, UnknownKey
+from groups.errors import (
+    InviteError,
+    NotFound,
+    OpRejected,
+    PermissionDenied,
+    Throttled,
+    UnknownKey,
+)
 from groups.group import GroupLog, GroupState, Op, OpKind, Role
 from groups.invites import MAX_MEMBERS, Invite
 from groups.messages import (
@@ -132,11 +139,15 @@ class Membership:
                 raise NotYetValid(f"{message.origin} is not a member (yet)", "not_member")
             try:
                 self.m.crypto.verify_group_message(message.topic, message.origin,
-                                                   envelope.body)
+                                                   envelope.body, now=self.m.clock())
             except UnknownKey:
                 # The member's (new) sender key is still on its way to us: ask again
                 # after it arrived (receive_sender_key resyncs the topic).
                 raise NotYetValid("sender key not here yet", "unknown_key") from None
+            except Throttled:
+                # Over the member's rate (groups.crypto.MemberBudget): a later offer
+                # brings it again, when the member's budget has refilled.
+                raise NotYetValid("member over its rate", "throttled") from None
         else:
             raise InvalidMessage("pairwise envelope on a group topic", "bad_envelope")
 

@@ -14,7 +14,7 @@ instance "decrypt a message and store it" commits both or neither).
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from os import PathLike
@@ -25,6 +25,7 @@ __all__ = [
     "MIGRATIONS",
     "SenderKeyInfo",
     "SenderKeyState",
+    "add_sender_key_state",
     "atomic",
     "contains_prekey",
     "contains_session",
@@ -36,7 +37,7 @@ __all__ = [
     "load_identity",
     "load_local_identity",
     "load_prekey",
-    "load_sender_key_states",
+    "load_sender_key_state",
     "load_session",
     "load_signed_prekey",
     "load_signed_prekeys",
@@ -46,17 +47,18 @@ __all__ = [
     "purge_retired_sender_keys",
     "remove_prekey",
     "remove_signed_prekey",
-    "replace_sender_key_states",
     "retire_sender_keys",
     "retire_signed_prekeys",
     "retired_signed_prekeys_before",
     "save_identity",
     "save_local_identity",
     "sender_key_info",
+    "sender_key_state_sizes",
     "session_device_ids",
     "store_prekey",
     "store_session",
     "store_signed_prekey",
+    "update_sender_key_state",
 ]
 
 # Version 1: the key store behind python-axolotl (see docs/protocol.md §7).
@@ -474,16 +476,24 @@ class SenderKeyInfo:
     retired_at: int | None
 
 
-def load_sender_key_states(conn: sqlite3.Connection, group_id: bytes,
-                           sender: str) -> list[bytes]:
-    return [bytes(r[0]) for r in conn.execute(
-        "SELECT state FROM sender_keys WHERE group_id = ? AND sender = ? ORDER BY position",
-        (group_id, sender))]
+def load_sender_key_state(conn: sqlite3.Connection, group_id: bytes, sender: str,
+                          key_id: int) -> bytes | None:
+    """The stored state with ``key_id``, and no other: a message names the one it needs."""
+    row = conn.execute("SELECT state FROM sender_keys WHERE group_id = ? AND sender = ? "
+                       "AND key_id = ?", (group_id, sender, key_id)).fetchone()
+    return None if row is None else bytes(row[0])
+
+
+def sender_key_state_sizes(conn: sqlite3.Connection, group_id: bytes,
+                           sender: str) -> dict[int, int]:
+    """Key id -> size in bytes of each state of (group, sender), without loading them."""
+    return dict(conn.execute("SELECT key_id, length(state) FROM sender_keys "
+                             "WHERE group_id = ? AND sender = ?", (group_id, sender)))
 
 
 def sender_key_info(conn: sqlite3.Connection, group_id: bytes, sender: str,
                     key_id: int | None = None) -> SenderKeyInfo | None:
-    """The state with ``key_id``, or (None) the first one: the one axolotl encrypts with."""
+    """The state with ``key_id``, or (None) the oldest one held (our own key is alone)."""
     query = ("SELECT key_id, iteration, signing_key, own, created_at, retired_at "
              "FROM sender_keys WHERE group_id = ? AND sender = ?")
     args: tuple[object, ...] = (group_id, sender)
@@ -496,26 +506,25 @@ def sender_key_info(conn: sqlite3.Connection, group_id: bytes, sender: str,
     return SenderKeyInfo(row[0], row[1], bytes(row[2]), bool(row[3]), row[4], row[5])
 
 
-def replace_sender_key_states(conn: sqlite3.Connection, group_id: bytes, sender: str,
-                              states: Sequence[SenderKeyState], now: float) -> None:
-    """Make the stored states of (group, sender) exactly ``states``, in order.
+def add_sender_key_state(conn: sqlite3.Connection, group_id: bytes, sender: str,
+                         state: SenderKeyState, *, keep: int, now: float) -> None:
+    """Store a new state of (group, sender) after the ones held; keep the ``keep`` newest."""
+    row = conn.execute("SELECT max(position) FROM sender_keys WHERE group_id = ? "
+                       "AND sender = ?", (group_id, sender)).fetchone()
+    position = 0 if row[0] is None else row[0] + 1
+    conn.execute("INSERT INTO sender_keys (group_id, sender, key_id, position, iteration, "
+                 "signing_key, own, state, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 (group_id, sender, state.key_id, position, state.iteration, state.signing_key,
+                  int(state.own), state.state, int(now)))
+    conn.execute("DELETE FROM sender_keys WHERE group_id = ? AND sender = ? AND position <= ?",
+                 (group_id, sender, position - keep))
 
-    created_at and retired_at of states that were already stored are kept; states that
-    are not in ``states`` any more are deleted.
-    """
-    keep = [s.key_id for s in states]
-    marks = ",".join("?" * len(keep))
-    conn.execute(f"DELETE FROM sender_keys WHERE group_id = ? AND sender = ? "  # noqa: S608
-                 f"AND key_id NOT IN ({marks})", (group_id, sender, *keep))
-    for position, s in enumerate(states):
-        conn.execute(
-            "INSERT INTO sender_keys (group_id, sender, key_id, position, iteration, "
-            "signing_key, own, state, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (group_id, sender, key_id) DO UPDATE SET position = excluded.position, "
-            "iteration = excluded.iteration, signing_key = excluded.signing_key, "
-            "own = excluded.own, state = excluded.state",
-            (group_id, sender, s.key_id, position, s.iteration, s.signing_key, int(s.own),
-             s.state, int(now)))
+
+def update_sender_key_state(conn: sqlite3.Connection, group_id: bytes, sender: str,
+                            key_id: int, iteration: int, state: bytes) -> None:
+    """Move one stored state on (a message was sent or read with it)."""
+    conn.execute("UPDATE sender_keys SET iteration = ?, state = ? WHERE group_id = ? "
+                 "AND sender = ? AND key_id = ?", (iteration, state, group_id, sender, key_id))
 
 
 def retire_sender_keys(conn: sqlite3.Connection, group_id: bytes, sender: str, *,

@@ -48,7 +48,11 @@ from groups.crypto.keystore import (  # noqa: E402
     MAX_SKIPPED_KEYS,
     REGISTRATION_ID,
 )
-from groups.crypto.senderkeys import GroupMessageInfo  # noqa: E402
+from groups.crypto.senderkeys import (  # noqa: E402
+    SENDER_KEY_MAX_ITERATION,
+    GroupMessageInfo,
+    MemberBudget,
+)
 from groups.crypto.symmetric import (  # noqa: E402
     ATTACHMENT_CHUNK_SIZE,
     ATTACHMENT_FILE_ID_LEN,
@@ -68,8 +72,10 @@ __all__ = [
     "MAX_FORWARD_ITERATIONS",
     "MAX_SKIPPED_KEYS",
     "REGISTRATION_ID",
+    "SENDER_KEY_MAX_ITERATION",
     "Crypto",
     "GroupMessageInfo",
+    "MemberBudget",
     "attachment_chunk_count",
     "compare_safety_qr",
     "decrypt_chunk",

@@ -18,10 +18,6 @@ from axolotl.duplicatemessagexception import DuplicateMessageException
 from axolotl.ecc.curve import Curve
 from axolotl.ecc.djbec import DjbECPrivateKey, DjbECPublicKey
 from axolotl.ecc.eckeypair import ECKeyPair
-from axolotl.groups.senderkeyname import SenderKeyName
-from axolotl.groups.state.senderkeyrecord import SenderKeyRecord
-from axolotl.groups.state.senderkeystate import SenderKeyState
-from axolotl.groups.state.senderkeystore import SenderKeyStore
 from axolotl.identitykey import IdentityKey
 from axolotl.identitykeypair import IdentityKeyPair
 from axolotl.invalidkeyexception import InvalidKeyException
@@ -37,7 +33,6 @@ from axolotl.state.sessionrecord import SessionRecord
 from axolotl.state.sessionstore import SessionStore
 from axolotl.state.signedprekeyrecord import SignedPreKeyRecord
 from axolotl.state.signedprekeystore import SignedPreKeyStore
-from axolotl.state.storageprotos_pb2 import SenderKeyStateStructure
 from axolotl.untrustedidentityexception import UntrustedIdentityException
 from cryptography.exceptions import InvalidTag
 from google.protobuf.message import DecodeError
@@ -58,7 +53,6 @@ from mesh.identity import LAST_RESORT_PREKEY_ID, KeyPair, user_id_for_key
 __all__ = [
     "DEVICE_ID",
     "MAX_FORWARD_ITERATIONS",
-    "MAX_SENDER_KEY_STATES",
     "MAX_SKIPPED_KEYS",
     "REGISTRATION_ID",
     "AxolotlStore",
@@ -73,9 +67,8 @@ DEVICE_ID = 1
 # axolotl wants a registration id (Signal uses it to spot reinstalls). Ours is a constant:
 # records do not carry one, and a per-user random number would only be a linkable tag.
 REGISTRATION_ID = 1
-MAX_FORWARD_ITERATIONS = 2000  # sender-key and ratchet messages at most this far ahead
-MAX_SKIPPED_KEYS = 2000        # skipped message keys kept per chain
-MAX_SENDER_KEY_STATES = 5      # states kept per (group, member), as libsignal
+MAX_FORWARD_ITERATIONS = 2000  # ratchet messages at most this far ahead (axolotl's bound)
+MAX_SKIPPED_KEYS = 2000        # skipped message keys kept per chain / per sender
 
 # What the libraries raise on bytes they cannot parse, besides their own exceptions.
 _PARSE_FAILURES = (DecodeError, ValueError, TypeError, IndexError, KeyError, AttributeError,
@@ -122,9 +115,11 @@ def _trim(messages: Any, limit: int = MAX_SKIPPED_KEYS) -> None:
         del messages[:len(messages) - limit]
 
 
-class AxolotlStore(IdentityKeyStore, PreKeyStore, SignedPreKeyStore, SessionStore,
-                    SenderKeyStore):
-    """python-axolotl's five store interfaces over groups.store (one connection)."""
+class AxolotlStore(IdentityKeyStore, PreKeyStore, SignedPreKeyStore, SessionStore):
+    """python-axolotl's store interfaces over groups.store (one connection).
+
+    Sender keys are not among them: groups.crypto.senderkeys keeps those itself.
+    """
 
     def __init__(self, conn: sqlite3.Connection, identity: KeyPair) -> None:
         self.conn = conn
@@ -212,35 +207,6 @@ class AxolotlStore(IdentityKeyStore, PreKeyStore, SignedPreKeyStore, SessionStor
 
     def deleteAllSessions(self, recepientId) -> None:
         store.delete_all_sessions(self.conn, recepientId)
-
-    # SenderKeyStore (a record = the ordered states of one (group, member))
-
-    @staticmethod
-    def _name(name: SenderKeyName) -> tuple[bytes, str]:
-        return bytes.fromhex(name.getGroupId()), name.getSender().getName()
-
-    def loadSenderKey(self, senderKeyName) -> SenderKeyRecord:
-        record = SenderKeyRecord()
-        for blob in store.load_sender_key_states(self.conn, *self._name(senderKeyName)):
-            structure = SenderKeyStateStructure()
-            structure.ParseFromString(blob)
-            record.senderKeyStates.append(SenderKeyState(senderKeyStateStructure=structure))
-        return record
-
-    def storeSenderKey(self, senderKeyName, senderKeyRecord) -> None:
-        rows: list[store.SenderKeyState] = []
-        seen: set[int] = set()
-        for state in senderKeyRecord.senderKeyStates:
-            s = state.getStructure()
-            if s.senderKeyId in seen:  # axolotl looks up the first state with an id
-                continue
-            seen.add(s.senderKeyId)
-            _trim(s.senderMessageKeys)
-            rows.append(store.SenderKeyState(
-                s.senderKeyId, s.senderChainKey.iteration, bytes(s.senderSigningKey.public),
-                bool(s.senderSigningKey.private), s.SerializeToString()))
-        store.replace_sender_key_states(self.conn, *self._name(senderKeyName),
-                                        rows[-MAX_SENDER_KEY_STATES:], self.now)
 
 
 class CryptoBase:

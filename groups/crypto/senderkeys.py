@@ -1,7 +1,22 @@
-"""Group sender keys: distribution, the Parley group envelope, receive bounds.
+"""Group sender keys: distribution, the Parley group envelope, and what a member may cost.
 
 Part of the groups.crypto package (import from there); see docs/protocol.md §7,
-"Sender keys (groups)".
+"Sender keys (groups)" and "Bounds and limits". The chain state and its storage format
+are groups.crypto.senderchain; python-axolotl supplies the wire messages (SenderKeyMessage,
+SenderKeyDistributionMessage, with their XEdDSA signatures), the message-key derivation
+and the CBC cipher. Its GroupCipher and GroupSessionBuilder are not used: they load and
+re-serialize every state of a member, skipped keys and all, for each message.
+
+What one member can make us do is bounded (issue 15, finding 2):
+
+- a key is good for SENDER_KEY_MAX_ITERATION messages (the 1000 after which members
+  rotate, plus a margin): a message or distribution beyond that is refused before any
+  state is read, so one message derives at most that many chain steps;
+- a message loads and rewrites only the state its key id names;
+- skipped message keys are capped per sender across all of its states (MAX_SKIPPED_KEYS);
+- a token bucket per member (MemberBudget), charged in verify_group_message, the gossip
+  validate hook, with the work a message asks for: a member over its budget gets
+  Throttled, which the hook turns into "not yet valid", so the message comes again later.
 """
 
 from __future__ import annotations
@@ -9,24 +24,19 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import sqlite3
 from dataclasses import dataclass
 
-from axolotl.axolotladdress import AxolotlAddress
-from axolotl.groups.groupcipher import GroupCipher
-from axolotl.groups.groupsessionbuilder import GroupSessionBuilder
-from axolotl.groups.senderkeyname import SenderKeyName
+from axolotl.ecc.djbec import DjbECPrivateKey
+from axolotl.groups.ratchet.sendermessagekey import SenderMessageKey
 from axolotl.protocol.senderkeydistributionmessage import SenderKeyDistributionMessage
 from axolotl.protocol.senderkeymessage import SenderKeyMessage
+from axolotl.sessioncipher import AESCipher
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from groups import store
-from groups.crypto.keystore import (
-    DEVICE_ID,
-    MAX_FORWARD_ITERATIONS,
-    CryptoBase,
-    mapped,
-    public_key,
-)
+from groups.crypto.keystore import MAX_SKIPPED_KEYS, CryptoBase, mapped, public_key
+from groups.crypto.senderchain import SenderChain, skipped_in_received
 from groups.errors import (
     BadDistribution,
     CryptoStoreError,
@@ -35,13 +45,33 @@ from groups.errors import (
     InvalidCiphertext,
     MalformedMessage,
     NoSession,
+    Throttled,
     UnknownKey,
 )
+from mesh.identity import KeyPair
 
-__all__ = ["GROUP_ID_LEN", "GroupMessageInfo", "SenderKeys"]
+__all__ = [
+    "GROUP_ID_LEN",
+    "MAX_SENDER_KEY_STATES",
+    "MEMBER_BURST",
+    "MEMBER_RATE",
+    "SENDER_KEY_MAX_ITERATION",
+    "GroupMessageInfo",
+    "MemberBudget",
+    "SenderKeys",
+]
 
-MAX_DISTRIBUTION_ITERATION = 2**31
 GROUP_ID_LEN = 16
+# Iterations 0..1023 of a key: groups.prekeys rotates ours after 1000 messages
+# (SENDER_KEY_MAX_MESSAGES), so an honest member never comes near the end.
+SENDER_KEY_MAX_ITERATION = 1024
+MAX_SENDER_KEY_STATES = 5  # states kept per (group, member), as libsignal
+# The per-member budget, in messages: a message costs 1, plus 1 for every
+# CHAIN_STEPS_PER_MESSAGE chain steps it makes us derive (measured by bench.senderkeys:
+# one step costs about 1/STEPS of an in-order message).
+MEMBER_RATE = 50.0     # per second, sustained
+MEMBER_BURST = 1000.0  # at once (a backlog after being offline, a file announced ...)
+CHAIN_STEPS_PER_MESSAGE = 256
 
 _GROUP_VERSION = 0x01
 _GROUP_HEADER_MAX = 512  # a SenderKeyMessage around a 64-byte inner block is ~180 bytes
@@ -55,6 +85,35 @@ def _check_group_id(group_id: bytes) -> bytes:
     return group_id
 
 
+def _group_aad(group_id: bytes, sender_id: str) -> bytes:
+    return _GROUP_AAD + group_id + sender_id.encode("ascii")
+
+
+class MemberBudget:
+    """A token bucket per member, fed ``now`` by the caller (no clock inside).
+
+    ``take(member, cost, now)`` spends ``cost`` tokens if the member has them; buckets
+    refill at ``rate`` per second up to ``burst``. A cost above the burst counts as the
+    burst, so every message can pass once the bucket is full. Only members whose
+    messages carry a valid signature get here, so the buckets are bounded by the
+    groups' members.
+    """
+
+    def __init__(self, rate: float = MEMBER_RATE, burst: float = MEMBER_BURST) -> None:
+        if rate <= 0 or burst < 1:
+            raise CryptoUsageError("rate must be > 0 and burst >= 1")
+        self.rate, self.burst = rate, burst
+        self._buckets: dict[str, tuple[float, float]] = {}  # member -> (tokens, stamp)
+
+    def take(self, member: str, cost: float, now: float) -> bool:
+        cost = min(cost, self.burst)
+        tokens, stamp = self._buckets.get(member, (self.burst, now))
+        tokens = min(self.burst, tokens + max(0.0, now - stamp) * self.rate)
+        allowed = tokens >= cost
+        self._buckets[member] = (tokens - cost if allowed else tokens, now)
+        return allowed
+
+
 @dataclass(frozen=True)
 class GroupMessageInfo:
     """What a verified group message claims: which sender key and which position."""
@@ -63,8 +122,8 @@ class GroupMessageInfo:
     iteration: int
 
 
-def _split_group(data: bytes) -> tuple[bytes, bytes, SenderKeyMessage]:
-    """Group envelope -> (header, body, parsed header); see crypto-protocol.md."""
+def _split_group(data: bytes) -> tuple[bytes, SenderKeyMessage]:
+    """Group envelope -> (body, parsed header); see docs/protocol.md §7."""
     if not isinstance(data, bytes | bytearray | memoryview):
         raise MalformedMessage("group ciphertext must be bytes")
     data = bytes(data)
@@ -76,14 +135,24 @@ def _split_group(data: bytes) -> tuple[bytes, bytes, SenderKeyMessage]:
     header, body = data[3:3 + length], data[3 + length:]
     with mapped(malformed=MalformedMessage, invalid=MalformedMessage):
         message = SenderKeyMessage(serialized=header)
-    return header, body, message
+    return body, message
 
 
 class SenderKeys(CryptoBase):
     """Our sender key in each group and the members' keys we hold (a role of Crypto)."""
 
-    def _name(self, group_id: bytes, user_id: str) -> SenderKeyName:
-        return SenderKeyName(_check_group_id(group_id).hex(), AxolotlAddress(user_id, DEVICE_ID))
+    def __init__(self, conn: sqlite3.Connection, identity: KeyPair, *, now: float) -> None:
+        super().__init__(conn, identity, now=now)
+        self.member_budget = MemberBudget()
+
+    # Our own key
+
+    def _own_chain(self, group_id: bytes) -> SenderChain | None:
+        info = store.sender_key_info(self._conn, _check_group_id(group_id), self.user_id)
+        if info is None or not info.own:
+            return None
+        blob = store.load_sender_key_state(self._conn, group_id, self.user_id, info.key_id)
+        return None if blob is None else SenderChain.decode(blob)
 
     def sender_key_distribution(self, group_id: bytes, *, now: float) -> bytes:
         """Our sender key for the group as a distribution message (made if missing).
@@ -91,9 +160,24 @@ class SenderKeys(CryptoBase):
         It goes to each member over their pairwise session; a member who receives it
         can read our messages from the chain's current position on.
         """
-        name = self._name(group_id, self.user_id)
-        with self._op(now), mapped(invalid=CryptoStoreError, malformed=CryptoStoreError):
-            return GroupSessionBuilder(self._store).create(name).serialize()
+        with self._op(now):
+            chain = self._own_chain(group_id)
+            if chain is None:
+                signing = KeyPair.generate()
+                chain = SenderChain(int.from_bytes(os.urandom(4), "big") & 0x7FFFFFFF, 0,
+                                    os.urandom(32), signing.public, signing.private)
+                self._add(group_id, self.user_id, chain, own=True, now=now)
+        with mapped(invalid=CryptoStoreError, malformed=CryptoStoreError):
+            return SenderKeyDistributionMessage(chain.key_id, chain.iteration, chain.chain_key,
+                                                public_key(chain.signing_public)).serialize()
+
+    def _add(self, group_id: bytes, sender_id: str, chain: SenderChain, *, own: bool,
+             now: float) -> None:
+        store.add_sender_key_state(
+            self._conn, group_id, sender_id,
+            store.SenderKeyState(chain.key_id, chain.iteration, chain.signing_public, own,
+                                 chain.encode()),
+            keep=MAX_SENDER_KEY_STATES, now=now)
 
     def rotate_sender_key(self, group_id: bytes, *, now: float) -> bytes:
         """Replace our sender key (new key id) and return its distribution message.
@@ -112,6 +196,31 @@ class SenderKeys(CryptoBase):
             raise NoSession("no sender key of ours in this group")
         return info.iteration, info.created_at
 
+    def encrypt_group(self, group_id: bytes, plaintext: bytes) -> bytes:
+        """Encrypt for every member holding our sender key (envelope v1, see docs)."""
+        with self._op():
+            chain = self._own_chain(group_id)
+            if chain is None:
+                raise NoSession("no sender key of ours in this group")
+            if chain.iteration >= SENDER_KEY_MAX_ITERATION:
+                raise NoSession(f"our sender key is used up ({SENDER_KEY_MAX_ITERATION} "
+                                "messages): rotate it")
+            key = os.urandom(32)
+            body = AESGCM(key).encrypt(_ZERO_NONCE, bytes(plaintext),
+                                       _group_aad(group_id, self.user_id))
+            seed, moved = chain.next_seed()
+            with mapped(invalid=CryptoStoreError, malformed=CryptoStoreError):
+                message_key = SenderMessageKey(chain.iteration, seed)
+                ciphertext = AESCipher(message_key.getCipherKey(), message_key.getIv()) \
+                    .encrypt(key + hashlib.sha256(body).digest())
+                header = SenderKeyMessage(chain.key_id, chain.iteration, ciphertext,
+                                          DjbECPrivateKey(chain.signing_private)).serialize()
+            store.update_sender_key_state(self._conn, group_id, self.user_id, chain.key_id,
+                                          moved.iteration, moved.encode())
+        return bytes([_GROUP_VERSION]) + len(header).to_bytes(2, "big") + header + body
+
+    # Members' keys
+
     def process_sender_key_distribution(self, group_id: bytes, sender_id: str, data: bytes, *,
                                         now: float) -> None:
         """Accept ``sender_id``'s sender key (received over our pairwise session).
@@ -119,9 +228,9 @@ class SenderKeys(CryptoBase):
         A new key id retires that member's older keys: they remain readable for
         in-flight messages until purge_retired_sender_keys().
         """
+        _check_group_id(group_id)
         if sender_id == self.user_id:
             raise BadDistribution("a distribution message claims to be our own")
-        name = self._name(group_id, sender_id)
         with mapped(invalid=BadDistribution, malformed=BadDistribution):
             message = SenderKeyDistributionMessage(serialized=bytes(data))
             key_id, iteration = message.getId(), message.getIteration()
@@ -129,16 +238,16 @@ class SenderKeys(CryptoBase):
             signing_key = message.getSignatureKey().serialize()
         if len(chain_key) != 32 or len(signing_key) != 33:
             raise BadDistribution("sender key has wrong key lengths")
-        if iteration >= MAX_DISTRIBUTION_ITERATION:
-            raise BadDistribution("sender key iteration out of range")
+        if not 0 <= iteration < SENDER_KEY_MAX_ITERATION or not 0 <= key_id < 2**32:
+            raise BadDistribution("sender key id or iteration out of range")
         with self._op(now):
             known = store.sender_key_info(self._conn, group_id, sender_id, key_id)
             if known is not None:
                 if known.signing_key != signing_key:
                     raise BadDistribution("sender key id reused with another signing key")
                 return  # a resend of a key we have: our chain position is newer
-            with mapped(invalid=BadDistribution, malformed=BadDistribution):
-                GroupSessionBuilder(self._store).process(name, message)
+            self._add(group_id, sender_id, SenderChain(key_id, iteration, chain_key,
+                                                       signing_key), own=False, now=now)
             store.retire_sender_keys(self._conn, group_id, sender_id, except_key_id=key_id,
                                      now=now)
 
@@ -151,69 +260,74 @@ class SenderKeys(CryptoBase):
         with self._op(now):
             return store.purge_retired_sender_keys(self._conn, now - grace)
 
-    def encrypt_group(self, group_id: bytes, plaintext: bytes) -> bytes:
-        """Encrypt for every member holding our sender key (envelope v1, see docs)."""
-        name = self._name(group_id, self.user_id)
-        with self._op():
-            info = store.sender_key_info(self._conn, group_id, self.user_id)
-            if info is None or not info.own:
-                raise NoSession("no sender key of ours in this group")
-            key = os.urandom(32)
-            body = AESGCM(key).encrypt(_ZERO_NONCE, bytes(plaintext),
-                                       self._group_aad(group_id, self.user_id))
-            inner = key + hashlib.sha256(body).digest()
-            with mapped(invalid=CryptoStoreError, malformed=CryptoStoreError):
-                header = GroupCipher(self._store, name).encrypt(inner)
-        return bytes([_GROUP_VERSION]) + len(header).to_bytes(2, "big") + header + body
-
     @staticmethod
-    def _group_aad(group_id: bytes, sender_id: str) -> bytes:
-        return _GROUP_AAD + group_id + sender_id.encode("ascii")
+    def _parse(group_id: bytes, data: bytes) -> tuple[bytes, SenderKeyMessage]:
+        """Envelope -> (body, header), refused before any state is read if the header
+        is beyond the rotation bound."""
+        _check_group_id(group_id)
+        body, message = _split_group(data)
+        if not 0 <= message.getIteration() < SENDER_KEY_MAX_ITERATION:
+            raise FutureIteration(f"iteration beyond the rotation bound "
+                                  f"({SENDER_KEY_MAX_ITERATION} messages per key)")
+        return body, message
 
-    def _checked(self, group_id: bytes, sender_id: str,
-                 message: SenderKeyMessage) -> store.SenderKeyInfo:
-        """The stored state a message names, refusing it cheaply if it is out of reach.
-
-        python-axolotl's GroupCipher tests ``current - iteration > 2000`` (inverted), so
-        a message far ahead would make it walk the hash chain up to 2^32 steps: the
-        window is enforced here, before the cipher sees the message.
-        """
-        info = store.sender_key_info(self._conn, group_id, sender_id, message.getKeyId())
-        if info is None:
-            raise UnknownKey("no sender key with this id from this member")
-        if message.getIteration() - info.iteration > MAX_FORWARD_ITERATIONS:
-            raise FutureIteration(f"iteration is more than {MAX_FORWARD_ITERATIONS} ahead")
-        return info
-
-    def verify_group_message(self, group_id: bytes, sender_id: str,
-                             data: bytes) -> GroupMessageInfo:
-        """Check a group message's sender-key signature without using it up.
+    def verify_group_message(self, group_id: bytes, sender_id: str, data: bytes, *,
+                             now: float) -> GroupMessageInfo:
+        """Check a group message's sender-key signature, and charge its member's budget.
 
         For the gossip validate hook: relays call it before they store or forward.
         The body is bound to the signed header by a hash that only members who
-        decrypt can check, so decrypt_group stays the final word.
+        decrypt can check, so decrypt_group stays the final word. After the signature
+        (so nobody can spend another member's budget), the message costs 1, plus the
+        chain steps it will make decrypt_group derive; Throttled if the member has not
+        that much left (nothing is charged then).
         """
-        _check_group_id(group_id)
-        _header, _body, message = _split_group(data)
-        info = self._checked(group_id, sender_id, message)
+        _body, message = self._parse(group_id, data)
+        info = store.sender_key_info(self._conn, group_id, sender_id, message.getKeyId())
+        if info is None:
+            raise UnknownKey("no sender key with this id from this member")
         with mapped():
             message.verifySignature(public_key(info.signing_key))
+        steps = max(0, message.getIteration() - info.iteration)
+        if not self.member_budget.take(sender_id, 1 + steps / CHAIN_STEPS_PER_MESSAGE, now):
+            raise Throttled(f"{sender_id} is over its rate of group messages")
         return GroupMessageInfo(message.getKeyId(), message.getIteration())
 
     def decrypt_group(self, group_id: bytes, sender_id: str, data: bytes) -> bytes:
         """Decrypt ``sender_id``'s group message; nothing changes unless it is valid."""
         if sender_id == self.user_id:
             raise CryptoUsageError("our own group messages are not decrypted")
-        name = self._name(group_id, sender_id)
-        header, body, message = _split_group(data)
         with self._op():
-            self._checked(group_id, sender_id, message)
+            body, message = self._parse(group_id, data)
+            blob = store.load_sender_key_state(self._conn, group_id, sender_id,
+                                               message.getKeyId())
+            if blob is None:
+                raise UnknownKey("no sender key with this id from this member")
+            chain = SenderChain.decode(blob)
             with mapped():
-                inner = bytes(GroupCipher(self._store, name).decrypt(header))
+                message.verifySignature(public_key(chain.signing_public))
+            ahead = message.getIteration() > chain.iteration
+            seed, moved = chain.seed_for(message.getIteration(), keep=self._skipped_room(
+                group_id, sender_id, chain) if ahead else MAX_SKIPPED_KEYS)
+            with mapped(malformed=InvalidCiphertext):
+                message_key = SenderMessageKey(message.getIteration(), seed)
+                inner = AESCipher(message_key.getCipherKey(), message_key.getIv()) \
+                    .decrypt(message.getCipherText())
             if len(inner) != 64:
                 raise InvalidCiphertext("group header holds no body key")
             if not hmac.compare_digest(hashlib.sha256(body).digest(), inner[32:]):
                 raise InvalidCiphertext("group body does not match its signed hash")
             with mapped():
-                return AESGCM(inner[:32]).decrypt(_ZERO_NONCE, body,
-                                                  self._group_aad(group_id, sender_id))
+                plaintext = AESGCM(inner[:32]).decrypt(_ZERO_NONCE, body,
+                                                       _group_aad(group_id, sender_id))
+            store.update_sender_key_state(self._conn, group_id, sender_id, chain.key_id,
+                                          moved.iteration, moved.encode())
+            return plaintext
+
+    def _skipped_room(self, group_id: bytes, sender_id: str, chain: SenderChain) -> int:
+        """How many skipped keys ``chain`` may hold: MAX_SKIPPED_KEYS less those of the
+        sender's other states (their sizes tell, nothing is loaded)."""
+        sizes = store.sender_key_state_sizes(self._conn, group_id, sender_id)
+        others = sum(skipped_in_received(size) for key_id, size in sizes.items()
+                     if key_id != chain.key_id)
+        return MAX_SKIPPED_KEYS - others

@@ -7,7 +7,8 @@ import time
 import pytest
 
 from groups import store
-from groups.crypto import MAX_FORWARD_ITERATIONS, MAX_SKIPPED_KEYS, keystore, senderkeys
+from groups.crypto import SENDER_KEY_MAX_ITERATION, keystore, senderkeys
+from groups.crypto.senderchain import SenderChain
 from groups.errors import (
     BadDistribution,
     CryptoError,
@@ -42,11 +43,9 @@ def forge_header(key_id: int, iteration: int, ciphertext: bytes, signing_private
     return message.serialize()
 
 
-def own_state(user, group_id: bytes):
-    blob = store.load_sender_key_states(user.conn, group_id, user.id)[0]
-    structure = keystore.SenderKeyStateStructure()
-    structure.ParseFromString(blob)
-    return structure
+def own_state(user, group_id: bytes) -> SenderChain:
+    key_id = store.sender_key_info(user.conn, group_id, user.id).key_id
+    return SenderChain.decode(store.load_sender_key_state(user.conn, group_id, user.id, key_id))
 
 
 def test_distribution_over_pairwise_sessions_and_round_trip() -> None:
@@ -77,16 +76,16 @@ def test_out_of_order_duplicates_and_verify_without_consuming() -> None:
     share_sender_keys(group, [alice, bob])
     cts = [alice.crypto.encrypt_group(group, f"g{i}".encode()) for i in range(6)]
     for i in (4, 1, 0):
-        info = bob.crypto.verify_group_message(group, alice.id, cts[i])
+        info = bob.crypto.verify_group_message(group, alice.id, cts[i], now=NOW)
         assert info.iteration == i
-        assert bob.crypto.verify_group_message(group, alice.id, cts[i]) == info
+        assert bob.crypto.verify_group_message(group, alice.id, cts[i], now=NOW) == info
     for i in (4, 1, 0, 5, 2, 3):
         assert bob.crypto.decrypt_group(group, alice.id, cts[i]) == f"g{i}".encode()
     for i in (0, 3, 5):
         with pytest.raises(DuplicateMessage):
             bob.crypto.decrypt_group(group, alice.id, cts[i])
     # A relay may still verify what it has already seen (dedup is the gossip's job).
-    assert bob.crypto.verify_group_message(group, alice.id, cts[0]).iteration == 0
+    assert bob.crypto.verify_group_message(group, alice.id, cts[0], now=NOW).iteration == 0
 
 
 def test_tampered_parts_are_rejected_with_our_errors() -> None:
@@ -96,7 +95,7 @@ def test_tampered_parts_are_rejected_with_our_errors() -> None:
     ct = alice.crypto.encrypt_group(group, b"secret" * 10)
     header, body = split(ct)
     state = store.sender_key_info(bob.conn, group, alice.id)
-    signing_private = bytes(own_state(alice, group).senderSigningKey.private)
+    signing_private = own_state(alice, group).signing_private
     parsed = senderkeys.SenderKeyMessage(serialized=header)
     cases = {
         "body": join(header, body[:-1] + bytes([body[-1] ^ 1])),
@@ -125,11 +124,11 @@ def test_message_resigned_by_another_member_is_rejected() -> None:
     ct = alice.crypto.encrypt_group(group, b"from alice")
     header, body = split(ct)
     parsed = senderkeys.SenderKeyMessage(serialized=header)
-    mallory_key = bytes(own_state(mallory, group).senderSigningKey.private)
+    mallory_key = own_state(mallory, group).signing_private
     resigned = join(forge_header(parsed.getKeyId(), parsed.getIteration(),
                                  parsed.getCipherText(), mallory_key), body)
     with pytest.raises(InvalidCiphertext):
-        bob.crypto.verify_group_message(group, alice.id, resigned)
+        bob.crypto.verify_group_message(group, alice.id, resigned, now=NOW)
     with pytest.raises(InvalidCiphertext):
         bob.crypto.decrypt_group(group, alice.id, resigned)
     with pytest.raises(UnknownKey):  # and as mallory's own it names no key of hers
@@ -137,40 +136,42 @@ def test_message_resigned_by_another_member_is_rejected() -> None:
     assert bob.crypto.decrypt_group(group, alice.id, ct) == b"from alice"
 
 
-def test_far_future_iteration_is_refused_before_the_cipher() -> None:
-    """python-axolotl would walk the chain ~2^32 steps for this message."""
+def test_iteration_beyond_the_rotation_bound_is_refused_before_any_state_is_read() -> None:
+    """python-axolotl would walk the chain ~2^32 steps for the first message."""
     alice, bob = make_user(), make_user()
     group = new_group_id()
     share_sender_keys(group, [alice, bob])
     header, body = split(alice.crypto.encrypt_group(group, b"x"))
     parsed = senderkeys.SenderKeyMessage(serialized=header)
-    signing_private = bytes(own_state(alice, group).senderSigningKey.private)
-    attack = join(forge_header(parsed.getKeyId(), 2**32 - 1, parsed.getCipherText(),
-                               signing_private), body)
-    for check in (bob.crypto.decrypt_group, bob.crypto.verify_group_message):
-        started = time.perf_counter()
-        with pytest.raises(FutureIteration) as info:
-            check(group, alice.id, attack)
-        assert time.perf_counter() - started < 0.010
-        assert info.value.reason == "too_far_ahead"
-    just_over = join(forge_header(parsed.getKeyId(), MAX_FORWARD_ITERATIONS + 1,
-                                  parsed.getCipherText(), signing_private), body)
-    with pytest.raises(FutureIteration):
-        bob.crypto.decrypt_group(group, alice.id, just_over)
+    signing_private = own_state(alice, group).signing_private
+    for iteration in (2**32 - 1, SENDER_KEY_MAX_ITERATION):
+        attack = join(forge_header(parsed.getKeyId(), iteration, parsed.getCipherText(),
+                                   signing_private), body)
+        checks = (bob.crypto.decrypt_group,
+                  lambda g, s, d: bob.crypto.verify_group_message(g, s, d, now=NOW))
+        for check in checks:
+            started = time.perf_counter()
+            with pytest.raises(FutureIteration) as info:
+                check(group, alice.id, attack)
+            assert time.perf_counter() - started < 0.1  # a chain walk would take hours
+            assert info.value.reason == "too_far_ahead"
     assert store.sender_key_info(bob.conn, group, alice.id).iteration == 0
 
 
-def test_window_edge_and_skipped_keys_are_bounded() -> None:
+def test_last_iteration_of_a_key_and_skipped_keys() -> None:
     alice, bob = make_user(), make_user()
     group = new_group_id()
     share_sender_keys(group, [alice, bob])
-    cts = [alice.crypto.encrypt_group(group, b"%d" % i) for i in range(MAX_FORWARD_ITERATIONS + 2)]
-    assert bob.crypto.decrypt_group(group, alice.id, cts[MAX_FORWARD_ITERATIONS]) == b"2000"
+    last = SENDER_KEY_MAX_ITERATION - 1
+    cts = [alice.crypto.encrypt_group(group, b"%d" % i) for i in range(last + 1)]
+    with pytest.raises(NoSession):  # a key is used up: the group layer rotates first
+        alice.crypto.encrypt_group(group, b"one too many")
+    assert bob.crypto.decrypt_group(group, alice.id, cts[last]) == b"%d" % last
     assert bob.crypto.decrypt_group(group, alice.id, cts[1]) == b"1"
-    assert bob.crypto.decrypt_group(group, alice.id, cts[-1]) == b"2001"
-    structure = keystore.SenderKeyStateStructure()
-    structure.ParseFromString(store.load_sender_key_states(bob.conn, group, alice.id)[0])
-    assert len(structure.senderMessageKeys) <= MAX_SKIPPED_KEYS
+    assert own_state(bob, group).skipped_count == 0  # bob's own key has none
+    key_id = store.sender_key_info(bob.conn, group, alice.id).key_id
+    held = SenderChain.decode(store.load_sender_key_state(bob.conn, group, alice.id, key_id))
+    assert held.skipped_count == last - 1 and held.iteration == last + 1
 
 
 def test_rotation_keeps_in_flight_messages_readable_until_purged() -> None:
@@ -189,7 +190,7 @@ def test_rotation_keeps_in_flight_messages_readable_until_purged() -> None:
     late = alice.crypto.encrypt_group(group, b"x")  # current key: not retired
     assert bob.crypto.purge_retired_sender_keys(NOW + 100, grace=60) == 1
     with pytest.raises(UnknownKey):
-        bob.crypto.verify_group_message(group, alice.id, in_flight)
+        bob.crypto.verify_group_message(group, alice.id, in_flight, now=NOW)
     assert bob.crypto.decrypt_group(group, alice.id, late) == b"x"
 
 
@@ -236,7 +237,7 @@ def test_forget_sender_and_reopen(tmp_path) -> None:
     assert bob.crypto.decrypt_group(group, alice.id, cts[2]) == b"2"
     assert bob.crypto.decrypt_group(group, alice.id, cts[1]) == b"1"
     more = alice.crypto.encrypt_group(group, b"3")
-    assert bob.crypto.verify_group_message(group, alice.id, more).iteration == 3
+    assert bob.crypto.verify_group_message(group, alice.id, more, now=NOW).iteration == 3
     bob.crypto.forget_sender(group, alice.id)
     with pytest.raises(UnknownKey):
         bob.crypto.decrypt_group(group, alice.id, more)

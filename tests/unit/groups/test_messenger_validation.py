@@ -9,11 +9,12 @@ from __future__ import annotations
 import pytest
 
 from groups import history
+from groups.crypto import MemberBudget
 from groups.group import Op, OpKind, _sign
 from groups.messages import Envelope, EnvelopeKind, Text
 from groups.messenger import Messenger
 from mesh.errors import RemoteError
-from mesh.gossip_state import Message
+from mesh.gossip_state import Message, NotYetValid
 from tests.unit.groups.bus import club
 from tests.unit.groups.helpers import NOW, User
 
@@ -112,3 +113,23 @@ def test_retention_retires_old_mesh_messages_but_keeps_heads_and_history(group) 
     a.clock = lambda: NOW + 10 * 86400
     a.apply_retention(7 * 86400)
     assert a.mailbox.has(first)
+
+
+def test_member_over_its_rate_is_refused_for_now_and_accepted_later(group) -> None:
+    """Issue 15, finding 2: the validate hook charges the sender's budget
+    (groups.crypto.MemberBudget); over it, the message is "not yet valid", so the gossip
+    does not remember it as rejected and anti-entropy brings it again."""
+    group_id, nodes, (alice, bob, _, _) = group
+    bob.crypto.member_budget = MemberBudget(rate=1.0, burst=1.0)
+    first, second = (sealed(alice, group_id, text, seq=seq)
+                     for seq, text in ((1, "one"), (2, "two")))
+    nodes[bob.id].validate(first)
+    assert nodes[bob.id].commit(first)
+    with pytest.raises(NotYetValid) as info:
+        nodes[bob.id].validate(second)
+    assert info.value.reason == "throttled"
+    assert not stored(nodes[bob.id], second)
+    nodes[bob.id].clock = lambda: NOW + 1
+    nodes[bob.id].validate(second)
+    assert nodes[bob.id].commit(second)
+    assert [m["text"] for m in nodes[bob.id].messages(group_id)] == ["one", "two"]
