@@ -167,8 +167,8 @@ def decode_response(data: bytes) -> Response:
     raise PortMapError(f"response of {len(data)} bytes for opcode {op}")
 
 
-def default_gateway(route_table: Path = Path("/proc/net/route")) -> str | None:
-    """The IPv4 default gateway (Linux: /proc/net/route of this network namespace)."""
+def default_gateway(route_table: Path = Path("/proc/thread-self/net/route")) -> str | None:
+    """The IPv4 default gateway (Linux: the route table of this thread's network namespace)."""
     try:
         lines = route_table.read_text().splitlines()[1:]
     except OSError:

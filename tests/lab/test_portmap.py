@@ -1,0 +1,106 @@
+"""Port mapping in the lab: NAT-PMP on a real router namespace, nft dnat, a real dial-back.
+
+The PortMapper runs on an event loop in a thread that entered alice's namespace, so its
+UDP socket and the dial-back request leave from alice's machine behind the router.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+import threading
+
+import pytest
+
+from mesh.errors import RemoteError
+from mesh.portmap import PortMapper
+from mesh.reachability import probe
+from tests.lab.netlab import Lab, Namespace, Syn, inside
+
+BOOT_IP = "198.51.100.10"
+MESH_PORT = 8472
+
+
+class MapperThread(threading.Thread):
+    """A PortMapper on its own loop inside ``ns`` until ``stop`` is set."""
+
+    def __init__(self, ns: Namespace, bootstrap: str) -> None:
+        super().__init__(daemon=True)
+        self.ns, self.bootstrap = ns, bootstrap
+        self.published: list[str | None] = []
+        self.ready, self.stop = threading.Event(), threading.Event()
+        self.problem = ""
+
+    async def _confirm(self, external: int) -> bool:
+        try:
+            return (await probe(self.bootstrap, external)).reachable
+        except RemoteError:
+            return False
+
+    def _published(self, url: str | None) -> None:
+        self.published.append(url)
+        self.ready.set()
+
+    async def _main(self) -> None:
+        mapper = PortMapper(MESH_PORT, confirm=self._confirm, on_mapped=self._published)
+        mapper.start()
+        while not self.stop.is_set():
+            self.problem = mapper.problem
+            if mapper.problem:
+                self.ready.set()
+            await asyncio.sleep(0.05)
+        await mapper.close()
+
+    def run(self) -> None:
+        with inside(self.ns):
+            asyncio.run(self._main())
+
+
+def _reaches(lab: Lab, src: Namespace, address: tuple[str, int]) -> bool:
+    with lab.socket(src) as probe_sock:
+        probe_sock.settimeout(1.0)
+        try:
+            probe_sock.connect(address)
+        except (TimeoutError, ConnectionRefusedError):
+            return False
+        return True
+
+
+@pytest.mark.parametrize("gateway_speaks", [True, False])
+def test_the_mesh_port_is_mapped_confirmed_and_given_back(lab: Lab,
+                                                          gateway_speaks: bool) -> None:
+    srv = lab.public_host("boot", BOOT_IP)
+    ra = lab.router("ra", "203.0.113.1", "10.1.0.0/24", syn=Syn.DROP)
+    alice = lab.host("alice", ra.lan)
+    boot = lab.popen(srv, *lab.run_py, "bootstrap", "--host", BOOT_IP, "--no-dht",
+                     "--no-relay", "--db", str(lab.workdir / "boot.db"))
+    boot.wait_for("listening")
+    if gateway_speaks:
+        natpmp = lab.popen(ra, sys.executable, "-m", "tests.lab.natpmp_server",
+                           "--listen", ra.lan.gateway, "--public", ra.ip)
+        natpmp.wait_for("natpmp listening")
+    listener = lab.socket(alice)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("0.0.0.0", MESH_PORT))
+    listener.listen()
+    mapper = MapperThread(alice, f"http://{BOOT_IP}:8470")
+    mapper.start()
+    try:
+        assert mapper.ready.wait(15)
+        rules = lab.run(ra, "nft", "list", "chain", "ip", "nat", "prerouting")
+        if not gateway_speaks:
+            assert "no NAT-PMP answer" in mapper.problem and mapper.published == []
+            assert "dnat" not in rules
+            assert not _reaches(lab, srv, (ra.ip, MESH_PORT))
+            return
+        assert mapper.published == [f"ws://{ra.ip}:{MESH_PORT}/mesh"], mapper.problem
+        assert f"dnat to {alice.ip}:{MESH_PORT}" in rules
+        assert _reaches(lab, srv, (ra.ip, MESH_PORT))   # an outsider gets through
+    finally:
+        mapper.stop.set()
+        mapper.join(10)
+        listener.close()
+    assert mapper.published[-1] is None
+    assert "dnat" not in lab.run(ra, "nft", "list", "chain", "ip", "nat", "prerouting")
+    assert not _reaches(lab, srv, (ra.ip, MESH_PORT))    # the router drops SYNs again
