@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import json
 import logging
 import signal
+import socket
 import sys
 import tempfile
 from dataclasses import replace
@@ -28,6 +31,8 @@ DEFAULT_BOOTSTRAP_PORT = 8470
 DEFAULT_UI_PORT = 8471
 DEFAULT_MESH_PORT = 8472
 DEFAULT_DATA_DIR = "parley-data"
+DEMO_USERS = ("alice", "bob", "carol")
+DEMO_PORTS = "demo-ports.json"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -68,7 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", parents=[common],
                           help="three local users (alice, bob, carol) in one group")
     demo.add_argument("--data-dir", default=None,
-                      help="where the three users keep their data (default: a temp dir)")
+                      help="where the three users keep their data and ports (default: a "
+                           "temp dir); run the same command again to restart the demo")
     return parser
 
 
@@ -178,14 +184,37 @@ async def _serve_all(args: argparse.Namespace) -> None:
     await server.stop()
 
 
+def _demo_ports(base: Path) -> dict[str, int]:
+    """The demo's TCP ports, chosen once and kept in ``<base>/demo-ports.json``: a
+    restarted demo must be where its open tabs expect it (a tab's origin and its session
+    cookie's name hold the UI port). A missing or damaged file gets free ports anew."""
+    names = ["bootstrap", *(f"{user}-{kind}" for user in DEMO_USERS for kind in ("ui", "mesh"))]
+    path = base / DEMO_PORTS
+    with contextlib.suppress(OSError, ValueError):
+        kept = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(kept, dict) and sorted(kept) == sorted(names) and all(
+                type(port) is int and 0 < port < 65536 for port in kept.values()):
+            return kept
+    with contextlib.ExitStack() as stack:  # all bound at once: no port picked twice
+        probes = [stack.enter_context(socket.socket()) for _ in names]
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        ports = {name: probe.getsockname()[1] for name, probe in zip(names, probes, strict=True)}
+    path.write_text(json.dumps(ports, indent=1) + "\n", encoding="utf-8")
+    return ports
+
+
 async def _serve_demo(args: argparse.Namespace) -> None:
     """Three users on one machine, already in a group called "Demo"."""
     base = _private_dir(Path(args.data_dir or tempfile.mkdtemp(prefix="parley-demo-")))
-    server: BootstrapServer = start_bootstrap("127.0.0.1", 0, base / "bootstrap.db",
-                                              dht_port=0)
+    ports = _demo_ports(base)
+    server: BootstrapServer = start_bootstrap("127.0.0.1", ports["bootstrap"],
+                                              base / "bootstrap.db", dht_port=0)
     apps: dict[str, App] = {}
-    for name in ("alice", "bob", "carol"):
-        apps[name] = await App.start(NodeConfig(data_dir=base / name, bootstrap=server.url))
+    for name in DEMO_USERS:
+        config = NodeConfig(data_dir=base / name, bootstrap=server.url,
+                            mesh_port=ports[f"{name}-mesh"])
+        apps[name] = await App.start(config, ui_port=ports[f"{name}-ui"])
     for app in apps.values():
         await app.node.registered.wait()
     alice = apps["alice"].api
@@ -196,7 +225,8 @@ async def _serve_demo(args: argparse.Namespace) -> None:
             apps[name].api.group_info(group_id)
         except NotFound:
             await apps[name].api.join(alice.invite(group_id))
-    print(f"Parley demo in {base} (bootstrap {server.url}); group \"Demo\":", flush=True)
+    print(f"Parley demo in {base} (bootstrap {server.url}); group \"Demo\"; restart it "
+          f"with: python run.py demo --data-dir {base}", flush=True)
     for name, app in apps.items():
         _announce(app, name)
     await _until_signalled()
