@@ -47,7 +47,7 @@ from mesh.gossip_state import Acked, Event, Message, Rejected
 from mesh.identity import KeyPair, Record, display_user_id, load_or_create_identity
 from mesh.lan import LanCore, Match
 from mesh.lookup import Discovery, DiscoveryMode, bootstrap_dht_contact
-from mesh.mdns import LanDiscovery, lan_addresses
+from mesh.mdns import LanDiscovery, lan_ipv4_addresses
 from mesh.runtime import MeshHooks, MeshRuntime
 from mesh.websocket import MESH_PATH, DialError, LinkConnection
 
@@ -351,7 +351,7 @@ class Node:
         wildcard = address.is_unspecified
         self.lan = LanDiscovery(LanCore(self.identity), port, peers=self._lan_peers,
                                 on_match=self._lan_match,
-                                addresses=lan_addresses if wildcard else lambda: (host,))
+                                addresses=lan_ipv4_addresses if wildcard else lambda: (host,))
         await self.lan.start()
 
     def _lan_peers(self) -> dict[str, bytes]:

@@ -15,16 +15,17 @@ import ipaddress
 import logging
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any
 
-import ifaddr
 from zeroconf import IPVersion, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
+from mesh.addresses import lan_addresses
 from mesh.errors import AnnouncementError
 from mesh.lan import EPOCH_SECONDS, SERVICE_TYPE, Announcement, LanCore, Match
 
-__all__ = ["LanDiscovery", "lan_addresses"]
+__all__ = ["LanDiscovery", "lan_ipv4_addresses"]
 
 log = logging.getLogger(__name__)
 
@@ -32,18 +33,9 @@ RESOLVE_TIMEOUT_MS = 3000
 CHECK_INTERVAL = 30.0   # how often our peer list and addresses are compared to what we announce
 
 
-def lan_addresses() -> tuple[str, ...]:
-    """This machine's dialable IPv4 addresses (no loopback, no link-local)."""
-    found: list[str] = []
-    for adapter in ifaddr.get_adapters():
-        for ip in adapter.ips:
-            if not ip.is_IPv4:   # zeroconf runs IPv4 only here
-                continue
-            addr = ipaddress.ip_address(ip.ip)
-            if addr.is_loopback or addr.is_link_local:
-                continue
-            found.append(str(addr))
-    return tuple(dict.fromkeys(found))
+def lan_ipv4_addresses() -> tuple[str, ...]:
+    """Our interfaces' LAN-dialable IPv4 addresses (zeroconf runs IPv4 only here)."""
+    return tuple(a for a in lan_addresses() if ipaddress.ip_address(a).version == 4)
 
 
 class LanDiscovery:
@@ -56,7 +48,7 @@ class LanDiscovery:
     def __init__(self, core: LanCore, port: int, *,
                  peers: Callable[[], Mapping[str, bytes]],
                  on_match: Callable[[Match], None],
-                 addresses: Callable[[], tuple[str, ...]] = lan_addresses,
+                 addresses: Callable[[], tuple[str, ...]] = lan_ipv4_addresses,
                  clock: Callable[[], float] = time.time,
                  check_interval: float = CHECK_INTERVAL) -> None:
         self.core, self.port = core, port
@@ -91,11 +83,6 @@ class LanDiscovery:
                 with contextlib.suppress(Exception):  # best effort: a goodbye packet
                     await self._zc.async_unregister_service(self._info)
             await self._zc.async_close()
-
-    def refresh(self) -> None:
-        """Our peer list changed: announce anew and look at who is here again."""
-        if self._loop is not None:
-            self._spawn(self._update())
 
     async def _run(self) -> None:
         while True:
@@ -164,7 +151,7 @@ class LanDiscovery:
         for match in self.core.match(announcement, self._clock(), self._peers()):
             self._on_match(match)
 
-    def _spawn(self, coro: object) -> None:
-        task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
