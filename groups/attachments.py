@@ -66,7 +66,7 @@ _MIME = re.compile(r"^[a-z0-9][a-z0-9.+-]{0,40}/[a-z0-9][a-z0-9.+-]{0,80}$")
 
 
 class LinkPort(Protocol):
-    """What the service needs of a link (mesh.websocket.LinkConnection)."""
+    """What the service needs of a link (mesh.transport.LinkConnection)."""
 
     closed: bool
     queued_bytes: int

@@ -50,7 +50,7 @@ from mesh.bluetooth import (
     open_stream_link,
     probe,
 )
-from mesh.websocket import LinkConnection
+from mesh.transport import LinkConnection
 
 if TYPE_CHECKING:
     from groups.messenger import Messenger

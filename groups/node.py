@@ -49,7 +49,8 @@ from mesh.lan import LanCore, Match
 from mesh.lookup import Discovery, DiscoveryMode, bootstrap_dht_contact
 from mesh.mdns import LanDiscovery, lan_ipv4_addresses
 from mesh.runtime import MeshHooks, MeshRuntime
-from mesh.websocket import MESH_PATH, DialError, LinkConnection
+from mesh.transport import LinkConnection
+from mesh.websocket import MESH_PATH, DialError
 
 __all__ = ["Node", "NodeConfig"]
 

@@ -41,8 +41,7 @@ from typing import Any, Protocol, TypeVar
 
 from mesh import wire
 from mesh.errors import LocalError
-from mesh.link import MAX_MESSAGE, LinkError, StreamFramer
-from mesh.websocket import LinkConnection, Transport
+from mesh.transport import LinkConnection, StreamTransport, Transport
 
 __all__ = [
     "CONNECT_TIMEOUT",
@@ -62,7 +61,6 @@ __all__ = [
     "RadioError",
     "Sighting",
     "StreamLink",
-    "StreamTransport",
     "open_stream_link",
     "probe",
 ]
@@ -79,7 +77,6 @@ CONNECT_TIMEOUT = 20.0      # RFCOMM connect (paging a phone can take a while)
 # RFCOMM has no keepalive of its own (WebSocket links use WebSocket pings): the link
 # pings after this many idle seconds and gives up after three times as long.
 STREAM_KEEPALIVE = 15.0
-READ_SIZE = 64 * 1024
 INSTALL_HINT = ("install the optional extra with `make bluetooth` (PyPI PyBluez-updated; "
                 "needs Debian's libbluetooth-dev to build)")
 
@@ -112,47 +109,6 @@ class Availability:
 
 
 # -- 1. links over a connected stream socket -------------------------------------------
-
-
-class StreamTransport:
-    """mesh.websocket.Transport over an asyncio stream: each link message travels as
-    one StreamFramer record. ``pump(conn)`` feeds what arrives into the connection
-    and reports the end of the stream, however it ends."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
-                 max_message: int = MAX_MESSAGE) -> None:
-        self._reader, self._writer = reader, writer
-        self._framer = StreamFramer(max_message)
-        self.bytes_in = self.bytes_out = 0
-
-    def write(self, data: bytes) -> Awaitable[None]:
-        record = StreamFramer.frame(data)
-        self._writer.write(record)
-        self.bytes_out += len(record)
-        return self._writer.drain()
-
-    def close(self) -> None:
-        if not self._writer.is_closing():
-            self._writer.close()
-
-    def abort(self) -> None:
-        self._writer.transport.abort()
-
-    async def pump(self, conn: LinkConnection) -> None:
-        try:
-            with contextlib.suppress(OSError):
-                while data := await self._reader.read(READ_SIZE):
-                    self.bytes_in += len(data)
-                    try:
-                        messages = self._framer.feed(data)
-                    except LinkError as exc:  # lost sync: say why, then drain until EOF
-                        conn.close(exc.reason, str(exc))
-                        continue
-                    for message in messages:
-                        conn.data_received(message)
-        finally:
-            conn.transport_lost("stream closed")
-            self.close()
 
 
 Admit = Callable[[LinkConnection], str | None]

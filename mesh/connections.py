@@ -35,7 +35,8 @@ from mesh.addresses import is_lan_ip, order_endpoints, path_of
 from mesh.errors import RemoteError
 from mesh.identity import KeyPair, Record
 from mesh.link import Closed
-from mesh.websocket import LinkConnection, Transport, dial
+from mesh.transport import LinkConnection, Transport
+from mesh.websocket import dial
 
 __all__ = [
     "BACKOFF_BASE",

@@ -29,7 +29,7 @@ from mesh.addresses import AddressBook, Kind, endpoint_url, is_lan_ip
 from mesh.errors import RemoteError
 from mesh.identity import KeyPair
 from mesh.relay_client import RelayClient
-from mesh.websocket import LinkConnection, Transport
+from mesh.transport import LinkConnection, Transport
 
 __all__ = [
     "DialBack",

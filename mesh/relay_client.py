@@ -36,7 +36,8 @@ from mesh.relay import (
     relay_address,
     relay_base,
 )
-from mesh.websocket import DialError, LinkConnection, Transport, accept_from
+from mesh.transport import LinkConnection, Transport
+from mesh.websocket import DialError, accept_from
 
 __all__ = ["RelayClient", "RelayStatus"]
 

@@ -25,7 +25,8 @@ from mesh.gossip import FRAME_TYPES, GossipEngine
 from mesh.gossip_state import Commit, Event, Message, MessageStore, Params, Validator
 from mesh.identity import KeyPair, Record
 from mesh.link import SEAL_OVERHEAD
-from mesh.websocket import LinkConnection, MeshServer
+from mesh.transport import LinkConnection
+from mesh.websocket import MeshServer
 
 __all__ = ["MeshHooks", "MeshRuntime", "Meter"]
 

@@ -17,7 +17,7 @@ import pytest
 
 from groups.node import Node, NodeConfig
 from mesh.link import StreamFramer
-from mesh.websocket import LinkConnection
+from mesh.transport import LinkConnection
 from webapp.app import App
 from webapp.events import EventHub
 

@@ -15,7 +15,7 @@ from typing import Any
 from tornado.httpclient import AsyncHTTPClient
 
 from mesh.bluetooth import BluetoothService, Sighting, StreamLink, open_stream_link
-from mesh.websocket import LinkConnection, Transport
+from mesh.transport import LinkConnection, Transport
 from tests.integration.bluetooth.conftest import until
 from tests.unit.mesh.test_link_helpers import make_node
 from webapp.app import App

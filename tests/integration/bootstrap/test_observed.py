@@ -12,7 +12,8 @@ from mesh.addresses import AddressBook, Kind
 from mesh.reachability import ReachabilityError, ReachabilityService, probe
 from mesh.relay import relay_address
 from mesh.relay_client import RelayClient
-from mesh.websocket import LinkAcceptor, dial
+from mesh.transport import LinkAcceptor
+from mesh.websocket import dial
 from tests.integration.mesh.conftest import wait_for
 from tests.unit.mesh.test_link_helpers import make_node
 

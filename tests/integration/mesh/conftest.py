@@ -11,40 +11,9 @@ from typing import Any
 
 import pytest
 
-from mesh.websocket import LinkAcceptor, LinkConnection, MeshServer
-from tests.unit.mesh.test_link_helpers import Node, make_node
-
-
-class Recorder:
-    """Callbacks that record what a LinkConnection reports, with awaitable helpers."""
-
-    def __init__(self) -> None:
-        self.established: list[LinkConnection] = []
-        self.frames: list[tuple[LinkConnection, Any]] = []
-        self.closed: list[tuple[LinkConnection, Any]] = []
-        self._changed = asyncio.Event()
-
-    def kwargs(self) -> dict[str, Any]:
-        return {"on_established": self.on_established, "on_frame": self.on_frame,
-                "on_closed": self.on_closed}
-
-    def on_established(self, conn: LinkConnection) -> None:
-        self.established.append(conn)
-        self._changed.set()
-
-    def on_frame(self, conn: LinkConnection, frame: Any) -> None:
-        self.frames.append((conn, frame))
-        self._changed.set()
-
-    def on_closed(self, conn: LinkConnection, event: Any) -> None:
-        self.closed.append((conn, event))
-        self._changed.set()
-
-    async def until(self, predicate: Callable[[], bool], within: float = 10.0) -> None:
-        async with asyncio.timeout(within):
-            while not predicate():
-                self._changed.clear()
-                await self._changed.wait()
+from mesh.transport import LinkAcceptor, LinkConnection
+from mesh.websocket import MeshServer
+from tests.unit.mesh.test_link_helpers import Node, Recorder, make_node
 
 
 async def wait_for(predicate: Callable[[], bool], within: float = 10.0,

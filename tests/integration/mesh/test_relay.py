@@ -18,9 +18,10 @@ from mesh.link import LinkError
 from mesh.relay import RelayLimits, RelayRefused, make_reserve, read_reserved, relay_address
 from mesh.relay_client import RelayClient
 from mesh.relay_server import RelayService, relay_routes
-from mesh.websocket import DialError, LinkAcceptor, dial
-from tests.integration.mesh.conftest import Recorder, wait_for
-from tests.unit.mesh.test_link_helpers import make_node
+from mesh.transport import LinkAcceptor
+from mesh.websocket import DialError, dial
+from tests.integration.mesh.conftest import wait_for
+from tests.unit.mesh.test_link_helpers import Recorder, make_node
 
 TOPIC = b"r" * 16
 

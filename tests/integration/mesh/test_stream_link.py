@@ -1,48 +1,15 @@
 """The same link over a byte stream (a socket pair standing in for RFCOMM), framed
-with StreamFramer and driven by LinkConnection through the Transport interface."""
+with StreamFramer by mesh.transport.StreamTransport."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import socket
-from collections.abc import Awaitable
 
 from mesh import wire
-from mesh.link import LinkError, StreamFramer
-from mesh.websocket import LinkConnection
-from tests.integration.mesh.conftest import Recorder
-from tests.unit.mesh.test_link_helpers import make_node
-
-
-class StreamTransport:
-    """Transport over asyncio streams: each link message is length-prefixed."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-        self.framer = StreamFramer()
-
-    def write(self, data: bytes) -> Awaitable[None]:
-        self.writer.write(StreamFramer.frame(data))
-        return self.writer.drain()
-
-    def close(self) -> None:
-        self.writer.close()
-
-    def abort(self) -> None:
-        self.writer.transport.abort()
-
-    async def read_into(self, conn: LinkConnection) -> None:
-        with contextlib.suppress(ConnectionError):
-            while data := await self.reader.read(65536):
-                try:
-                    messages = self.framer.feed(data)
-                except LinkError as exc:  # lost sync: say why; keep draining until EOF
-                    conn.close(exc.reason, str(exc))
-                    continue
-                for message in messages:
-                    conn.data_received(message)
-        conn.transport_lost("stream closed")
+from mesh.transport import LinkConnection, StreamTransport
+from tests.unit.mesh.test_link_helpers import Recorder, make_node
 
 
 async def open_pair() -> tuple[tuple, tuple]:
@@ -60,7 +27,7 @@ async def test_link_over_a_stream_socket_pair():
     ta, tb = StreamTransport(ra, wa), StreamTransport(rb, wb)
     ca.attach(ta)
     cb.attach(tb)
-    readers = [asyncio.create_task(ta.read_into(ca)), asyncio.create_task(tb.read_into(cb))]
+    readers = [asyncio.create_task(ta.pump(ca)), asyncio.create_task(tb.pump(cb))]
     try:
         assert await ca.wait_established() == bob.record
         assert await cb.wait_established() == alice.record
@@ -89,7 +56,7 @@ async def test_oversized_stream_frame_closes_the_link():
     cb = LinkConnection(bob.identity, bob.record, initiator=False, **rec.kwargs())
     tb = StreamTransport(rb, wb)
     cb.attach(tb)
-    reader = asyncio.create_task(tb.read_into(cb))
+    reader = asyncio.create_task(tb.pump(cb))
     try:
         wa.write(b"\xff\xff\xff\xff")  # claims a 4 GiB frame
         await rec.until(lambda: rec.closed)

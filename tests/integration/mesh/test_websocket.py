@@ -13,8 +13,8 @@ from tornado.websocket import websocket_connect
 from mesh import wire
 from mesh.link import MAX_MESSAGE, LinkError
 from mesh.websocket import SEND_BUFFER, DialError, dial
-from tests.integration.mesh.conftest import Recorder, StallProxy, wait_for
-from tests.unit.mesh.test_link_helpers import make_node
+from tests.integration.mesh.conftest import StallProxy, wait_for
+from tests.unit.mesh.test_link_helpers import Recorder, make_node
 
 TOPIC = b"w" * 16
 WMEM_MAX = int(Path("/proc/sys/net/core/wmem_max").read_text())

@@ -1,17 +1,21 @@
-"""Shared helpers for link tests: identities with records, and an in-memory pipe.
+"""Shared helpers for link tests: identities with records, a pump between two sans-IO
+links, and a recorder of what a LinkConnection reports.
 
 Not tests themselves; imported by the unit and integration link tests.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 from mesh.identity import LAST_RESORT_PREKEY_ID, KeyPair, PreKey, Record, SignedPreKey
 from mesh.link import Closed, Event, Link
+from mesh.transport import LinkConnection
 
-__all__ = ["Node", "forged_record", "make_node", "pump"]
+__all__ = ["Node", "Recorder", "forged_record", "make_node", "pump"]
 
 
 @dataclass(frozen=True)
@@ -77,3 +81,35 @@ def closed(events: list[Event]) -> Closed:
     found = [e for e in events if isinstance(e, Closed)]
     assert len(found) == 1, events
     return found[0]
+
+
+class Recorder:
+    """Callbacks that record what a LinkConnection reports, with awaitable helpers."""
+
+    def __init__(self) -> None:
+        self.established: list[LinkConnection] = []
+        self.frames: list[tuple[LinkConnection, Any]] = []
+        self.closed: list[tuple[LinkConnection, Any]] = []
+        self._changed = asyncio.Event()
+
+    def kwargs(self) -> dict[str, Any]:
+        return {"on_established": self.on_established, "on_frame": self.on_frame,
+                "on_closed": self.on_closed}
+
+    def on_established(self, conn: LinkConnection) -> None:
+        self.established.append(conn)
+        self._changed.set()
+
+    def on_frame(self, conn: LinkConnection, frame: Any) -> None:
+        self.frames.append((conn, frame))
+        self._changed.set()
+
+    def on_closed(self, conn: LinkConnection, event: Any) -> None:
+        self.closed.append((conn, event))
+        self._changed.set()
+
+    async def until(self, predicate: Callable[[], bool], within: float = 10.0) -> None:
+        async with asyncio.timeout(within):
+            while not predicate():
+                self._changed.clear()
+                await self._changed.wait()
