@@ -4,9 +4,10 @@ Why: a node behind a home router is reachable directly when the router forwards 
 to it; many routers do that on request (NAT-PMP, or PCP which answers NAT-PMP version 0
 requests too). The codec below is sans-IO (bytes in, frozen dataclasses out, both
 directions, so a test responder can use it); ``PortMapper`` is the thin asyncio adapter:
-it asks the default gateway for a TCP mapping of the mesh port, has it confirmed by a
-dial-back before anyone is told (``confirm``), renews the lease at half its lifetime,
-and deletes it on close. See docs/protocol.md, "Port mapping".
+it asks the default gateway for a TCP mapping of the mesh port (NAT-PMP, else UPnP-IGD
+through mesh/upnp.py), has it confirmed by a dial-back before anyone is told
+(``confirm``), renews the lease at half its lifetime, and deletes it on close. See
+docs/protocol.md, "Port mapping".
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from mesh import upnp
 from mesh.addresses import endpoint_url
 from mesh.errors import PortMapError
 
@@ -217,8 +219,60 @@ async def ask(gateway: str, request: Request, *, port: int = NATPMP_PORT,
     raise PortMapError(f"no NAT-PMP answer from {gateway}", "no_answer")
 
 
+class _NatPmp:
+    """The NAT-PMP way to the gateway."""
+
+    def __init__(self, gateway: str, port: int) -> None:
+        self.gateway, self.port = gateway, port
+
+    async def external_address(self) -> str:
+        answer = await ask(self.gateway, AddressRequest(), port=self.port)
+        if not isinstance(answer, AddressResponse):
+            raise PortMapError(f"external address refused: {answer.result.name}",
+                               answer.result.name.lower())
+        return answer.address
+
+    async def add(self, internal: int, wish: int, lifetime: int) -> tuple[int, int]:
+        answer = await ask(self.gateway, MapRequest(Op.MAP_TCP, internal, wish, lifetime),
+                           port=self.port)
+        if not isinstance(answer, MapResponse):
+            raise PortMapError(f"mapping refused: {answer.result.name}",
+                               answer.result.name.lower())
+        if answer.internal_port != internal or answer.lifetime == 0:
+            raise PortMapError("the gateway answered for another mapping")
+        return answer.external_port, answer.lifetime
+
+    async def delete(self, internal: int, external: int) -> None:
+        await ask(self.gateway, MapRequest(Op.MAP_TCP, internal, 0, 0), port=self.port,
+                  retries=(0.25,))
+
+
+class _Upnp:
+    """The UPnP-IGD way (mesh/upnp.py), with NAT-PMP's answers."""
+
+    def __init__(self, igd: upnp.Igd) -> None:
+        self.igd = igd
+
+    async def external_address(self) -> str:
+        return await self.igd.external_address()
+
+    async def add(self, internal: int, wish: int, lifetime: int) -> tuple[int, int]:
+        try:
+            await self.igd.add(wish, internal, lifetime)
+        except PortMapError as exc:
+            if exc.reason != "upnp_725":   # OnlyPermanentLeasesSupported
+                raise
+            await self.igd.add(wish, internal, 0)
+            return wish, LIFETIME   # permanent: renew (re-add) as if it were two hours
+        return wish, lifetime
+
+    async def delete(self, internal: int, external: int) -> None:
+        await self.igd.delete(external)
+
+
 class PortMapper:
-    """Keeps a TCP mapping of ``internal_port`` on the default gateway.
+    """Keeps a TCP mapping of ``internal_port`` on the default gateway: NAT-PMP first,
+    UPnP-IGD when the gateway does not answer NAT-PMP (``upnp=False``: never).
 
     ``confirm(external_port)`` must say whether a dial-back from outside reached us
     through it (mesh/reachability.py's probe); only then does ``on_mapped`` get
@@ -227,16 +281,19 @@ class PortMapper:
 
     def __init__(self, internal_port: int, *, confirm: Callable[[int], Awaitable[bool]],
                  on_mapped: Callable[[str | None], None], gateway: str | None = None,
-                 gateway_port: int = NATPMP_PORT, lifetime: int = LIFETIME,
-                 retry_later: float = RETRY_LATER) -> None:
+                 gateway_port: int = NATPMP_PORT, upnp: bool = True,
+                 lifetime: int = LIFETIME, retry_later: float = RETRY_LATER) -> None:
         self.internal_port = internal_port
         self._confirm, self._on_mapped = confirm, on_mapped
         self.gateway = gateway
         self._gateway_port = gateway_port
+        self._upnp = upnp
         self.lifetime, self.retry_later = lifetime, retry_later
-        self.mapped: MapResponse | None = None
+        self.method = ""                   # "NAT-PMP" or "UPnP" once a gateway answered
+        self.external: int | None = None   # the mapped port while we hold one
         self.url: str | None = None
         self.problem = ""
+        self._way: _NatPmp | _Upnp | None = None
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -251,12 +308,11 @@ class PortMapper:
         self._publish(None)
 
     async def _delete(self) -> None:
-        """Give the mapping back (lifetime 0); best effort, once."""
-        if self.mapped is not None and self.gateway is not None:
-            self.mapped = None
+        """Give the mapping back; best effort, once."""
+        if self.external is not None and self._way is not None:
+            external, self.external = self.external, None
             with contextlib.suppress(PortMapError, OSError):
-                await ask(self.gateway, MapRequest(Op.MAP_TCP, self.internal_port, 0, 0),
-                          port=self._gateway_port, retries=(0.25,))
+                await self._way.delete(self.internal_port, external)
 
     def _publish(self, url: str | None) -> None:
         if url != self.url:
@@ -275,31 +331,39 @@ class PortMapper:
                 wait = self.retry_later
             await asyncio.sleep(wait)
 
-    async def _map_once(self) -> float:
-        """Ask for (or renew) the mapping; return when to renew."""
+    async def _find_way(self) -> tuple[_NatPmp | _Upnp, str]:
+        """The way to the gateway and our external address through it."""
         self.gateway = self.gateway or default_gateway()
         if self.gateway is None:
             raise PortMapError("no default gateway", "no_gateway")
-        address = await ask(self.gateway, AddressRequest(), port=self._gateway_port)
-        if not isinstance(address, AddressResponse):
-            raise PortMapError(f"external address refused: {address.result.name}",
-                               address.result.name.lower())
-        wish = self.mapped.external_port if self.mapped else self.internal_port
-        answer = await ask(self.gateway, MapRequest(Op.MAP_TCP, self.internal_port, wish,
-                                                    self.lifetime), port=self._gateway_port)
-        if not isinstance(answer, MapResponse):
-            raise PortMapError(f"mapping refused: {answer.result.name}",
-                               answer.result.name.lower())
-        if answer.internal_port != self.internal_port or answer.lifetime == 0:
-            raise PortMapError("the gateway answered for another mapping")
-        fresh = self.mapped is None or self.mapped.external_port != answer.external_port
-        self.mapped = answer
-        url = endpoint_url(address.address, answer.external_port)
+        if self._way is not None:
+            return self._way, await self._way.external_address()
+        natpmp = _NatPmp(self.gateway, self._gateway_port)
+        try:
+            address = await natpmp.external_address()
+            self._way, self.method = natpmp, "NAT-PMP"
+        except PortMapError as exc:
+            if exc.reason != "no_answer" or not self._upnp:
+                raise
+            way = _Upnp(await upnp.discover(self.gateway))
+            address = await way.external_address()
+            self._way, self.method = way, "UPnP"
+        return self._way, address
+
+    async def _map_once(self) -> float:
+        """Ask for (or renew) the mapping; return when to renew."""
+        way, address = await self._find_way()
+        wish = self.external or self.internal_port
+        external, lifetime = await way.add(self.internal_port, wish, self.lifetime)
+        fresh = self.external != external
+        self.external = external
+        url = endpoint_url(address, external)
         if fresh or self.url != url:
-            if not await self._confirm(answer.external_port):
-                raise PortMapError(f"{address.address}:{answer.external_port} is mapped "
-                                   "but a dial-back did not get through", "unconfirmed")
-            log.info("port mapping %s -> %d confirmed", url, self.internal_port)
+            if not await self._confirm(external):
+                raise PortMapError(f"{address}:{external} is mapped ({self.method}) but a "
+                                   "dial-back did not get through", "unconfirmed")
+            log.info("port mapping %s -> %d (%s) confirmed", url, self.internal_port,
+                     self.method)
         self.problem = ""
         self._publish(url)
-        return max(1.0, min(answer.lifetime, MAX_LIFETIME) / 2)
+        return max(1.0, min(lifetime, MAX_LIFETIME) / 2)

@@ -1,4 +1,5 @@
-"""Port mapping in the lab: NAT-PMP on a real router namespace, nft dnat, a real dial-back.
+"""Port mapping in the lab: NAT-PMP or UPnP-IGD on a real router namespace, nft dnat rules,
+and a real dial-back from the bootstrap.
 
 The PortMapper runs on an event loop in a thread that entered alice's namespace, so its
 UDP socket and the dial-back request leave from alice's machine behind the router.
@@ -31,6 +32,7 @@ class MapperThread(threading.Thread):
         self.published: list[str | None] = []
         self.ready, self.stop = threading.Event(), threading.Event()
         self.problem = ""
+        self.mapper: PortMapper | None = None
 
     async def _confirm(self, external: int) -> bool:
         try:
@@ -43,7 +45,8 @@ class MapperThread(threading.Thread):
         self.ready.set()
 
     async def _main(self) -> None:
-        mapper = PortMapper(MESH_PORT, confirm=self._confirm, on_mapped=self._published)
+        self.mapper = mapper = PortMapper(MESH_PORT, confirm=self._confirm,
+                                          on_mapped=self._published)
         mapper.start()
         while not self.stop.is_set():
             self.problem = mapper.problem
@@ -67,19 +70,24 @@ def _reaches(lab: Lab, src: Namespace, address: tuple[str, int]) -> bool:
         return True
 
 
-@pytest.mark.parametrize("gateway_speaks", [True, False])
-def test_the_mesh_port_is_mapped_confirmed_and_given_back(lab: Lab,
-                                                          gateway_speaks: bool) -> None:
+GATEWAYS = {"natpmp": ("tests.lab.natpmp_server", "natpmp listening"),
+            "upnp": ("tests.lab.upnp_server", "upnp listening")}
+
+
+@pytest.mark.parametrize(("gateway", "method"), [("natpmp", "NAT-PMP"), ("upnp", "UPnP"),
+                                                 (None, "")])
+def test_the_mesh_port_is_mapped_confirmed_and_given_back(lab: Lab, gateway: str | None,
+                                                          method: str) -> None:
     srv = lab.public_host("boot", BOOT_IP)
     ra = lab.router("ra", "203.0.113.1", "10.1.0.0/24", syn=Syn.DROP)
     alice = lab.host("alice", ra.lan)
     boot = lab.popen(srv, *lab.run_py, "bootstrap", "--host", BOOT_IP, "--no-dht",
                      "--no-relay", "--db", str(lab.workdir / "boot.db"))
     boot.wait_for("listening")
-    if gateway_speaks:
-        natpmp = lab.popen(ra, sys.executable, "-m", "tests.lab.natpmp_server",
-                           "--listen", ra.lan.gateway, "--public", ra.ip)
-        natpmp.wait_for("natpmp listening")
+    if gateway is not None:
+        module, ready = GATEWAYS[gateway]
+        lab.popen(ra, sys.executable, "-m", module, "--listen", ra.lan.gateway,
+                  "--public", ra.ip).wait_for(ready)
     listener = lab.socket(alice)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind(("0.0.0.0", MESH_PORT))
@@ -89,12 +97,13 @@ def test_the_mesh_port_is_mapped_confirmed_and_given_back(lab: Lab,
     try:
         assert mapper.ready.wait(15)
         rules = lab.run(ra, "nft", "list", "chain", "ip", "nat", "prerouting")
-        if not gateway_speaks:
-            assert "no NAT-PMP answer" in mapper.problem and mapper.published == []
+        if gateway is None:
+            assert "no UPnP gateway answered" in mapper.problem and mapper.published == []
             assert "dnat" not in rules
             assert not _reaches(lab, srv, (ra.ip, MESH_PORT))
             return
         assert mapper.published == [f"ws://{ra.ip}:{MESH_PORT}/mesh"], mapper.problem
+        assert mapper.mapper is not None and mapper.mapper.method == method
         assert f"dnat to {alice.ip}:{MESH_PORT}" in rules
         assert _reaches(lab, srv, (ra.ip, MESH_PORT))   # an outsider gets through
     finally:

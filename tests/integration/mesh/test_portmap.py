@@ -1,4 +1,5 @@
-"""PortMapper against the lab's NAT-PMP gateway logic on 127.0.0.1 (rules kept in memory)."""
+"""PortMapper against the lab's NAT-PMP gateway logic on 127.0.0.1 (rules kept in memory;
+no UPnP fallback here: its search would multicast beyond loopback)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from mesh.portmap import PortMapper
+from mesh.portmap import Op, PortMapper
 from tests.integration.mesh.conftest import wait_for
 from tests.lab.natpmp_server import Gateway, Lease, serve
 
@@ -51,7 +52,7 @@ async def test_a_confirmed_mapping_is_published_renewed_and_deleted_on_close(gat
         return True
 
     mapper = PortMapper(8472, confirm=confirm, on_mapped=published.append,
-                        gateway="127.0.0.1", gateway_port=port, lifetime=2)
+                        gateway="127.0.0.1", gateway_port=port, upnp=False, lifetime=2)
     mapper.start()
     await wait_for(lambda: published, within=5)
     assert published == [f"ws://{PUBLIC}:8472/mesh"] and asked == [8472]
@@ -67,14 +68,14 @@ async def test_a_taken_port_gets_another_and_an_unconfirmed_one_is_given_back(
         gateway) -> None:
     gw, rules, port = gateway
     first = PortMapper(8472, confirm=lambda p: _answer(True), on_mapped=lambda u: None,
-                       gateway="127.0.0.1", gateway_port=port)
+                       gateway="127.0.0.1", gateway_port=port, upnp=False)
     first.start()
     await wait_for(lambda: first.url is not None, within=5)
     published: list[str | None] = []
     # Same internal port from the same client counts as a renewal, so use another one.
     second = PortMapper(8473, confirm=lambda p: _answer(False), on_mapped=published.append,
-                        gateway="127.0.0.1", gateway_port=port)
-    gw.leases[(first.mapped.op, 8473)] = gw.leases[(first.mapped.op, 8472)]  # 8473 taken
+                        gateway="127.0.0.1", gateway_port=port, upnp=False)
+    gw.leases[(Op.MAP_TCP, 8473)] = gw.leases[(Op.MAP_TCP, 8472)]  # 8473 taken
     second.start()
     await wait_for(lambda: second.problem, within=5)
     assert "dial-back did not get through" in second.problem and published == []
@@ -86,7 +87,8 @@ async def test_a_taken_port_gets_another_and_an_unconfirmed_one_is_given_back(
 async def test_a_silent_gateway_means_no_mapping_and_no_error(gateway) -> None:
     _, _, port = gateway
     mapper = PortMapper(8472, confirm=lambda p: _answer(True), on_mapped=lambda u: None,
-                        gateway="127.0.0.1", gateway_port=port + 1 if port < 65535 else 1)
+                        gateway="127.0.0.1", gateway_port=port + 1 if port < 65535 else 1,
+                        upnp=False)
     mapper.start()
     await wait_for(lambda: mapper.problem, within=5)
     assert "no NAT-PMP answer" in mapper.problem and mapper.url is None
