@@ -34,7 +34,7 @@ from mesh import wire
 from mesh.addresses import is_lan_ip, order_endpoints, path_of
 from mesh.errors import RemoteError
 from mesh.identity import KeyPair, Record
-from mesh.link import Closed
+from mesh.link import HANDSHAKE_TIMEOUT, Closed
 from mesh.transport import LinkConnection, Transport
 from mesh.websocket import dial
 
@@ -44,6 +44,9 @@ __all__ = [
     "D_HI",
     "D_LO",
     "FULL_MESH_MAX",
+    "MAX_PENDING",
+    "MAX_PENDING_PER_ADDRESS",
+    "PENDING_DEADLINE",
     "STAGGER",
     "ConnectionManager",
     "D",
@@ -60,6 +63,13 @@ FULL_MESH_MAX = 13  # groups up to this size (ourselves included) connect to eve
 BACKOFF_BASE, BACKOFF_CAP = 1.0, 60.0
 STAGGER = 0.25  # happy eyeballs: RFC 8305 recommends 250 ms between attempts
 MAX_LINKS = 256
+# Inbound links still in their handshake have a budget of their own, so strangers that
+# open WebSockets and never say Hello cannot fill MAX_LINKS (issue 15 finding 4): at
+# most MAX_PENDING at once (a new one pushes out the oldest), MAX_PENDING_PER_ADDRESS
+# from one remote address (more are refused), each given PENDING_DEADLINE seconds.
+MAX_PENDING = 32
+MAX_PENDING_PER_ADDRESS = 4
+PENDING_DEADLINE = 5.0
 ORPHAN_GRACE = 120.0
 TICK = 1.0
 
@@ -167,6 +177,9 @@ class ConnectionManager:
                  full_mesh_max: int = FULL_MESH_MAX,
                  backoff_base: float = BACKOFF_BASE, backoff_cap: float = BACKOFF_CAP,
                  max_links: int = MAX_LINKS, orphan_grace: float = ORPHAN_GRACE,
+                 max_pending: int = MAX_PENDING,
+                 max_pending_per_address: int = MAX_PENDING_PER_ADDRESS,
+                 pending_deadline: float = PENDING_DEADLINE,
                  tick: float = TICK, stagger: float = STAGGER,
                  rng: random.Random | None = None,
                  dialer: Callable[..., Awaitable[LinkConnection]] = dial,
@@ -180,6 +193,8 @@ class ConnectionManager:
         self.d_lo, self.d, self.d_hi, self.full_mesh_max = d_lo, d, d_hi, full_mesh_max
         self.backoff_base, self.backoff_cap = backoff_base, backoff_cap
         self.max_links, self.orphan_grace, self.tick = max_links, orphan_grace, tick
+        self.max_pending, self.max_pending_per_address = max_pending, max_pending_per_address
+        self.pending_deadline = pending_deadline
         self.stagger = stagger
         self.rng = rng or random.Random()
         self._dialer = dialer
@@ -191,6 +206,8 @@ class ConnectionManager:
         self._hints: dict[str, tuple[str, ...]] = {}
         self._links: dict[str, LinkConnection] = {}
         self._all: set[LinkConnection] = set()
+        # Inbound links in their handshake, oldest first -> remote address (None: unknown)
+        self._pending: dict[LinkConnection, str | None] = {}
         self._inbound_paths: dict[LinkConnection, str] = {}
         self._dialing: dict[str, asyncio.Task[None]] = {}
         self._peers: dict[str, _Peer] = {}
@@ -237,6 +254,10 @@ class ConnectionManager:
         conn = self._links.get(peer_id)
         return conn if conn is not None and conn.established else None
 
+    def pending_handshakes(self) -> int:
+        """Inbound links still in their handshake (within the MAX_PENDING budget)."""
+        return len(self._pending)
+
     def topic_links(self, topic: bytes) -> list[str]:
         return sorted(set(self._topics.get(topic, ())) & set(self.links()))
 
@@ -271,22 +292,41 @@ class ConnectionManager:
     # InboundAcceptor for mesh.websocket.MeshHandler
 
     def accept_inbound(self, transport: Transport) -> LinkConnection | None:
-        lan = is_lan_ip(getattr(transport, "remote_host", ""))  # WebSocket transports have it
-        return self._accept(transport, "lan" if lan else "direct")
+        host = getattr(transport, "remote_host", "")  # WebSocket transports have it
+        return self._accept(transport, "lan" if is_lan_ip(host) else "direct", host or None)
 
     def accept_relayed(self, transport: Transport) -> LinkConnection | None:
-        """An inbound link spliced by a circuit relay (mesh/relay_client.py)."""
-        return self._accept(transport, "relayed")
+        """An inbound link spliced by a circuit relay (mesh/relay_client.py); the relay
+        limits circuits per source, we only see the relay."""
+        return self._accept(transport, "relayed", None)
 
-    def _accept(self, transport: Transport, path: str) -> LinkConnection | None:
-        if self._closing or len(self._all) >= self.max_links:
+    def _accept(self, transport: Transport, path: str,
+                address: str | None) -> LinkConnection | None:
+        """A new inbound link, in the handshake budget (see MAX_PENDING); None to refuse.
+        Pending links do not count against max_links: a full node refuses new ones at
+        once, and one whose handshake completes when the cap was reached meanwhile."""
+        if self._closing or self._link_count() >= self.max_links:
             return None
-        conn = LinkConnection(self.identity, self.record, initiator=False,
-                              **self._conn_kwargs())
+        if address is not None and sum(
+                a == address for a in self._pending.values()) >= self.max_pending_per_address:
+            return None
+        if len(self._pending) >= self.max_pending:
+            oldest = next(iter(self._pending))
+            del self._pending[oldest]
+            oldest.close("busy", "too many links in their handshake")
+        options = self._conn_kwargs()
+        options["handshake_timeout"] = min(self.pending_deadline,
+                                           options.get("handshake_timeout", HANDSHAKE_TIMEOUT))
+        conn = LinkConnection(self.identity, self.record, initiator=False, **options)
         self._all.add(conn)
+        self._pending[conn] = address
         self._inbound_paths[conn] = path
         conn.attach(transport)
         return conn
+
+    def _link_count(self) -> int:
+        """Links that count against max_links: all but inbound ones in their handshake."""
+        return len(self._all) - len(self._pending)
 
     def adopt(self, transport: Transport, *, initiator: bool,
               **link_options: Any) -> LinkConnection | None:
@@ -295,7 +335,7 @@ class ConnectionManager:
         deduplication and callbacks treat it like any other link. ``link_options``
         (keepalive, ...) override the manager's for this link. None when closing or
         full."""
-        if self._closing or len(self._all) >= self.max_links:
+        if self._closing or self._link_count() >= self.max_links:
             return None
         conn = LinkConnection(self.identity, self.record, initiator=initiator,
                               **{**self._conn_kwargs(), **link_options})
@@ -322,6 +362,11 @@ class ConnectionManager:
         return self.user_id if conn.initiator else conn.peer_id or ""
 
     def _established(self, conn: LinkConnection) -> None:
+        inbound = conn in self._pending
+        self._pending.pop(conn, None)
+        if inbound and self._link_count() > self.max_links:  # counting this one
+            conn.close("busy", "this node has as many links as it keeps")
+            return
         self._all.add(conn)
         peer = conn.peer_id
         assert peer is not None
@@ -349,6 +394,7 @@ class ConnectionManager:
 
     def _closed(self, conn: LinkConnection, event: Closed) -> None:
         self._all.discard(conn)
+        self._pending.pop(conn, None)
         self._inbound_paths.pop(conn, None)
         peer = conn.peer_id
         if peer is None or self._links.get(peer) is not conn:
@@ -394,7 +440,7 @@ class ConnectionManager:
         for peer in plan_dials(topics, connected=connected, pending=set(self._dialing),
                                dialable=dialable, d_lo=self.d_lo, d=self.d,
                                full_mesh_max=self.full_mesh_max, rng=self.rng):
-            if len(self._all) + len(self._dialing) >= self.max_links:
+            if self._link_count() + len(self._dialing) >= self.max_links:
                 break
             self._dialing[peer] = asyncio.get_running_loop().create_task(self._dial(peer))
         for peer in plan_prunes(topics, connected=connected, d_lo=self.d_lo, d=self.d,
