@@ -1,8 +1,11 @@
 """The discovery HTTP API (DESIGN §3), as Tornado handlers over bootstrap.store.
 
-Every request is rate-limited per client address and every body is size-limited
-before it is read; every write is signed (mesh.discovery.signing_bytes) and refused
-if stale or replayed. All checks run before the first write, so a refused request
+Every request is rate-limited per client address (the socket's, or what a trusted
+proxy says) and every body is size-limited before it is read; every write is signed
+(mesh.discovery.signing_bytes) and refused if stale or replayed. A new identity brings
+a proof of work whose price rises with registrations from its address and network
+(bootstrap.limits); bundle claims spend one-time prekeys only within per-claimer and
+per-target budgets. All checks run before the first write, so a refused request
 stores nothing (except its nonce, which is what makes a replay detectable).
 """
 
@@ -17,6 +20,14 @@ from typing import Any
 
 from tornado.web import Application
 
+from bootstrap.limits import (
+    ClaimBudget,
+    ForwardedError,
+    Network,
+    RegistrationQuota,
+    client_address,
+    parse_trusted_proxies,
+)
 from bootstrap.openapi import openapi_document
 from bootstrap.ratelimit import RateLimiter
 from bootstrap.store import (
@@ -31,9 +42,14 @@ from bootstrap.store import (
 from mesh.discovery import (
     HEADER_ID,
     HEADER_NONCE,
+    HEADER_POW,
+    HEADER_POW_BITS,
+    HEADER_PREKEYS_LEFT,
     HEADER_SIGNATURE,
     HEADER_TIMESTAMP,
+    MAX_POW_NONCE,
     NONCE_LEN,
+    check_pow,
     signing_bytes,
 )
 from mesh.encoding import FormatError, b64d
@@ -53,6 +69,16 @@ class BootstrapConfig:
     nonce_ttl: float = 900.0         # longer than the whole accepted skew window
     rate: float = 20.0               # requests per second per client address
     burst: int = 60
+    # Addresses or networks of reverse proxies whose X-Real-IP / X-Forwarded-For
+    # name the client; nobody else's are believed.
+    trusted_proxies: tuple[str, ...] = ()
+    pow_bits: int = 20               # a new identity's proof of work (~1 s of one core)
+    registrations_per_subscriber: float = 4.0   # at the base price, per IPv4 / IPv6 /64
+    registrations_per_network: float = 16.0     # ... per IPv4 /24 / IPv6 /48
+    max_extra_pow_bits: int = 4      # the price doubles per doubling; past 16x: refused
+    claims_per_claimer: int = 100    # one-time prekeys a claimer may take per hour
+    claims_per_target: int = 30      # one-time prekeys a target may lose per hour
+    claims_per_pair: int = 1         # ... one claimer may take of one target per day
 
 
 @dataclass
@@ -67,9 +93,27 @@ class BootstrapContext:
     # the server points it at DhtNode.mirror, which returns at once (a background task).
     on_record: Callable[[Record], None] | None = None
     limiter: RateLimiter = field(init=False)
+    proxies: tuple[Network, ...] = field(init=False)
+    quota: RegistrationQuota = field(init=False)
+    claims: ClaimBudget = field(init=False)
 
     def __post_init__(self) -> None:
-        self.limiter = RateLimiter(self.config.rate, self.config.burst)
+        cfg = self.config
+        self.limiter = RateLimiter(cfg.rate, cfg.burst)
+        self.proxies = parse_trusted_proxies(cfg.trusted_proxies)
+        self.quota = RegistrationQuota(
+            base_bits=cfg.pow_bits, per_subscriber=cfg.registrations_per_subscriber,
+            per_network=cfg.registrations_per_network, max_extra_bits=cfg.max_extra_pow_bits)
+        self.claims = ClaimBudget(per_claimer=cfg.claims_per_claimer,
+                                  per_target=cfg.claims_per_target, per_pair=cfg.claims_per_pair)
+
+
+@dataclass(frozen=True)
+class _SignedHeaders:
+    signer: str
+    timestamp: int
+    nonce: bytes
+    signature: bytes
 
 
 class ApiHandler(JsonHandler):
@@ -83,7 +127,12 @@ class ApiHandler(JsonHandler):
         self.body_limit = ctx.config.body_limit
 
     def prepare(self) -> None:
-        wait = self.ctx.limiter.check(self.request.remote_ip or "?", self.ctx.clock())
+        try:
+            self.client_ip = client_address(self.request.remote_ip or "?",
+                                            self.request.headers, self.ctx.proxies)
+        except ForwardedError as exc:
+            raise ApiError(400, "bad_forwarded_for", str(exc)) from None
+        wait = self.ctx.limiter.check(self.client_ip, self.ctx.clock())
         if wait:
             raise ApiError(429, "rate_limited", "too many requests from this address",
                            {"Retry-After": RateLimiter.retry_after_header(wait)})
@@ -93,12 +142,8 @@ class ApiHandler(JsonHandler):
         if self.ctx.on_record is not None:
             self.ctx.on_record(record)
 
-    def authenticate(self, key: bytes | None = None) -> str:
-        """Check the request signature; return the signer's user id.
-
-        ``key`` is the identity key to verify against (registration carries it in the
-        body); otherwise the signer must be a registered user.
-        """
+    def signed_headers(self) -> _SignedHeaders:
+        """The signature headers, well-formed and fresh (not yet verified)."""
         headers = self.request.headers
         try:
             signer = parse_user_id(headers.get(HEADER_ID, ""))
@@ -110,24 +155,63 @@ class ApiHandler(JsonHandler):
         except FormatError as exc:
             raise ApiError(401, "unauthenticated",
                            f"missing or malformed signature headers ({exc})") from None
-        now = self.ctx.clock()
-        if abs(now - int(stamp)) > self.ctx.config.max_skew:
+        if abs(self.ctx.clock() - int(stamp)) > self.ctx.config.max_skew:
             raise ApiError(401, "stale_request",
                            "request timestamp is too far from the server's clock")
+        return _SignedHeaders(signer, int(stamp), nonce, signature)
+
+    def authenticate(self, key: bytes | None = None,
+                     signed: _SignedHeaders | None = None) -> str:
+        """Check the request signature; return the signer's user id.
+
+        ``key`` is the identity key to verify against (registration carries it in the
+        body); otherwise the signer must be a registered user, and the reply tells them
+        how many one-time prekeys they have left (``Parley-Prekeys-Left``).
+        """
+        signed = signed or self.signed_headers()
+        signer = signed.signer
         if key is None:
             user = get_user(self.ctx.conn, signer)
             if user is None:
                 raise ApiError(401, "unknown_signer", "the signer is not registered")
             key = user.identity_key
         message = signing_bytes(self.request.method or "", self.request.path, self.body,
-                                int(stamp), nonce, signer)
+                                signed.timestamp, signed.nonce, signer)
         try:
-            verify(key, message, signature)
+            verify(key, message, signed.signature)
         except SignatureError:
             raise ApiError(401, "bad_signature", "request signature does not verify") from None
-        if not remember_nonce(self.ctx.conn, signer, nonce, now, self.ctx.config.nonce_ttl):
+        now = self.ctx.clock()
+        if not remember_nonce(self.ctx.conn, signer, signed.nonce, now,
+                              self.ctx.config.nonce_ttl):
             raise ApiError(401, "replayed_request", "this request was already received")
+        self.set_header(HEADER_PREKEYS_LEFT, str(count_prekeys(self.ctx.conn, signer)))
         return signer
+
+    def check_pow(self, identity_key: bytes, signed: _SignedHeaders) -> None:
+        """A new identity pays for itself: refused (429) when its address and network
+        registered too many lately, else it must carry a proof of work at the price
+        of the moment (403 ``pow_required`` with ``Parley-Pow-Bits`` otherwise)."""
+        now = self.ctx.clock()
+        bits = self.ctx.quota.required_bits(self.client_ip, now)
+        if bits is None:
+            wait = self.ctx.quota.retry_after(self.client_ip, now)
+            raise ApiError(429, "registration_quota",
+                           "too many new identities from this network lately",
+                           {"Retry-After": RateLimiter.retry_after_header(wait)})
+        if bits == 0:
+            return
+        try:
+            nonce = b64d(self.request.headers.get(HEADER_POW, ""), field="proof of work")
+        except FormatError:
+            nonce = b""
+        if not (0 < len(nonce) <= MAX_POW_NONCE
+                and check_pow(identity_key, signed.timestamp, nonce, bits)):
+            raise ApiError(403, "pow_required",
+                           f"a new identity needs a {bits}-bit proof of work "
+                           f"(header {HEADER_POW}, see docs/protocol.md)",
+                           {HEADER_POW_BITS: str(bits)})
+
 
 def _path_user(raw: str) -> str:
     try:
@@ -177,10 +261,13 @@ class UsersHandler(ApiHandler):
         check_fields(body, {"record", "one_time_prekeys"})
         record = _record(body["record"])
         prekeys = _prekeys(body["one_time_prekeys"])
-        signer = self.authenticate(record.identity_key)
-        if signer != record.user_id:
+        signed = self.signed_headers()
+        if signed.signer != record.user_id:
             raise ApiError(401, "signer_mismatch", "request must be signed by the record's key")
         existing = get_user(self.ctx.conn, record.user_id)
+        if existing is None:
+            self.check_pow(record.identity_key, signed)
+        self.authenticate(record.identity_key, signed)
         if existing is not None and existing.identity_key != record.identity_key:
             raise ApiError(409, "id_taken",
                            "this id is registered to another key; generate a new identity")
@@ -194,7 +281,10 @@ class UsersHandler(ApiHandler):
             conn.execute("BEGIN IMMEDIATE")
             save_record(conn, record, self.ctx.clock())
             put_prekeys(conn, record.user_id, prekeys)
+        if existing is None:
+            self.ctx.quota.record(self.client_ip, self.ctx.clock())
         left = count_prekeys(conn, record.user_id)
+        self.set_header(HEADER_PREKEYS_LEFT, str(left))
         self.send_json(200 if existing else 201, {"id": record.user_id, "prekeys_left": left})
         self._accepted(record)
 
@@ -233,7 +323,9 @@ class UserHandler(ApiHandler):
             if record is not None:
                 save_record(conn, record, self.ctx.clock())
             put_prekeys(conn, user_id, prekeys)
-        self.send_json(200, {"id": user_id, "prekeys_left": count_prekeys(conn, user_id)})
+        left = count_prekeys(conn, user_id)
+        self.set_header(HEADER_PREKEYS_LEFT, str(left))
+        self.send_json(200, {"id": user_id, "prekeys_left": left})
         if record is not None:
             self._accepted(record)
 
@@ -243,14 +335,18 @@ class BundleHandler(ApiHandler):
         user_id = _path_user(raw_id)
         if self.body.strip() not in (b"", b"{}"):
             raise ApiError(400, "bad_request", "bundle requests carry no body (or {})")
-        self.authenticate()
+        claimer = self.authenticate()
         user = get_user(self.ctx.conn, user_id)
         if user is None:
             raise ApiError(404, "unknown_user", "no user with this id is registered")
-        conn = self.ctx.conn
-        with conn:
-            conn.execute("BEGIN IMMEDIATE")
-            prekey = claim_prekey(conn, user_id)
+        conn, now, budget = self.ctx.conn, self.ctx.clock(), self.ctx.claims
+        prekey = None
+        if budget.allows(claimer, user_id, now):
+            with conn:
+                conn.execute("BEGIN IMMEDIATE")
+                prekey = claim_prekey(conn, user_id)
+            if prekey is not None:
+                budget.spend(claimer, user_id, now)
         if prekey is None:
             prekey_json = json.loads(user.record_json)["last_resort_prekey"]
         else:

@@ -83,6 +83,16 @@ _SIGNED_HEADERS = [
      "schema": {"type": "string", "description": "64-byte signature, base64"}},
 ]
 
+_POW_HEADER = {
+    "name": "Parley-Pow", "in": "header", "required": False,
+    "schema": {"type": "string", "description": "A new identity's proof of work: 1-16 bytes, "
+               "base64, such that SHA-256(msgpack([\"parley/pow/v1\", identity_key, "
+               "Parley-Timestamp]) || bytes) starts with Parley-Pow-Bits zero bits"}}
+
+_PREKEYS_LEFT_HEADER = {"Parley-Prekeys-Left": {
+    "description": "The signer's one-time prekeys left on the server",
+    "schema": {"type": "string", "pattern": "^[0-9]+$"}}}
+
 _PATH_ID = {"name": "user_id", "in": "path", "required": True,
             "schema": {"type": "string", "description": "15-digit user id"}}
 
@@ -93,11 +103,15 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 def _errors(*codes: int) -> dict[str, Any]:
     text = {400: "Malformed request", 401: "Missing, stale, replayed or bad signature",
-            403: "Signed by someone else", 404: "Unknown user", 409: "Conflict",
-            413: "Body over 64 KiB", 429: "Rate limited (see Retry-After)"}
+            403: "Signed by someone else, or (registration) pow_required: a new identity "
+                 "needs a proof of work of Parley-Pow-Bits bits",
+            404: "Unknown user", 409: "Conflict", 413: "Body over 64 KiB",
+            429: "Rate limited, or (registration) registration_quota (see Retry-After)"}
     out = {str(c): _json(_ERROR, text[c]) for c in codes}
     if 429 in codes:
         out["429"]["headers"] = {"Retry-After": {"schema": {"type": "string"}}}
+    if 403 in codes:
+        out["403"]["headers"] = {"Parley-Pow-Bits": {"schema": {"type": "string"}}}
     return out
 
 
@@ -111,13 +125,19 @@ _DIALBACK = {"type": "object", "required": ["address", "port", "reachable", "det
                                        "refused or the name of the error"}}}
 
 
+def _with_prekeys_left(response: dict[str, Any]) -> dict[str, Any]:
+    return {**response, "headers": _PREKEYS_LEFT_HEADER}
+
+
 def openapi_document() -> dict[str, Any]:
     record_body = {"type": "object", "required": ["record"], "properties": {"record": _RECORD}}
     return {
         "openapi": "3.0.3",
         "info": {"title": "Parley bootstrap discovery API", "version": "1",
                  "description": "Signed user records and one-time prekeys. Writes are "
-                                "signed; see docs/protocol.md, 'Discovery'."},
+                                "signed; see docs/protocol.md, 'Discovery'. Behind a "
+                                "trusted proxy any request may also get 400 "
+                                "bad_forwarded_for."},
         "paths": {
             "/v1/health": {"get": {
                 "operationId": "health", "summary": "Liveness and the server's DHT address",
@@ -132,16 +152,17 @@ def openapi_document() -> dict[str, Any]:
                               **_errors(429)}}},
             "/v1/users": {"post": {
                 "operationId": "register", "summary": "Register a signed record and prekeys",
-                "parameters": _SIGNED_HEADERS,
+                "parameters": [*_SIGNED_HEADERS, _POW_HEADER],
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {
                     "type": "object", "additionalProperties": False,
                     "required": ["record", "one_time_prekeys"],
                     "properties": {"record": _RECORD,
                                    "one_time_prekeys": {"type": "array", "maxItems": 200,
                                                         "items": _PREKEY}}}}}},
-                "responses": {"201": _json(_PREKEYS_LEFT, "Registered"),
-                              "200": _json(_PREKEYS_LEFT, "Re-registered (same key)"),
-                              **_errors(400, 401, 409, 413, 429)}}},
+                "responses": {
+                    "201": _with_prekeys_left(_json(_PREKEYS_LEFT, "Registered")),
+                    "200": _with_prekeys_left(_json(_PREKEYS_LEFT, "Re-registered (same key)")),
+                    **_errors(400, 401, 403, 409, 413, 429)}}},
             "/v1/users/{user_id}": {
                 "parameters": [_PATH_ID],
                 "get": {"operationId": "lookup", "summary": "A user's signed record",
@@ -157,7 +178,8 @@ def openapi_document() -> dict[str, Any]:
                                                       "one_time_prekeys": {
                                                           "type": "array", "maxItems": 200,
                                                           "items": _PREKEY}}}}}},
-                        "responses": {"200": _json(_PREKEYS_LEFT, "Updated"),
+                        "responses": {"200": _with_prekeys_left(_json(_PREKEYS_LEFT,
+                                                                      "Updated")),
                                       **_errors(400, 401, 403, 404, 409, 413, 429)}},
             },
             "/v1/users/{user_id}/bundle": {
@@ -166,10 +188,12 @@ def openapi_document() -> dict[str, Any]:
                          "summary": "The record plus one claimed one-time prekey (or the "
                                     "last-resort prekey when none are left)",
                          "parameters": _SIGNED_HEADERS,
-                         "responses": {"200": _json({
+                         "responses": {"200": _with_prekeys_left(_json({
                              "type": "object", "required": ["record", "prekey"],
                              "properties": {"record": _RECORD, "prekey": _PREKEY}},
-                             "A bundle"), **_errors(400, 401, 404, 413, 429)}}},
+                             "A bundle (one-time prekeys only within the claimer's and "
+                             "target's budgets, else the last-resort prekey)")),
+                             **_errors(400, 401, 404, 413, 429)}}},
             "/v1/observed": {"get": {
                 "operationId": "observed",
                 "summary": "The client's address and source port as this server sees them",

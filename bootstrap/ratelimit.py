@@ -33,18 +33,27 @@ class RateLimiter:
 
     def check(self, client: str, now: float) -> float:
         """Take one token: 0.0 if allowed, else the seconds to wait (for Retry-After)."""
-        bucket = self._buckets.pop(client, None)
-        if bucket is None:
-            bucket = _Bucket(float(self.burst), now)
-        bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.stamp) * self.rate)
-        bucket.stamp = now
-        self._buckets[client] = bucket
-        if len(self._buckets) > self.max_clients:
-            self._buckets.popitem(last=False)
+        bucket = self._refilled(client, now)
         if bucket.tokens >= 1:
             bucket.tokens -= 1
             return 0.0
         return (1 - bucket.tokens) / self.rate
+
+    def available(self, client: str, now: float) -> bool:
+        """Whether ``check`` would allow one now (takes nothing): for decisions that
+        need tokens from several limiters or none at all."""
+        return self._refilled(client, now).tokens >= 1
+
+    def _refilled(self, client: str, now: float) -> _Bucket:
+        bucket = self._buckets.pop(client, None)
+        if bucket is None:
+            bucket = _Bucket(float(self.burst), now)
+        bucket.tokens = min(self.burst, bucket.tokens + max(0.0, now - bucket.stamp) * self.rate)
+        bucket.stamp = now
+        self._buckets[client] = bucket
+        if len(self._buckets) > self.max_clients:
+            self._buckets.popitem(last=False)
+        return bucket
 
     @staticmethod
     def retry_after_header(wait: float) -> str:

@@ -29,7 +29,7 @@ __all__ = [
     "save_record",
 ]
 
-MAX_PREKEYS = 1000  # one-time prekeys kept per user; uploads beyond it are refused
+MAX_PREKEYS = 200  # one-time prekeys kept per user (two batches); more is refused
 
 MIGRATIONS = [
     """

@@ -9,6 +9,7 @@ without the derivation failing. See docs/protocol.md, "Identity".
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -86,8 +87,8 @@ class KeyPair:
     def sign(self, message: bytes) -> bytes:
         return _curve.calculateSignature(os.urandom(64), self.private, message)
 
-    @property
-    def user_id(self) -> str:
+    @functools.cached_property
+    def user_id(self) -> str:  # 5200 hash rounds: worth keeping (the key never changes)
         return user_id_for_key(self.public)
 
 

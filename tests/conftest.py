@@ -18,13 +18,15 @@ from bootstrap.api import BootstrapConfig
 from bootstrap.server import BootstrapServer, start_bootstrap
 
 ROOT = Path(__file__).resolve().parent.parent
+GENEROUS = BootstrapConfig(rate=10_000, burst=10_000, pow_bits=8, claims_per_claimer=10_000,
+                           claims_per_target=10_000, claims_per_pair=10_000)
 
 
 @pytest.fixture
 async def bootstrap_server(tmp_path: Path) -> AsyncIterator[BootstrapServer]:
-    """An in-process bootstrap server on a free port with a generous rate limit."""
-    server = start_bootstrap("127.0.0.1", 0, tmp_path / "bootstrap.db",
-                             BootstrapConfig(rate=10_000, burst=10_000))
+    """An in-process bootstrap server on a free port with generous limits and a cheap
+    proof of work (tests/integration/bootstrap/test_abuse.py tests the real ones)."""
+    server = start_bootstrap("127.0.0.1", 0, tmp_path / "bootstrap.db", GENEROUS)
     try:
         yield server
     finally:

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 
-from bootstrap.api import BootstrapConfig
 from bootstrap.openapi import openapi_document
 from bootstrap.server import BootstrapServer, start_bootstrap
 from mesh.dht import DhtConfig, DhtNode, RecordNotFound, dht_digest
 from mesh.discovery import DiscoveryClient
 from mesh.errors import DiscoveryRefused
 from mesh.lookup import bootstrap_dht_contact
+from tests.conftest import GENEROUS
 from tests.integration.mesh.dht_net import DhtNet, no_errors_logged, poll  # noqa: F401
 from tests.unit.mesh.dht_helpers import forged_key, make_record, next_record
 
@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("no_errors_logged
 @pytest.fixture
 async def mirrored(tmp_path: Path) -> AsyncIterator[tuple[BootstrapServer, list[DhtNode]]]:
     server = start_bootstrap("127.0.0.1", 0, tmp_path / "boot.db",
-                             BootstrapConfig(rate=10_000, burst=10_000),
+                             GENEROUS,
                              dht_port=0, dht_config=DhtConfig.loopback())
     net = DhtNet()
     try:

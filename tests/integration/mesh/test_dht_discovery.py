@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from bootstrap.api import BootstrapConfig
 from bootstrap.server import BootstrapServer, start_bootstrap
 from mesh.dht import DhtConfig, DhtNode, RecordNotFound, dht_digest
 from mesh.discovery import DiscoveryClient
 from mesh.errors import DiscoveryUnavailable
 from mesh.identity import KeyPair
 from mesh.lookup import Discovery, DiscoveryMode, bootstrap_dht_contact
+from tests.conftest import GENEROUS
 from tests.integration.mesh.dht_net import DhtNet, no_errors_logged, poll  # noqa: F401
 from tests.unit.mesh.dht_helpers import make_record, next_record
 
@@ -36,7 +36,7 @@ class World:
 
     async def start(self) -> None:
         self.server = start_bootstrap("127.0.0.1", 0, self.tmp_path / "boot.db",
-                                      BootstrapConfig(rate=10_000, burst=10_000),
+                                      GENEROUS,
                                       dht_port=0, dht_config=DhtConfig.loopback())
         contact = await bootstrap_dht_contact(self.client(KeyPair.generate()))
         assert contact == self.server.dht.address
