@@ -24,6 +24,7 @@ from groups.errors import NotFound
 from groups.meetups import parse_attachment_limit
 from groups.node import NodeConfig
 from mesh import malloc
+from mesh.errors import PortInUse
 from mesh.identity import display_user_id
 from webapp.app import App
 
@@ -53,8 +54,20 @@ def _parser() -> argparse.ArgumentParser:
                       help="requests per second allowed per client address")
     boot.add_argument("--burst", type=int, default=BootstrapConfig.burst,
                       help="burst size of the per-client rate limit")
-    boot.add_argument("--dht-port", type=int, default=DEFAULT_BOOTSTRAP_PORT,
-                      help="UDP port of the bootstrap's DHT node (0 picks a free one)")
+    boot.add_argument("--dht-port", type=int, default=None,
+                      help="UDP port of the bootstrap's DHT node (default: the --port "
+                           "number; 0 picks a free one)")
+    boot.add_argument("--trusted-proxy", action="append", default=[], metavar="IP[/BITS]",
+                      help="a reverse proxy whose X-Real-IP / X-Forwarded-For name the "
+                           "client (repeatable); nobody else's are believed")
+    boot.add_argument("--pow-bits", type=int, default=BootstrapConfig.pow_bits,
+                      help="proof of work a new identity pays (bits; 20 is ~1 s, each "
+                           "more doubles it; 0: none)")
+    boot.add_argument("--registration-quota", type=float,
+                      default=BootstrapConfig.registrations_per_subscriber,
+                      help="new identities per address (4x per /24) an hour at that "
+                           "price; beyond, each doubling doubles the price, past 16x "
+                           "they are refused")
     boot.add_argument("--no-dht", action="store_true", help="run no DHT node")
     boot.add_argument("--no-relay", action="store_true",
                       help="do not serve as a circuit relay for nodes behind routers")
@@ -146,17 +159,38 @@ def _announce(app: App, label: str = "") -> None:
 
 
 async def _serve_bootstrap(args: argparse.Namespace) -> None:
-    config = BootstrapConfig(rate=args.rate, burst=args.burst)
+    try:
+        config = BootstrapConfig(
+            rate=args.rate, burst=args.burst, trusted_proxies=tuple(args.trusted_proxy),
+            pow_bits=args.pow_bits, registrations_per_subscriber=args.registration_quota,
+            registrations_per_network=4 * args.registration_quota)
+    except ValueError as exc:
+        print(f"run.py bootstrap: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     relay = None if args.no_relay else replace(
         DEFAULT_RELAY, max_reservations=args.relay_max_reservations)
     server = start_bootstrap(args.host, args.port, Path(args.db), config,
-                             dht_port=None if args.no_dht else args.dht_port, relay=relay)
+                             dht_port=None if args.no_dht else _dht_port(args), relay=relay)
     dht = f", DHT on udp {server.dht.address[1]}" if server.dht is not None else ""
     relayed = ", relay at /relay" if server.relay is not None else ""
     print(f"Parley bootstrap listening on {server.url} (database {args.db}{dht}{relayed})",
           flush=True)
     await _until_signalled()
     await server.stop()
+
+
+def _dht_port(args: argparse.Namespace) -> int:
+    return args.port if args.dht_port is None else args.dht_port
+
+
+def _port_flags(args: argparse.Namespace) -> dict[tuple[str, int], str]:
+    """Which option sets each port the command listens on (for the port-in-use line)."""
+    if args.command == "bootstrap":
+        return {("tcp", args.port): "--port", ("udp", _dht_port(args)): "--dht-port"}
+    if args.command == "all":
+        return {("tcp", args.bootstrap_port): "--bootstrap-port",
+                ("udp", args.bootstrap_port): "--bootstrap-port"}
+    return {}
 
 
 async def _serve_node(args: argparse.Namespace) -> None:
@@ -256,7 +290,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("rpcudp").setLevel(max(logging.WARNING, logging.root.level))
     serve = {"bootstrap": _serve_bootstrap, "node": _serve_node, "all": _serve_all,
              "demo": _serve_demo}[args.command]
-    asyncio.run(serve(args))
+    try:
+        asyncio.run(serve(args))
+    except PortInUse as exc:
+        flag = _port_flags(args).get((exc.protocol, exc.port))
+        hint = f"; choose another with {flag} (0 picks a free one)" if flag else ""
+        print(f"run.py {args.command}: {exc}{hint}", file=sys.stderr, flush=True)
+        return 2
     return 0
 
 

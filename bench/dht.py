@@ -157,7 +157,8 @@ async def bench_bootstrap(users: list[tuple[KeyPair, Record]],
     tmp = tempfile.mkdtemp(prefix="parley-bench-dht-")
     proc, port = start_server_process(
         ["run.py", "bootstrap", "--port", "0", "--no-dht", "--db", f"{tmp}/b.db", "--rate", "1e9",
-         "--burst", "1000000000", "--log-level", "WARNING"])
+         "--burst", "1000000000", "--pow-bits", "0", "--registration-quota", "1e9",
+         "--log-level", "WARNING"])
     try:
         regs = [registration(identity, record) for identity, record in users]
         result = await run_load("127.0.0.1", port, regs.__getitem__, concurrency=4,

@@ -96,7 +96,8 @@ def start_bootstrap(base: Path, host: str = "127.0.0.1") -> tuple[subprocess.Pop
     """A bootstrap process (no DHT, no rate limit to speak of): (process, URL)."""
     boot, match = start_process(["bootstrap", "--host", host, "--port", "0", "--no-dht",
                                  "--db", str(base / "b.db"), "--rate", "1e6",
-                                 "--burst", "1000000"], r"listening on (http://\S+)")
+                                 "--burst", "1000000", "--pow-bits", "8"],
+                                r"listening on (http://\S+)")
     return boot, match.group(1)
 
 

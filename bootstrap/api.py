@@ -47,6 +47,7 @@ from mesh.discovery import (
     HEADER_PREKEYS_LEFT,
     HEADER_SIGNATURE,
     HEADER_TIMESTAMP,
+    MAX_POW_BITS,
     MAX_POW_NONCE,
     NONCE_LEN,
     check_pow,
@@ -79,6 +80,14 @@ class BootstrapConfig:
     claims_per_claimer: int = 100    # one-time prekeys a claimer may take per hour
     claims_per_target: int = 30      # one-time prekeys a target may lose per hour
     claims_per_pair: int = 1         # ... one claimer may take of one target per day
+
+    def __post_init__(self) -> None:
+        try:
+            parse_trusted_proxies(self.trusted_proxies)
+        except ValueError as exc:
+            raise ValueError(f"bad trusted proxy: {exc}") from None
+        if not 0 <= self.pow_bits <= MAX_POW_BITS:
+            raise ValueError(f"proof-of-work bits must be 0..{MAX_POW_BITS}")
 
 
 @dataclass

@@ -13,6 +13,7 @@ from bootstrap.api import BootstrapConfig, BootstrapContext, make_app
 from bootstrap.observed import observed_routes
 from bootstrap.store import open_store
 from mesh.dht import DhtConfig, DhtNode, bind_udp
+from mesh.errors import binding
 from mesh.relay import RelayLimits
 from mesh.relay_server import RelayService, relay_routes
 
@@ -70,7 +71,8 @@ def start_bootstrap(host: str, port: int, db_path: str | os.PathLike[str],
     sockets: list[socket.socket] = []
     dht = None
     try:
-        sockets = bind_sockets(port, host)
+        with binding("tcp", port):
+            sockets = bind_sockets(port, host)
         if dht_port is not None:
             udp = bind_udp(host, dht_port)
             dht = DhtNode(dht_config)

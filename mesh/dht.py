@@ -51,7 +51,7 @@ from mesh.dht_records import (
     verify_value,
 )
 from mesh.dht_rpc import EagerCrawl, ParleyProtocol
-from mesh.errors import LocalError, RecordError
+from mesh.errors import LocalError, RecordError, binding
 from mesh.identity import Record, parse_user_id
 
 __all__ = [
@@ -134,11 +134,12 @@ class _Kademlia(Server):
 
 
 def bind_udp(host: str, port: int) -> socket.socket:
-    """A UDP socket bound to (host, port); port 0 picks a free port."""
+    """A UDP socket bound to (host, port); port 0 picks a free port (PortInUse if taken)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
-        sock.bind((host, port))
+        with binding("udp", port):
+            sock.bind((host, port))
         sock.setblocking(False)
     except OSError:
         sock.close()

@@ -2,7 +2,8 @@
 
     MeshError
     ├── LocalError              misuse or a local resource problem (our fault)
-    │   └── KeyFileError        identity key file missing, unreadable or too open
+    │   ├── KeyFileError        identity key file missing, unreadable or too open
+    │   └── PortInUse           a port we were told to listen on is taken
     └── RemoteError             something another machine sent us is unacceptable
         ├── RecordError         a signed record that does not decode or verify
         ├── SignatureError      a signature that does not verify
@@ -18,6 +19,10 @@ it and an API can show it; they never carry secrets.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+from collections.abc import Iterator
+
 __all__ = [
     "AnnouncementError",
     "DiscoveryError",
@@ -26,10 +31,12 @@ __all__ = [
     "KeyFileError",
     "LocalError",
     "MeshError",
+    "PortInUse",
     "PortMapError",
     "RecordError",
     "RemoteError",
     "SignatureError",
+    "binding",
 ]
 
 
@@ -43,6 +50,25 @@ class LocalError(MeshError):
 
 class KeyFileError(LocalError):
     pass
+
+
+class PortInUse(LocalError):
+    """``protocol`` ("tcp" or "udp") ``port`` is taken; the CLI names the flag to change."""
+
+    def __init__(self, protocol: str, port: int) -> None:
+        super().__init__(f"{protocol.upper()} port {port} is already in use")
+        self.protocol, self.port = protocol, port
+
+
+@contextlib.contextmanager
+def binding(protocol: str, port: int) -> Iterator[None]:
+    """Turn "address already in use" while binding ``port`` into PortInUse."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise PortInUse(protocol, port) from None
+        raise
 
 
 class RemoteError(MeshError):

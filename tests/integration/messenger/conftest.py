@@ -144,7 +144,8 @@ class Cluster:
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
     boot = start_run_py("bootstrap", "--port", "0", "--dht-port", "0", "--db",
                         str(tmp_path / "boot.db"),
-                        "--rate", "10000", "--burst", "10000", "--log-level", "WARNING")
+                        "--rate", "10000", "--burst", "10000", "--pow-bits", "8",
+                        "--log-level", "WARNING")
     url = boot.wait_for(r"listening on (http://\S+)").group(1)
     cluster = Cluster(url, tmp_path, boot)
     try:
