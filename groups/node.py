@@ -56,7 +56,6 @@ __all__ = ["Node", "NodeConfig"]
 
 log = logging.getLogger("parley.node")
 
-MAINTENANCE_INTERVAL = 3600.0
 DHT_CONTACTS_FILE = "dht-contacts.json"
 DHT_CONTACTS_SAVE_INTERVAL = 60.0
 REGISTER_RETRY = (2.0, 120.0)
@@ -102,6 +101,10 @@ class Node:
         self.registered = asyncio.Event()
         self.dht_joined = False
         self._stop = asyncio.Event()
+        # Set when any signed reply says our one-time prekeys run low: refill now.
+        self._prekeys_low = asyncio.Event()
+        if self.client is not None:
+            self.client.on_prekeys_left = self._heard_prekeys_left
         self._tasks: list[asyncio.Task[Any]] = []
         now = time.time()
         self._prekeys = prekeys.maintain_prekeys(crypto, now, server_left=None)
@@ -197,15 +200,21 @@ class Node:
         with node_store.atomic(self.conn):
             return node_store.next_counter(self.conn, "record_seq")
 
+    def _heard_prekeys_left(self, left: int) -> None:
+        if prekeys.needs_refill(left):
+            self._prekeys_low.set()
+
     async def _register_loop(self, update: prekeys.PrekeyUpdate) -> None:
-        """Publish our record and prekeys; refill and rotate them every hour. A bootstrap
-        that cannot be reached is retried with backoff; the node works meanwhile."""
+        """Publish our record and prekeys; check the server's count every 15 minutes and
+        at once when a reply says it runs low, refill and rotate. A bootstrap that cannot
+        be reached is retried with backoff; the node works meanwhile."""
         delay = REGISTER_RETRY[0]
         first = True
         if self.client is None:  # DHT-only: the DHT loop publishes our record
             self.registered.set()
             return
         while not self._stop.is_set():
+            self._prekeys_low.clear()
             try:
                 if first:
                     fresh = prekeys.initial_prekeys(self.crypto, time.time()) \
@@ -228,13 +237,15 @@ class Node:
                     record = self._new_record(update) if update.record_changed else None
                     await self.client.update(record, update.one_time_prekeys)
                 delay = REGISTER_RETRY[0]
-                wait = MAINTENANCE_INTERVAL
+                wait = prekeys.PREKEY_CHECK_INTERVAL
             except MeshError as exc:
                 log.warning("bootstrap %s: %s (retrying in %.0f s)", self.config.bootstrap,
                             exc, delay)
                 wait, delay = delay, min(delay * 2, REGISTER_RETRY[1])
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), wait)
+            wakers = [asyncio.ensure_future(e.wait()) for e in (self._stop, self._prekeys_low)]
+            await asyncio.wait(wakers, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+            for waker in wakers:
+                waker.cancel()
 
     async def _refresh_loop(self) -> None:
         """Peers we cannot reach may have moved: re-read their records now and then;

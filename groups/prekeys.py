@@ -7,7 +7,7 @@ node (a later part) only does I/O around it, for example::
     record = build_record(identity, update, endpoints=..., seq=1, now=now)
     left = await discovery.register(record, update.one_time_prekeys)
     ...
-    update = maintain_prekeys(crypto, now, server_left=left)   # daily, and after claims
+    update = maintain_prekeys(crypto, now, server_left=left)   # every 15 min, and when low
     if update.record_changed or update.one_time_prekeys:
         left = await discovery.update(build_record(...) if update.record_changed else None,
                                       update.one_time_prekeys)
@@ -25,6 +25,7 @@ from mesh.identity import KeyPair, PreKey, Record, SignedPreKey
 
 __all__ = [
     "ONE_TIME_PREKEY_BATCH",
+    "PREKEY_CHECK_INTERVAL",
     "REFILL_THRESHOLD",
     "RETIRED_SENDER_KEY_GRACE",
     "SENDER_KEY_MAX_AGE",
@@ -43,7 +44,12 @@ __all__ = [
 
 DAY = 86400.0
 ONE_TIME_PREKEY_BATCH = 100
-REFILL_THRESHOLD = 20
+# The bootstrap lets a user lose at most 30 one-time prekeys an hour (bursts of 30,
+# docs/protocol.md "Prekey claims"): checking every 15 minutes and refilling below 40
+# keeps some on the server even under a steady drain. Any signed reply that reports
+# fewer than 40 wakes the check at once.
+REFILL_THRESHOLD = 40
+PREKEY_CHECK_INTERVAL = 15 * 60.0
 SIGNED_PREKEY_LIFETIME = 7 * DAY
 # A PreKeyWhisperMessage names the signed prekey it was built on and may arrive late
 # (offline delivery); Signal keeps replaced signed prekeys for 30 days, so do we.
@@ -71,7 +77,7 @@ class PrekeyUpdate:
 
 
 def needs_refill(left: int) -> bool:
-    """True when the bootstrap reports fewer than 20 one-time prekeys left."""
+    """True when the bootstrap reports fewer than 40 one-time prekeys left."""
     return left < REFILL_THRESHOLD
 
 
@@ -101,7 +107,7 @@ def initial_prekeys(crypto: Crypto, now: float) -> PrekeyUpdate:
 
 def maintain_prekeys(crypto: Crypto, now: float, *, server_left: int | None) -> PrekeyUpdate:
     """Rotate the signed prekey weekly, drop ones past their grace period, and refill
-    one-time prekeys when the server holds fewer than 20 (``server_left`` None: unknown,
+    one-time prekeys when the server holds fewer than 40 (``server_left`` None: unknown,
     no refill)."""
     changed = crypto.ensure_prekeys(now)
     if signed_prekey_due(crypto.signed_prekey_created_at(), now):

@@ -3,9 +3,13 @@ from the bundles it hands out: one-time prekeys first, the last-resort prekey af
 
 from __future__ import annotations
 
+import asyncio
 import time
+from typing import Any
 
+from bootstrap.store import count_prekeys
 from groups import prekeys
+from groups.node import Node, NodeConfig
 from mesh.discovery import DiscoveryClient
 from mesh.identity import LAST_RESORT_PREKEY_ID
 from tests.unit.groups.helpers import User, make_user
@@ -69,3 +73,36 @@ async def test_publish_claim_refill_and_start_sessions(bootstrap_server) -> None
     assert bundle.record.signed_prekey == rotated.signed_prekey
     last.crypto.start_session(bundle.record, bundle.prekey, now=now)
     assert bob.crypto.decrypt(last.id, last.crypto.encrypt(bob.id, b"new"), now=now) == b"new"
+
+
+async def test_a_node_refills_as_soon_as_a_reply_says_it_runs_low(bootstrap_server,
+                                                                   tmp_path) -> None:
+    """Drained below 40 between its 15-minute checks, a node refills the moment any
+    signed reply tells it the count (here: the reply to its own bundle claim)."""
+    config = NodeConfig(data_dir=tmp_path / "n", bootstrap=bootstrap_server.url,
+                        dht_port=None, mesh_port=0)
+    node = await Node.start(config, events=_NoEvents())
+    try:
+        conn = bootstrap_server.ctx.conn
+        await until_held(conn, node.user_id, prekeys.ONE_TIME_PREKEY_BATCH)
+        drainer, drainer_client = await registered(bootstrap_server.url)
+        for _ in range(70):  # the fixture's claim budgets are generous
+            await drainer_client.claim_bundle(node.user_id)
+        assert count_prekeys(conn, node.user_id) == 30
+        assert node.client is not None
+        await node.client.claim_bundle(drainer.id)  # its reply carries "30 left"
+        await until_held(conn, node.user_id, prekeys.ONE_TIME_PREKEY_BATCH)
+    finally:
+        await node.stop()
+
+
+async def until_held(conn: Any, user_id: str, count: int) -> None:
+    deadline = time.monotonic() + 20
+    while count_prekeys(conn, user_id) < count:
+        assert time.monotonic() < deadline, f"the server did not get {count} prekeys in 20 s"
+        await asyncio.sleep(0.05)
+
+
+class _NoEvents:
+    def publish(self, event_type: str, data: dict[str, Any]) -> None:
+        """This test watches the bootstrap's database, not the UI's events."""

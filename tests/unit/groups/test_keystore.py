@@ -63,7 +63,7 @@ def test_initial_prekeys_are_signed_and_counted() -> None:
 
 
 def test_refill_threshold() -> None:
-    assert prekeys.needs_refill(19) and not prekeys.needs_refill(20)
+    assert prekeys.needs_refill(39) and not prekeys.needs_refill(40)
     assert prekeys.refill_count(19) == 81 and prekeys.refill_count(150) == 0
     user = make_user()
     prekeys.initial_prekeys(user.crypto, NOW)
