@@ -256,9 +256,15 @@ def media_type(content_type: str | None) -> str:
 
 
 def check_content_type(method: str, content_type: str | None, *,
-                       accept_multipart: bool = False) -> None:
-    """State-changing requests must carry a type no cross-site form can send blindly."""
+                       accept_multipart: bool = False, has_body: bool = True) -> None:
+    """State-changing requests must carry a type no cross-site form can send blindly.
+
+    A DELETE with no body and no Content-Type passes (``curl -X DELETE`` with a bearer
+    token): no form can send DELETE, and a cross-site script can send it only after a
+    CORS preflight, which this server never grants."""
     if method.upper() not in UNSAFE_METHODS:
+        return
+    if method.upper() == "DELETE" and content_type is None and not has_body:
         return
     kind = media_type(content_type)
     if kind == JSON_TYPE or (accept_multipart and kind == MULTIPART_TYPE):

@@ -45,6 +45,7 @@ __all__ = ["MULTIPART_SLACK", "AttachmentMixin", "Upload", "UploadMixin", "parse
 
 MULTIPART_SLACK = 64 * 1024   # room for the caption and the part headers
 _FILE_ID = re.compile(r"^[0-9a-f]{64}$")
+_RANGE_SPEC = re.compile(r"([0-9]*)-([0-9]*)")
 _INLINE = ("image/", "video/", "audio/")
 # A file is shown by the browser only as the media it is; nothing in it may run.
 _FILE_CSP = "default-src 'none'; img-src 'self'; media-src 'self'; style-src 'unsafe-inline'; " \
@@ -247,25 +248,34 @@ def _content_type_params(value: str) -> tuple[str, dict[str, str]]:
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     """``Range: bytes=a-b`` -> (start, end exclusive), or None to send the whole file
     (no header, a syntax we ignore, or several ranges). ApiError 416 if it cannot be
-    satisfied."""
+    satisfied. Only ASCII digits are digits here (``str.isdigit`` also takes "²",
+    which ``int`` refuses), and a number of any length is read without ``int`` ever
+    seeing more than 19 digits: one beyond any file's size is just that."""
     if not header:
         return None
     unit, _, spec = header.partition("=")
     if unit.strip().lower() != "bytes" or "," in spec:
         return None
-    first, dash, last = spec.strip().partition("-")
-    if not dash or not (first.isdigit() or first == "") or not (last.isdigit() or last == ""):
+    match = _RANGE_SPEC.fullmatch(spec.strip())
+    if match is None:
         return None
+    first, last = match.group(1), match.group(2)
     if first == "":
-        if last == "" or int(last) == 0:
+        if last == "" or _number(last) == 0:
             raise _unsatisfiable(size)
-        return max(0, size - int(last)), size
-    start = int(first)
-    if last != "" and int(last) < start:
+        return max(0, size - _number(last)), size
+    start = _number(first)
+    if last != "" and _number(last) < start:
         return None  # not a valid range-spec: the header is ignored (RFC 9110 14.2)
     if start >= size:
         raise _unsatisfiable(size)
-    return start, size if last == "" else min(size, int(last) + 1)
+    return start, size if last == "" else min(size, _number(last) + 1)
+
+
+def _number(digits: str) -> int:
+    """ASCII digits -> int; anything past 2^63 (no file is that large) reads as 2^63."""
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) <= 18 else 2**63
 
 
 def _unsatisfiable(size: int) -> ApiError:

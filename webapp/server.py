@@ -98,8 +98,11 @@ class UiApiHandler(UiHandlerMixin, JsonHandler):
 
     def prepare(self) -> None:
         self.guard(api=True, auth=self.requires_auth)
-        check_content_type(self.request.method or "", self.request.headers.get("Content-Type"),
-                           accept_multipart=self.accept_multipart)
+        headers = self.request.headers
+        check_content_type(self.request.method or "", headers.get("Content-Type"),
+                           accept_multipart=self.accept_multipart,
+                           has_body=headers.get("Content-Length", "0") != "0"
+                           or "Transfer-Encoding" in headers)
         self.check_content_length()
         if self.body_limit > MAX_BODY_BACKSTOP:  # an upload handler raised its own cap
             self.request.connection.set_max_body_size(self.body_limit + 64 * 1024)

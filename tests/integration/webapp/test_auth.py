@@ -255,6 +255,16 @@ async def test_unsafe_methods_need_json(ui: Ui, method: str, content_type: str |
     assert error_of(response) == "unsupported_media_type"
 
 
+async def test_a_bodiless_delete_with_a_bearer_token_is_accepted(ui: Ui) -> None:
+    """Issue 15 finding 8: as ``curl -X DELETE -H "Authorization: Bearer ..."`` sends it;
+    a body without a JSON type is still refused."""
+    response = await ui.fetch("/api/v1/echo", method="DELETE", headers=ui.bearer)
+    assert response.code == 200 and json.loads(response.body) == {"deleted": True}
+    assert "Content-Type" not in response.request.headers
+    refused = await ui.fetch("/api/v1/echo", method="DELETE", body=b"{}", headers=ui.bearer)
+    assert refused.code == 415
+
+
 @pytest.mark.parametrize("method", ["POST", "PUT", "DELETE"])
 async def test_json_content_type_is_accepted(ui: Ui, method: str) -> None:
     response = await ui.fetch("/api/v1/echo", method=method, body=b"{}", headers={

@@ -268,6 +268,15 @@ def test_unsafe_methods_need_json(method: str) -> None:
     assert refusal(check_content_type, method, "text/plain", accept_multipart=True)[0] == 415
 
 
+def test_a_bodiless_delete_needs_no_content_type() -> None:
+    """Issue 15 finding 8: ``curl -X DELETE -H "Authorization: Bearer ..."`` got 415."""
+    check_content_type("DELETE", None, has_body=False)
+    assert refusal(check_content_type, "DELETE", None)[0] == 415          # a body: typed
+    assert refusal(check_content_type, "DELETE", "text/plain", has_body=False)[0] == 415
+    for method in ("POST", "PUT", "PATCH"):
+        assert refusal(check_content_type, method, None, has_body=False)[0] == 415
+
+
 # Response headers
 
 

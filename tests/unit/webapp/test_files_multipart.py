@@ -173,12 +173,18 @@ def test_header_params() -> None:
     ("bytes=0-1,3-4", None),          # several ranges: the whole file instead
     ("bytes=5-1", None),              # invalid: ignored
     ("items=0-1", None), ("bytes=a-b", None), ("bytes=0", None), ("bytes=--1", None),
+    # Issue 15 finding 6: these gave a 500. Non-ASCII digits are no digits (ignored) ...
+    ("bytes=\u00b2-\u00b3", None), ("bytes=0-\u00b9", None), ("bytes=\u0661-\u0662", None),
+    # ... and a number of any length is just a large number.
+    ("bytes=0-" + "9" * 5000, (0, 1000)), ("bytes=-" + "9" * 5000, (0, 1000)),
+    ("bytes=" + "0" * 5000 + "7-8", (7, 9)), ("bytes=0-" + "0" * 30, (0, 1)),
 ])
 def test_ranges(header: str | None, expected: tuple[int, int] | None) -> None:
     assert parse_range(header, 1000) == expected
 
 
-@pytest.mark.parametrize("header", ["bytes=1000-", "bytes=5000-6000", "bytes=-0"])
+@pytest.mark.parametrize("header", ["bytes=1000-", "bytes=5000-6000", "bytes=-0",
+                                    "bytes=" + "9" * 5000 + "-", "bytes=-" + "0" * 40])
 def test_unsatisfiable_ranges(header: str) -> None:
     with pytest.raises(ApiError) as info:
         parse_range(header, 1000)
