@@ -187,10 +187,14 @@ def _port_flags(args: argparse.Namespace) -> dict[tuple[str, int], str]:
     """Which option sets each port the command listens on (for the port-in-use line)."""
     if args.command == "bootstrap":
         return {("tcp", args.port): "--port", ("udp", _dht_port(args)): "--dht-port"}
-    if args.command == "all":
-        return {("tcp", args.bootstrap_port): "--bootstrap-port",
-                ("udp", args.bootstrap_port): "--bootstrap-port"}
-    return {}
+    if args.command not in ("node", "all"):
+        return {}
+    flags = {("tcp", args.ui_port): "--ui-port", ("tcp", args.mesh_port): "--mesh-port",
+             ("udp", args.dht_port): "--dht-port"}
+    if args.command == "all":  # the embedded bootstrap: HTTP and DHT on one port number
+        flags |= {("tcp", args.bootstrap_port): "--bootstrap-port",
+                  ("udp", args.bootstrap_port): "--bootstrap-port"}
+    return flags
 
 
 async def _serve_node(args: argparse.Namespace) -> None:
@@ -210,12 +214,14 @@ async def _serve_all(args: argparse.Namespace) -> None:
     server = start_bootstrap("127.0.0.1", args.bootstrap_port, data_dir / "bootstrap.db",
                              dht_port=None if args.no_dht else args.bootstrap_port)
     print(f"Parley bootstrap listening on {server.url}", flush=True)
-    app = await App.start(_node_config(args, args.bootstrap or server.url),
-                          ui_port=args.ui_port)
-    _announce(app)
-    await _until_signalled()
-    await app.stop()
-    await server.stop()
+    try:
+        app = await App.start(_node_config(args, args.bootstrap or server.url),
+                              ui_port=args.ui_port)
+        _announce(app)
+        await _until_signalled()
+        await app.stop()
+    finally:
+        await server.stop()
 
 
 def _demo_ports(base: Path) -> dict[str, int]:

@@ -30,7 +30,7 @@ from tornado.websocket import (
     websocket_connect,
 )
 
-from mesh.errors import RemoteError
+from mesh.errors import RemoteError, binding
 from mesh.identity import KeyPair, Record
 from mesh.link import HANDSHAKE_TIMEOUT, MAX_MESSAGE
 from mesh.transport import (
@@ -155,8 +155,10 @@ class MeshServer:
         self.port: int | None = None
 
     def listen(self, port: int = 0, address: str = "") -> int:
-        """Bind (port 0 picks a free port) and return the bound port."""
-        sockets = bind_sockets(port, address=address or None)
+        """Bind (port 0 picks a free port) and return the bound port; PortInUse if the
+        port is taken."""
+        with binding("tcp", port):
+            sockets = bind_sockets(port, address=address or None)
         self._server = HTTPServer(self.app, max_body_size=4096,
                                   idle_connection_timeout=CONNECT_TIMEOUT)
         self._server.add_sockets(sockets)

@@ -28,6 +28,7 @@ from tornado.netutil import bind_sockets
 from tornado.web import Application, RequestHandler
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
+from mesh.errors import binding
 from mesh.jsonapi import ApiError, JsonHandler, check_fields
 from webapp.auth import (
     check_content_type,
@@ -312,10 +313,12 @@ def start_ui_server(data_dir: str | os.PathLike[str] | None, *,
                     ping_timeout: float = PING_TIMEOUT) -> UiServer:
     """Bind 127.0.0.1:``port`` (0 picks a free port), make a new token in
     ``<data_dir>/ui-token`` (unless ``token`` is given and ``data_dir`` is None, for
-    tools), and serve. Must be called with the event loop running."""
+    tools), and serve. Must be called with the event loop running. PortInUse
+    (mesh.errors) if the port is taken."""
     if data_dir is None and token is None:
         raise ValueError("give a data_dir (the token file goes there) or a token")
-    sockets = bind_sockets(port, "127.0.0.1")
+    with binding("tcp", port):
+        sockets = bind_sockets(port, "127.0.0.1")
     try:
         bound = sockets[0].getsockname()[1]
         secrets: dict[str, Any] = {}
