@@ -1,4 +1,4 @@
-"""Bootstrap throughput and latency: ``python -m bench.bootstrap``.
+"""Bootstrap throughput and latency: ``python -m bench.bootstrap [--quick]``.
 
 Lookups and registrations at 1, 10 and 50 concurrent keep-alive clients against a
 real ``run.py bootstrap`` process, next to a bare Tornado handler returning a fixed
@@ -68,7 +68,7 @@ def row(name: str, clients: int, result: LoadResult) -> str:
             f"{result.percentile(99):.2f} | {result.errors} |")
 
 
-async def measure(duration: float, registrations: int) -> list[str]:
+async def measure(duration: float, registrations: int, seeds: int) -> list[str]:
     tmp = tempfile.mkdtemp(prefix="parley-bench-")
     boot, boot_port = start_server_process(
         ["run.py", "bootstrap", "--port", "0", "--no-dht", "--db", f"{tmp}/b.db", "--rate", "1e9",
@@ -78,7 +78,7 @@ async def measure(duration: float, registrations: int) -> list[str]:
     bare, bare_port = start_server_process(["-m", "bench.bootstrap", "--serve-bare"])
     try:
         now = time.time()
-        seed = [_registration(now) for _ in range(200)]
+        seed = [_registration(now) for _ in range(seeds)]
         await run_load("127.0.0.1", boot_port, lambda i: seed[i], concurrency=10,
                        total=len(seed))
         ids = [json.loads(r.split(b"\r\n\r\n", 1)[1])["record"]["id"] for r in seed]
@@ -110,12 +110,17 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per lookup run")
     parser.add_argument("--registrations", type=int, default=300,
                         help="registrations per concurrency level")
+    parser.add_argument("--seeds", type=int, default=200, help="users registered to look up")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run of a few seconds (0.3 s per run, 20 registrations)")
     parser.add_argument("--serve-bare", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_bare:
         serve_bare()
         return
-    rows = asyncio.run(measure(args.duration, args.registrations))
+    if args.quick:
+        args.duration, args.registrations, args.seeds = 0.3, 20, 20
+    rows = asyncio.run(measure(args.duration, args.registrations, args.seeds))
     print("| endpoint | clients | requests/s | p50 ms | p99 ms | errors |")
     print("|---|---:|---:|---:|---:|---:|")
     print("\n".join(rows))

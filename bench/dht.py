@@ -1,4 +1,4 @@
-"""DHT lookup latency: ``python -m bench.dht``.
+"""DHT lookup latency: ``python -m bench.dht [--quick]``.
 
 100 DHT nodes on 127.0.0.1 in this process (one event loop, which is fine for a DHT:
 nodes mostly wait), records published from random nodes, then lookups one at a time
@@ -217,7 +217,11 @@ def main() -> None:
                         help="also measure the kademlia package's own Server.get (slow)")
     parser.add_argument("--stock-lookups", type=int, default=20)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run of a few seconds (20 nodes, 10 records, 20 lookups)")
     args = parser.parse_args()
+    if args.quick:
+        args.nodes, args.records, args.lookups, args.stock_lookups = 20, 10, 20, 5
     random.seed(args.seed)
     # the package logs every routing-table change at INFO and each timeout at ERROR
     logging.basicConfig(level=logging.CRITICAL)

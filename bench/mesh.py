@@ -1,4 +1,4 @@
-"""Mesh dissemination on loopback: ``python -m bench.mesh --nodes 10,50``.
+"""Mesh dissemination on loopback: ``python -m bench.mesh --nodes 10,50 [--quick]``.
 
 Per size N, N real nodes (identity, MemoryStore, MeshRuntime = ConnectionManager +
 MeshServer + authenticated AES-GCM links + gossip and sync engines) spread over
@@ -471,7 +471,12 @@ def main() -> None:
     parser.add_argument("--max-p99", type=float, default=1.0,
                         help="a capacity step fails above this p99 latency (s)")
     parser.add_argument("--sim", default="", help="also simulate these sizes, e.g. 10000")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run of a few seconds (5 nodes in 2 processes, short phases)")
     args = parser.parse_args()
+    if args.quick:
+        args.nodes, args.procs, args.seconds = "5", 2, 1.0
+        args.step_seconds, args.max_rate = 0.5, 400.0
     results = {}
     for n in (int(x) for x in args.nodes.split(",") if x):
         started = time.monotonic()
