@@ -5,7 +5,10 @@ sender posts text messages through the node API; "delivered" means the sender's 
 holds a delivery receipt from each of the four others (so the figure includes
 encryption, gossip, commit with fsync, decryption and the receipt coming back).
 Next to it, measured in the same run: a plain Tornado WebSocket relay forwarding the
-same messages to four clients that each send an ack back through it.
+same messages to four clients that each send an ack back through it. The CPU time
+each node process used during the burst, divided by the messages, is printed too
+(the sender's node, and the mean of the four receiving nodes). ``--quick`` is the
+smoke run the test suite makes (50 messages, 10 one at a time).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from tornado.netutil import bind_sockets
 from tornado.web import Application
 from tornado.websocket import WebSocketHandler, websocket_connect
 
+from bench.attachments import cpu_seconds
 from bench.nodes import NodeProcess, start_group
 
 NODES = 5
@@ -157,15 +161,20 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
-async def measure(count: int, latency_count: int) -> list[str]:
+async def measure(count: int, latency_count: int) -> tuple[list[str], list[float]]:
+    """Table rows, and the CPU milliseconds per burst message of each node process."""
     base = Path(tempfile.mkdtemp(prefix="parley-bench-messenger-"))
     procs, nodes, group = await start_group(base, NODES)
-    rows = []
+    rows, cpu = [], []
     try:
         for name, run in (("plain WebSocket relay (baseline)", relay_run),
                           ("Parley group, 5 nodes", None)):
             if run is None:
+                before = [cpu_seconds(n.popen.pid) for n in nodes]
                 burst_s, _ = await messenger_run(nodes[0], group, count, sequential=False)
+                await asyncio.sleep(0.5)  # the last receipts' commits
+                cpu = [(cpu_seconds(n.popen.pid) - b) * 1000 / count
+                       for n, b in zip(nodes, before, strict=True)]
                 _, lat = await messenger_run(nodes[0], group, latency_count, sequential=True)
             else:
                 burst_s, _ = await run(count, sequential=False)
@@ -176,7 +185,7 @@ async def measure(count: int, latency_count: int) -> list[str]:
         for proc in procs:
             proc.terminate()
             proc.wait()
-    return rows
+    return rows, cpu
 
 
 def main() -> None:
@@ -185,11 +194,18 @@ def main() -> None:
                         help="messages in the throughput burst")
     parser.add_argument("--latency-count", type=int, default=100,
                         help="messages sent one at a time for the latency figures")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: 50 messages, 10 one at a time")
     args = parser.parse_args()
-    rows = asyncio.run(measure(args.count, args.latency_count))
+    if args.quick:
+        args.count, args.latency_count = 50, 10
+    rows, cpu = asyncio.run(measure(args.count, args.latency_count))
     print("| system | messages/s, all delivered | send-to-all-delivered p50 ms | p99 ms |")
     print("|---|---:|---:|---:|")
     print("\n".join(rows))
+    print(f"\nCPU per burst message (ms, including the 0.5 s after it): sender's node "
+          f"{cpu[0]:.2f}, receiving nodes {statistics.mean(cpu[1:]):.2f} each "
+          f"(min {min(cpu[1:]):.2f}, max {max(cpu[1:]):.2f}); all five {sum(cpu):.2f}")
 
 
 if __name__ == "__main__":

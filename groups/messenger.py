@@ -16,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 import msgpack
@@ -120,6 +121,7 @@ class Messenger:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._unpublished: list[Message] = []
         self._after_flush: list[Callable[[], None]] = []
+        self._in_transaction = False
         self._refreshed: dict[str, float] = {}
         self.attachments: AttachmentHooks | None = None
 
@@ -131,7 +133,10 @@ class Messenger:
 
     def flush(self) -> None:
         """Hand our newly committed messages to the mesh (only ever after the commit),
-        then run what had to wait for them (leaving a topic waits for our last op)."""
+        then run what had to wait for them (leaving a topic waits for our last op).
+        Inside ``transaction()`` this waits for the transaction's end."""
+        if self._in_transaction:
+            return
         messages, self._unpublished = self._unpublished, []
         for message in messages:
             self.mesh.publish(message)
@@ -142,10 +147,30 @@ class Messenger:
     def after_flush(self, action: Callable[[], None]) -> None:
         self._after_flush.append(action)
 
-    def _discard_unpublished(self) -> None:
-        """The transaction that made them rolled back: they never happened."""
-        self._unpublished.clear()
-        self._after_flush.clear()
+    def _discard_unpublished(self, mark: tuple[int, int] = (0, 0)) -> None:
+        """The transaction that made them rolled back: they never happened. ``mark``
+        keeps what earlier commits of an open ``transaction()`` made."""
+        del self._unpublished[mark[0]:]
+        del self._after_flush[mark[1]:]
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Several ``commit`` calls in one SQLite transaction: one fsync for a burst of
+        received messages (mesh.runtime acks them once it is over). What they make us
+        publish goes out after it, as after a single commit; if the transaction fails,
+        none of it happened."""
+        if self._in_transaction:
+            raise RuntimeError("transactions do not nest")
+        self._in_transaction = True
+        try:
+            with atomic(self.conn):
+                yield
+        except BaseException:
+            self._discard_unpublished()
+            raise
+        finally:
+            self._in_transaction = False
+        self.flush()
 
     # -- start-up ----------------------------------------------------------------------
 
@@ -202,13 +227,14 @@ class Messenger:
     def commit(self, message: Message) -> bool:
         """Store and process a validated message atomically; False = refuse it (nothing
         stored), True = committed (now or before)."""
+        mark = len(self._unpublished), len(self._after_flush)
         try:
             with atomic(self.conn):
                 if not self.mailbox.add(message, self.clock()):
                     return self.mailbox.has(message.msg_id)
                 self._process(message)
         except (RemoteError, GroupsError) as exc:
-            self._discard_unpublished()
+            self._discard_unpublished(mark)
             log.info("refused message %s from %s: %s", message.msg_id.hex()[:12],
                      message.origin, getattr(exc, "reason", type(exc).__name__))
             return False

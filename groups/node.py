@@ -157,7 +157,8 @@ class Node:
         port = self.runtime.start(
             MeshHooks(commit=self.messenger.commit, validate=self.messenger.validate,
                       on_event=self._on_mesh_event, on_link=self._on_link,
-                      on_other_frame=self.attachments.on_frame),
+                      on_other_frame=self.attachments.on_frame,
+                      transaction=self.messenger.transaction),
             self.config.mesh_port, self.config.mesh_host)
         endpoints = self.config.advertise or (
             () if port is None else (f"ws://{self.config.mesh_host}:{port}{MESH_PATH}",))
