@@ -53,8 +53,8 @@ from mesh.discovery import (
     check_pow,
     signing_bytes,
 )
-from mesh.encoding import FormatError, b64d
-from mesh.errors import RecordError, SignatureError
+from mesh.encoding import b64d
+from mesh.errors import FormatError, RecordError, SignatureError
 from mesh.identity import PreKey, Record, parse_user_id, verify
 from mesh.jsonapi import ApiError, JsonHandler, check_fields
 

@@ -121,7 +121,7 @@ class Throttled(CryptoError, RemoteError):
     """A member sent more (or costlier) messages than its rate limit allows just now.
 
     Nothing is wrong with the message itself: a validate hook refuses it *for now*
-    (mesh.gossip_state.NotYetValid), so anti-entropy offers it again later.
+    (mesh.errors.NotYetValid), so anti-entropy offers it again later.
     """
 
     reason = "throttled"

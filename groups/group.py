@@ -26,8 +26,7 @@ from typing import Any
 import msgpack
 
 from groups.errors import OpRejected, PermissionDenied
-from mesh.encoding import FormatError
-from mesh.errors import SignatureError
+from mesh.errors import FormatError, SignatureError
 from mesh.identity import KeyPair, user_id_for_key, verify
 
 __all__ = ["GROUP_ID_LEN", "GroupLog", "GroupState", "Member", "Op", "OpKind", "Role"]

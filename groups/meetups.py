@@ -43,13 +43,13 @@ from mesh.bluetooth import (
     STREAM_KEEPALIVE,
     Availability,
     BluetoothService,
-    BluetoothUnavailable,
     PyBluezRadio,
     Radio,
     StreamLink,
     open_stream_link,
     probe,
 )
+from mesh.errors import BluetoothUnavailable
 from mesh.transport import LinkConnection
 
 if TYPE_CHECKING:

@@ -38,8 +38,8 @@ from groups.messages import (
 )
 from groups.prekeys import sender_key_due
 from groups.store import atomic
-from mesh.errors import DiscoveryUnavailable, MeshError
-from mesh.gossip_state import InvalidMessage, Message, NotYetValid
+from mesh.errors import DiscoveryUnavailable, InvalidMessage, MeshError, NotYetValid
+from mesh.gossip_state import Message
 
 if TYPE_CHECKING:
     from groups.messenger import Messenger

@@ -56,8 +56,8 @@ from groups.messages import (
     direct_topic,
 )
 from groups.store import atomic
-from mesh.errors import MeshError, RemoteError
-from mesh.gossip_state import InvalidMessage, Message
+from mesh.errors import InvalidMessage, MeshError, RemoteError
+from mesh.gossip_state import Message
 from mesh.identity import KeyPair
 
 __all__ = ["AttachmentHooks", "EventSink", "MeshPort", "Messenger"]

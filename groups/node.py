@@ -42,7 +42,7 @@ from groups.messenger import EventSink, Messenger
 from mesh.dht import DhtNode
 from mesh.dht_records import format_dht_contact, parse_dht_contacts
 from mesh.discovery import DiscoveryClient
-from mesh.errors import DiscoveryRefused, MeshError
+from mesh.errors import DialError, DiscoveryRefused, MeshError
 from mesh.gossip_state import Acked, Event, Message, Rejected
 from mesh.identity import KeyPair, Record, display_user_id, load_or_create_identity
 from mesh.lan import LanCore, Match
@@ -50,7 +50,7 @@ from mesh.lookup import Discovery, DiscoveryMode, bootstrap_dht_contact
 from mesh.mdns import LanDiscovery, lan_ipv4_addresses
 from mesh.runtime import MeshHooks, MeshRuntime
 from mesh.transport import LinkConnection
-from mesh.websocket import MESH_PATH, DialError
+from mesh.websocket import MESH_PATH
 
 __all__ = ["Node", "NodeConfig"]
 

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from mesh import wire
-from mesh.errors import LocalError
+from mesh.errors import BluetoothUnavailable, LinkRefused, RadioError
 from mesh.transport import LinkConnection, StreamTransport, Transport
 
 __all__ = [
@@ -53,12 +53,9 @@ __all__ = [
     "STREAM_KEEPALIVE",
     "Availability",
     "BluetoothService",
-    "BluetoothUnavailable",
-    "LinkRefused",
     "Listener",
     "PyBluezRadio",
     "Radio",
-    "RadioError",
     "Sighting",
     "StreamLink",
     "open_stream_link",
@@ -81,24 +78,6 @@ INSTALL_HINT = ("install the optional extra with `make bluetooth` (PyPI PyBluez-
                 "needs Debian's libbluetooth-dev to build)")
 
 T = TypeVar("T")
-
-
-class RadioError(LocalError):
-    """The Bluetooth stack failed us (no adapter, a scan or connect that failed);
-    ``reason`` is a short code: not_installed, no_adapter, no_sdp, scan_failed,
-    connect_failed."""
-
-    def __init__(self, message: str, reason: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
-class BluetoothUnavailable(RadioError):
-    """Bluetooth meetups cannot run on this machine; the node runs on without them."""
-
-
-class LinkRefused(LocalError):
-    """The connection manager would not take another link (shutting down, or full)."""
 
 
 @dataclass(frozen=True)

@@ -14,13 +14,9 @@ import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
-from mesh.errors import LocalError
+from mesh.errors import DatabaseError
 
-__all__ = ["DatabaseError", "open_db"]
-
-
-class DatabaseError(LocalError):
-    pass
+__all__ = ["open_db"]
 
 
 def _configure(conn: sqlite3.Connection, wal: bool) -> None:

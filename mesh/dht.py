@@ -37,12 +37,8 @@ from kademlia.node import Node
 from mesh.dht_records import (
     KEY_LEN,
     RECORD_TTL,
-    ContactError,
-    DhtError,
-    DhtUnavailable,
     PublishAction,
     PublishSchedule,
-    RecordNotFound,
     RecordStorage,
     dht_digest,
     format_dht_contact,
@@ -51,7 +47,15 @@ from mesh.dht_records import (
     verify_value,
 )
 from mesh.dht_rpc import EagerCrawl, ParleyProtocol
-from mesh.errors import LocalError, RecordError, binding
+from mesh.errors import (
+    ContactError,
+    DhtError,
+    DhtUnavailable,
+    LocalError,
+    RecordError,
+    RecordNotFound,
+    binding,
+)
 from mesh.identity import Record, parse_user_id
 
 __all__ = [

@@ -25,7 +25,10 @@ from typing import Any
 import msgpack
 from kademlia.storage import IStorage
 
-from mesh.errors import MeshError, RecordError
+from mesh.errors import (
+    ContactError,
+    RecordError,
+)
 from mesh.identity import MAX_RECORD_BYTES, RECORD_DOMAIN, Record, parse_user_id
 
 __all__ = [
@@ -34,13 +37,9 @@ __all__ = [
     "MAX_CONTACTS",
     "MAX_VALUE_BYTES",
     "RECORD_TTL",
-    "ContactError",
-    "DhtError",
-    "DhtUnavailable",
     "PublishAction",
     "PublishSchedule",
     "PublishStep",
-    "RecordNotFound",
     "RecordStorage",
     "StoreOutcome",
     "dht_digest",
@@ -57,30 +56,6 @@ MAX_VALUE_BYTES = MAX_RECORD_BYTES  # 4096: half of rpcudp's 8 KiB request limit
 RECORD_TTL = 7 * 24 * 3600         # a record older than this (by its signed updated_at) is dead
 MAX_CONTACTS = 8                   # DHT contacts carried in an invite
 MAX_CONTACT_LEN = 64               # "[" + 45-char IPv6 + "]:" + 5 digits fits
-
-
-class DhtError(MeshError):
-    """Base of the DHT's errors; ``reason`` is a stable short code for APIs."""
-
-    reason = "dht_failed"
-
-
-class DhtUnavailable(DhtError):
-    """Not listening, no contacts, or no DHT node answered."""
-
-    reason = "dht_unavailable"
-
-
-class RecordNotFound(DhtError):
-    """Nodes answered, but none held a valid, unexpired record for the ID."""
-
-    reason = "record_not_found"
-
-
-class ContactError(DhtError):
-    """A DHT contact ("host:port") that is not a usable IP address and port."""
-
-    reason = "bad_dht_contact"
 
 
 # Keys and values

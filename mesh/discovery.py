@@ -20,8 +20,8 @@ from typing import Any
 import msgpack
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
-from mesh.encoding import FormatError, b64e
-from mesh.errors import DiscoveryRefused, DiscoveryUnavailable, RecordError
+from mesh.encoding import b64e
+from mesh.errors import DiscoveryRefused, DiscoveryUnavailable, FormatError, RecordError
 from mesh.identity import KeyPair, PreKey, Record, parse_user_id
 
 __all__ = [

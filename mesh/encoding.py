@@ -11,15 +11,9 @@ import base64
 import binascii
 from typing import Any
 
-from mesh.errors import RemoteError
+from mesh.errors import FormatError
 
-__all__ = ["FormatError", "b64d", "b64e", "require"]
-
-
-class FormatError(RemoteError):
-    """A value from the network has the wrong type, length or spelling."""
-
-    reason = "bad_format"
+__all__ = ["b64d", "b64e", "require"]
 
 
 def b64e(data: bytes) -> str:

@@ -31,7 +31,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 
 from mesh import wire
-from mesh.errors import LocalError, RemoteError
+from mesh.errors import LocalError, NotYetValid, RemoteError
 from mesh.gossip_mesh import MeshMembership
 from mesh.gossip_state import (
     Commit,
@@ -40,7 +40,6 @@ from mesh.gossip_state import (
     Event,
     Message,
     MessageStore,
-    NotYetValid,
     Params,
     Rejected,
     Send,

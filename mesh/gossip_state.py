@@ -14,7 +14,6 @@ from enum import Enum
 from typing import Generic, Protocol, TypeVar
 
 from mesh import wire
-from mesh.errors import RemoteError
 
 __all__ = [
     "Acked",
@@ -22,10 +21,8 @@ __all__ = [
     "Deliver",
     "EdgeState",
     "Event",
-    "InvalidMessage",
     "Message",
     "MessageStore",
-    "NotYetValid",
     "Params",
     "Rejected",
     "Send",
@@ -133,20 +130,6 @@ class MessageStore(Protocol):
                   limit: int) -> list[Message]:
         """Up to ``limit`` held messages of ``origin`` with seq >= from_seq, ascending."""
         ...
-
-
-class InvalidMessage(RemoteError):
-    """Raised by a validate hook for a message that must be neither stored nor forwarded."""
-
-    reason = "invalid_message"
-
-
-class NotYetValid(InvalidMessage):
-    """Raised by a validate hook for a message it cannot check *yet* (the key that
-    verifies it has not arrived). It is refused like any invalid message but not
-    remembered as rejected, so a later offer (anti-entropy) can bring it again."""
-
-    reason = "not_yet_valid"
 
 
 class Validator(Protocol):

@@ -22,8 +22,8 @@ from typing import Any
 import axolotl_curve25519 as _curve
 import msgpack
 
-from mesh.encoding import FormatError, b64d, b64e, require
-from mesh.errors import KeyFileError, RecordError, SignatureError
+from mesh.encoding import b64d, b64e, require
+from mesh.errors import FormatError, KeyFileError, RecordError, SignatureError
 
 __all__ = [
     "DJB_TYPE",

@@ -37,7 +37,14 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from mesh import wire
-from mesh.errors import LocalError, RecordError, RemoteError, SignatureError
+from mesh.errors import (
+    FrameError,
+    LinkError,
+    LinkUsageError,
+    RecordError,
+    RemoteError,
+    SignatureError,
+)
 from mesh.identity import KeyPair, Record, verify
 
 __all__ = [
@@ -53,8 +60,6 @@ __all__ = [
     "Event",
     "FrameReceived",
     "Link",
-    "LinkError",
-    "LinkUsageError",
     "State",
     "StreamFramer",
 ]
@@ -86,23 +91,6 @@ PEER_FAULT_REASONS = frozenset({
 })
 
 _REASON_OK = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
-
-
-class LinkError(RemoteError):
-    """The peer broke the link protocol; ``reason`` is the code sent in Close.
-
-    Codes (docs/protocol.md §4): frame_too_large, bad_frame, unknown_frame,
-    not_canonical, bad_version, unexpected_frame, bad_key, transcript_mismatch,
-    bad_record, impersonation, bad_signature, wrong_peer, self_link, decrypt_failed,
-    replay, out_of_order, timeout.
-    """
-
-    reason = "protocol_error"
-
-
-class LinkUsageError(LocalError):
-    """Our own misuse: sending before the handshake finished or after close, sending a
-    handshake frame by hand, or a frame over its size limit."""
 
 
 class State(enum.Enum):
@@ -369,7 +357,7 @@ class Link:
             if not established:
                 try:
                     frame = wire.decode(data, max_size=MAX_HANDSHAKE_MESSAGE)
-                except wire.FrameError:
+                except FrameError:
                     frame = None
                 if isinstance(frame, wire.Close):
                     return frame, data
@@ -481,7 +469,7 @@ class Link:
         assert self._send is not None
         try:
             plain = wire.encode(frame)
-        except wire.FrameError as exc:
+        except FrameError as exc:
             raise LinkUsageError(str(exc)) from None
         self._outgoing.append(self._send.seal(plain))
         if now is not None:

@@ -18,9 +18,17 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from mesh.dht import DhtNode
-from mesh.dht_records import ContactError, DhtError, RecordNotFound, parse_dht_contact
+from mesh.dht_records import parse_dht_contact
 from mesh.discovery import Bundle, DiscoveryClient
-from mesh.errors import DiscoveryError, DiscoveryRefused, DiscoveryUnavailable, RecordError
+from mesh.errors import (
+    ContactError,
+    DhtError,
+    DiscoveryError,
+    DiscoveryRefused,
+    DiscoveryUnavailable,
+    RecordError,
+    RecordNotFound,
+)
 from mesh.identity import Record, parse_user_id
 
 __all__ = ["Discovery", "DiscoveryMode", "bootstrap_dht_contact"]

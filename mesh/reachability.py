@@ -26,7 +26,7 @@ from typing import Any
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 from mesh.addresses import AddressBook, Kind, endpoint_url, is_lan_ip
-from mesh.errors import RemoteError
+from mesh.errors import ReachabilityError, RemoteError
 from mesh.identity import KeyPair
 from mesh.relay_client import RelayClient
 from mesh.transport import LinkConnection, Transport
@@ -35,7 +35,6 @@ __all__ = [
     "DialBack",
     "Observed",
     "Reachability",
-    "ReachabilityError",
     "ReachabilityService",
     "Status",
     "parse_dialback",
@@ -50,10 +49,6 @@ log = logging.getLogger("parley.mesh.reachability")
 PROBE_TIMEOUT = 10.0
 RECHECK = 600.0   # a node's situation changes when the laptop moves: look again
 RETRY = 30.0      # after a bootstrap that did not answer
-
-
-class ReachabilityError(RemoteError):
-    reason = "bad_observed"
 
 
 class Reachability(enum.Enum):

@@ -24,8 +24,7 @@ from typing import Any
 
 import msgpack
 
-from mesh.encoding import FormatError
-from mesh.errors import RemoteError, SignatureError
+from mesh.errors import CircuitLimitExceeded, FormatError, RelayRefused, SignatureError
 from mesh.identity import KeyPair, user_id_for_key, verify
 
 __all__ = [
@@ -34,11 +33,9 @@ __all__ = [
     "MAX_CONTROL_MESSAGE",
     "RELAY_PATH",
     "RESERVE_LABEL",
-    "CircuitLimitExceeded",
     "CircuitOpened",
     "Relay",
     "RelayLimits",
-    "RelayRefused",
     "Reservation",
     "ReserveAnswer",
     "decode_control",
@@ -62,20 +59,6 @@ CIRCUIT_ID_LEN = 16
 MAX_CONTROL_MESSAGE = 1024
 _RESERVE_URL_RE = re.compile(r"^wss?://([\x21-\x2e\x30-\x7e]+)/relay$")
 _ADDRESS_RE = re.compile(r"^(wss?://[\x21-\x2e\x30-\x7e]+(?::[0-9]{1,5})?)/relay/([0-9]{15})$")
-
-
-class RelayRefused(RemoteError):
-    """A relay request we refuse; ``reason`` is the code sent back. Codes:
-    bad_request, bad_signature, wrong_relay, relay_full, rate_limited,
-    no_reservation, peer_circuits_full, unknown_circuit, self_circuit."""
-
-    reason = "bad_request"
-
-
-class CircuitLimitExceeded(RemoteError):
-    """A spliced circuit used up its byte budget or lifetime: close both sides."""
-
-    reason = "circuit_limit"
 
 
 @dataclass(frozen=True)

@@ -23,12 +23,11 @@ from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import WebSocketClientConnection, WebSocketError, websocket_connect
 
 from mesh.connections import backoff_delay
-from mesh.errors import RemoteError
+from mesh.errors import DialError, RelayRefused, RemoteError
 from mesh.identity import KeyPair
 from mesh.relay import (
     MAX_CONTROL_MESSAGE,
     RELAY_PATH,
-    RelayRefused,
     make_reserve,
     message_type,
     read_connect,
@@ -37,7 +36,7 @@ from mesh.relay import (
     relay_base,
 )
 from mesh.transport import LinkConnection, Transport
-from mesh.websocket import DialError, accept_from
+from mesh.websocket import accept_from
 
 __all__ = ["RelayClient", "RelayStatus"]
 

@@ -27,15 +27,9 @@ from typing import Any
 
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
+from mesh.errors import CircuitLimitExceeded, RelayRefused
 from mesh.link import MAX_HANDSHAKE_MESSAGE, MAX_MESSAGE
-from mesh.relay import (
-    MAX_CONTROL_MESSAGE,
-    CircuitLimitExceeded,
-    Relay,
-    RelayLimits,
-    RelayRefused,
-    refusal,
-)
+from mesh.relay import MAX_CONTROL_MESSAGE, Relay, RelayLimits, refusal
 
 __all__ = ["MAX_PENDING_BYTES", "RelayService", "relay_routes"]
 

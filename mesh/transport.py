@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from mesh import wire
+from mesh.errors import LinkError, LinkUsageError
 from mesh.identity import KeyPair, Record
 from mesh.link import (
     HANDSHAKE_TIMEOUT,
@@ -27,8 +28,6 @@ from mesh.link import (
     Established,
     FrameReceived,
     Link,
-    LinkError,
-    LinkUsageError,
     StreamFramer,
 )
 

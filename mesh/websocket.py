@@ -30,7 +30,7 @@ from tornado.websocket import (
     websocket_connect,
 )
 
-from mesh.errors import RemoteError, binding
+from mesh.errors import DialError, binding
 from mesh.identity import KeyPair, Record
 from mesh.link import HANDSHAKE_TIMEOUT, MAX_MESSAGE
 from mesh.transport import (
@@ -49,7 +49,6 @@ __all__ = [
     "PING_INTERVAL",
     "PING_TIMEOUT",
     "SEND_BUFFER",
-    "DialError",
     "MeshHandler",
     "MeshServer",
     "accept_from",
@@ -68,12 +67,6 @@ SEND_BUFFER = 1024 * 1024
 
 # What a write on a WebSocket that is gone raises (StreamClosedError is an OSError).
 _WRITE_ERRORS = (WebSocketClosedError, OSError)
-
-
-class DialError(RemoteError):
-    """The dialled endpoint could not be reached or refused the WebSocket upgrade."""
-
-    reason = "unreachable"
 
 
 class _HandlerTransport:

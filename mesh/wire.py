@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 import msgpack
 
-from mesh.errors import RemoteError
+from mesh.errors import FrameError
 
 __all__ = [
     "MAX_CHUNK_DATA",
@@ -33,7 +33,6 @@ __all__ = [
     "ChunkUnavailable",
     "Close",
     "Frame",
-    "FrameError",
     "Graft",
     "Hello",
     "IHave",
@@ -64,10 +63,6 @@ MAX_REQUEST_CHUNKS = 16
 
 ID_LEN = 32  # message ids, file ids: SHA-256 sizes
 TOPIC_MIN, TOPIC_MAX = 16, 32
-
-
-class FrameError(RemoteError):
-    reason = "bad_frame"
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import Any
 from groups.invites import Invite, qr_svg
 from groups.membership import INVITE_TTL
 from groups.node_api import NodeApi
-from mesh.encoding import FormatError
+from mesh.errors import FormatError
 from mesh.identity import parse_user_id
 from mesh.jsonapi import ApiError, check_fields
 from webapp.bluetooth_api import bluetooth_routes

@@ -37,14 +37,13 @@ import secrets
 import tempfile
 from pathlib import Path
 
-from mesh.errors import LocalError
 from mesh.jsonapi import ApiError
+from webapp.errors import UiTokenError
 
 __all__ = [
     "SESSION_FILE",
     "TOKEN_BYTES",
     "TOKEN_FILE",
-    "UiTokenError",
     "allowed_hosts",
     "bearer_token",
     "check_content_type",
@@ -77,9 +76,6 @@ UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 JSON_TYPE = "application/json"
 MULTIPART_TYPE = "multipart/form-data"
 
-
-class UiTokenError(LocalError):
-    """The ui-token file is missing, unreadable or does not hold a token."""
 
 
 # Tokens

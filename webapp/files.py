@@ -32,8 +32,8 @@ from groups.messages import MAX_TEXT_BYTES, FileRef
 from groups.node_api import NodeApi
 from mesh.jsonapi import ApiError
 from webapp.auth import MULTIPART_TYPE, media_type
+from webapp.errors import MultipartError
 from webapp.multipart import (
-    MultipartError,
     MultipartParser,
     PartData,
     PartEnd,

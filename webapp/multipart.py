@@ -17,15 +17,13 @@ import re
 from dataclasses import dataclass
 from enum import Enum
 
-__all__ = ["Finished", "MultipartError", "MultipartParser", "PartData", "PartEnd",
-           "PartStart", "parse_header_params"]
+from webapp.errors import MultipartError
+
+__all__ = ["Finished", "MultipartParser", "PartData", "PartEnd", "PartStart",
+           "parse_header_params"]
 
 _BOUNDARY = re.compile(r"^[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]$")
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-
-
-class MultipartError(ValueError):
-    """The body is not well-formed multipart/form-data (or was cut short)."""
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,15 @@ from groups.errors import (
     PermissionDenied,
 )
 from groups.node_api import NodeApi
-from mesh.dht_records import DhtError, RecordNotFound
-from mesh.encoding import FormatError
-from mesh.errors import DiscoveryRefused, DiscoveryUnavailable, MeshError, RecordError
+from mesh.errors import (
+    DhtError,
+    DiscoveryRefused,
+    DiscoveryUnavailable,
+    FormatError,
+    MeshError,
+    RecordError,
+    RecordNotFound,
+)
 from mesh.jsonapi import ApiError, check_fields
 from webapp.context import UiContext
 from webapp.server import UiApiHandler

@@ -9,7 +9,8 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
 from mesh.addresses import AddressBook, Kind
-from mesh.reachability import ReachabilityError, ReachabilityService, probe
+from mesh.errors import ReachabilityError
+from mesh.reachability import ReachabilityService, probe
 from mesh.relay import relay_address
 from mesh.relay_client import RelayClient
 from mesh.transport import LinkAcceptor

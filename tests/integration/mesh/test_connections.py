@@ -10,7 +10,7 @@ import pytest
 
 from mesh import wire
 from mesh.connections import D_HI, D_LO, backoff_delay
-from mesh.link import LinkError
+from mesh.errors import LinkError
 from mesh.websocket import dial
 from tests.integration.mesh.conftest import wait_for
 from tests.unit.mesh.test_link_helpers import make_node

@@ -14,12 +14,12 @@ from tornado.web import Application
 from tornado.websocket import websocket_connect
 
 from mesh import wire
-from mesh.link import LinkError
-from mesh.relay import RelayLimits, RelayRefused, make_reserve, read_reserved, relay_address
+from mesh.errors import DialError, LinkError, RelayRefused
+from mesh.relay import RelayLimits, make_reserve, read_reserved, relay_address
 from mesh.relay_client import RelayClient
 from mesh.relay_server import RelayService, relay_routes
 from mesh.transport import LinkAcceptor
-from mesh.websocket import DialError, dial
+from mesh.websocket import dial
 from tests.integration.mesh.conftest import wait_for
 from tests.unit.mesh.test_link_helpers import Recorder, make_node
 

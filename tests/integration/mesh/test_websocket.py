@@ -11,8 +11,9 @@ from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 
 from mesh import wire
-from mesh.link import MAX_MESSAGE, LinkError
-from mesh.websocket import SEND_BUFFER, DialError, dial
+from mesh.errors import DialError, LinkError
+from mesh.link import MAX_MESSAGE
+from mesh.websocket import SEND_BUFFER, dial
 from tests.integration.mesh.conftest import StallProxy, wait_for
 from tests.unit.mesh.test_link_helpers import Recorder, make_node
 

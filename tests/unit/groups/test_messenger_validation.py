@@ -13,8 +13,8 @@ from groups.crypto import MemberBudget
 from groups.group import Op, OpKind, _sign
 from groups.messages import Envelope, EnvelopeKind, Text
 from groups.messenger import Messenger
-from mesh.errors import RemoteError
-from mesh.gossip_state import Message, NotYetValid
+from mesh.errors import NotYetValid, RemoteError
+from mesh.gossip_state import Message
 from tests.unit.groups.bus import club
 from tests.unit.groups.helpers import NOW, User
 

@@ -13,11 +13,11 @@ from mesh.addresses import (
     order_endpoints,
     path_of,
 )
+from mesh.errors import ReachabilityError
 from mesh.reachability import (
     DialBack,
     Observed,
     Reachability,
-    ReachabilityError,
     parse_dialback,
     parse_observed,
     publish,

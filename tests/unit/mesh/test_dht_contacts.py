@@ -8,13 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mesh.dht_records import (
-    MAX_CONTACTS,
-    ContactError,
-    format_dht_contact,
-    parse_dht_contact,
-    parse_dht_contacts,
-)
+from mesh.dht_records import MAX_CONTACTS, format_dht_contact, parse_dht_contact, parse_dht_contacts
+from mesh.errors import ContactError
 
 
 @pytest.mark.parametrize(("text", "expected"), [

@@ -23,8 +23,7 @@ from mesh.dht_records import (
     verify_value,
 )
 from mesh.dht_rpc import MAX_DATAGRAM
-from mesh.encoding import FormatError
-from mesh.errors import RecordError
+from mesh.errors import FormatError, RecordError
 from tests.unit.mesh.dht_helpers import (
     bad_signature,
     forged_key,

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mesh.link import MAX_MESSAGE, LinkError, StreamFramer
+from mesh.errors import LinkError
+from mesh.link import MAX_MESSAGE, StreamFramer
 
 
 def split(data: bytes, cuts: list[int]) -> list[bytes]:

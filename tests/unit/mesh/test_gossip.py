@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from mesh import wire
-from mesh.errors import LocalError
+from mesh.errors import InvalidMessage, LocalError
 from mesh.gossip import GossipEngine
-from mesh.gossip_state import Commit, Deliver, EdgeState, InvalidMessage, Message, Params
+from mesh.gossip_state import Commit, Deliver, EdgeState, Message, Params
 from mesh.memstore import MemoryStore
 from tests.unit.mesh.test_gossip_helpers import OTHER, TOPIC, build, phantoms, publish_ids, sent
 

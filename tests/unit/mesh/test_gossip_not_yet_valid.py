@@ -4,8 +4,9 @@ same message offered again later (anti-entropy) is validated afresh."""
 from __future__ import annotations
 
 from mesh import wire
+from mesh.errors import InvalidMessage, NotYetValid
 from mesh.gossip import GossipEngine
-from mesh.gossip_state import Commit, InvalidMessage, Message, NotYetValid, Rejected
+from mesh.gossip_state import Commit, Message, Rejected
 from mesh.memstore import MemoryStore
 
 TOPIC = b"t" * 16

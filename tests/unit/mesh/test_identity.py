@@ -10,8 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mesh.encoding import FormatError
-from mesh.errors import KeyFileError, RecordError, SignatureError
+from mesh.errors import FormatError, KeyFileError, RecordError, SignatureError
 from mesh.identity import (
     LAST_RESORT_PREKEY_ID,
     KeyPair,

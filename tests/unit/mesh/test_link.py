@@ -7,6 +7,7 @@ import struct
 import pytest
 
 from mesh import wire
+from mesh.errors import LinkUsageError
 from mesh.link import (
     MAX_HANDSHAKE_MESSAGE,
     MAX_MESSAGE,
@@ -14,7 +15,6 @@ from mesh.link import (
     Established,
     FrameReceived,
     Link,
-    LinkUsageError,
     State,
 )
 from tests.unit.mesh.test_link_helpers import Node, closed, forged_record, make_node, pump

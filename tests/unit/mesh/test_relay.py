@@ -5,12 +5,11 @@ from __future__ import annotations
 import msgpack
 import pytest
 
+from mesh.errors import CircuitLimitExceeded, RelayRefused
 from mesh.identity import KeyPair
 from mesh.relay import (
-    CircuitLimitExceeded,
     Relay,
     RelayLimits,
-    RelayRefused,
     decode_control,
     encode_control,
     is_relay_address,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from mesh import wire
-from mesh.link import LinkError
+from mesh.errors import LinkError
 from mesh.transport import LinkConnection, memory_pipe
 from tests.unit.mesh.test_link_helpers import Node, Recorder, make_node
 

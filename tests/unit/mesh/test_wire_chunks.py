@@ -6,6 +6,7 @@ import msgpack
 import pytest
 
 from mesh import wire
+from mesh.errors import FrameError
 
 FILE = bytes(range(32))
 
@@ -29,7 +30,7 @@ def test_a_request_for_several_chunks_round_trips() -> None:
     (3, "array"),
 ])
 def test_bad_requests_are_refused(indices: object, problem: str) -> None:
-    with pytest.raises(wire.FrameError, match=problem):
+    with pytest.raises(FrameError, match=problem):
         wire.decode(raw(indices))
 
 

@@ -16,7 +16,6 @@ from mesh.jsonapi import ApiError
 from webapp.auth import (
     SESSION_FILE,
     TOKEN_FILE,
-    UiTokenError,
     allowed_hosts,
     bearer_token,
     check_content_type,
@@ -36,6 +35,7 @@ from webapp.auth import (
     session_cookie_value,
     tokens_equal,
 )
+from webapp.errors import UiTokenError
 
 PORT = 8471
 

@@ -8,10 +8,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mesh.jsonapi import ApiError
+from webapp.errors import MultipartError
 from webapp.files import parse_range
 from webapp.multipart import (
     Finished,
-    MultipartError,
     MultipartParser,
     PartData,
     PartEnd,
