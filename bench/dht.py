@@ -27,8 +27,9 @@ from dataclasses import dataclass
 from kademlia.network import Server
 
 from bench.httpload import run_load, start_server_process
-from mesh.dht import DhtConfig, DhtError, DhtNode, record_key
+from mesh.dht import DhtConfig, DhtNode, record_key
 from mesh.discovery import DiscoveryClient, sign_request
+from mesh.errors import DhtError
 from mesh.identity import LAST_RESORT_PREKEY_ID, KeyPair, PreKey, Record, SignedPreKey
 
 

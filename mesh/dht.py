@@ -48,8 +48,6 @@ from mesh.dht_records import (
 )
 from mesh.dht_rpc import EagerCrawl, ParleyProtocol
 from mesh.errors import (
-    ContactError,
-    DhtError,
     DhtUnavailable,
     LocalError,
     RecordError,
@@ -59,12 +57,8 @@ from mesh.errors import (
 from mesh.identity import Record, parse_user_id
 
 __all__ = [
-    "ContactError",
     "DhtConfig",
-    "DhtError",
     "DhtNode",
-    "DhtUnavailable",
-    "RecordNotFound",
     "Resigner",
     "bind_udp",
     "dht_digest",

@@ -13,9 +13,9 @@ from tornado.httpclient import AsyncHTTPClient
 
 from bootstrap.openapi import openapi_document
 from bootstrap.server import BootstrapServer, start_bootstrap
-from mesh.dht import DhtConfig, DhtNode, RecordNotFound, dht_digest
+from mesh.dht import DhtConfig, DhtNode, dht_digest
 from mesh.discovery import DiscoveryClient
-from mesh.errors import DiscoveryRefused
+from mesh.errors import DiscoveryRefused, RecordNotFound
 from mesh.lookup import bootstrap_dht_contact
 from tests.conftest import GENEROUS
 from tests.integration.mesh.dht_net import DhtNet, no_errors_logged, poll  # noqa: F401

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from bootstrap.server import BootstrapServer, start_bootstrap
-from mesh.dht import DhtConfig, DhtNode, RecordNotFound, dht_digest
+from mesh.dht import DhtConfig, DhtNode, dht_digest
 from mesh.discovery import DiscoveryClient
-from mesh.errors import DiscoveryUnavailable
+from mesh.errors import DiscoveryUnavailable, RecordNotFound
 from mesh.identity import KeyPair
 from mesh.lookup import Discovery, DiscoveryMode, bootstrap_dht_contact
 from tests.conftest import GENEROUS

@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator
 import pytest
 import umsgpack
 
-from mesh.dht import DhtConfig, DhtNode, DhtUnavailable, RecordNotFound, dht_digest
+from mesh.dht import DhtConfig, DhtNode, dht_digest
 from mesh.dht_records import MAX_VALUE_BYTES
-from mesh.errors import LocalError, RecordError
+from mesh.errors import DhtUnavailable, LocalError, RecordError, RecordNotFound
 from tests.integration.mesh.dht_net import DhtNet, no_errors_logged, poll  # noqa: F401
 from tests.unit.mesh.dht_helpers import largest_record, make_record, next_record
 

@@ -18,7 +18,8 @@ from kademlia.network import Server
 from kademlia.node import Node
 from kademlia.storage import ForgetfulStorage
 
-from mesh.dht import DhtNode, RecordNotFound, dht_digest
+from mesh.dht import DhtNode, dht_digest
+from mesh.errors import RecordNotFound
 from tests.integration.mesh.dht_net import DhtNet, no_errors_logged  # noqa: F401
 from tests.unit.mesh.dht_helpers import bad_signature, forged_key, make_record, next_record
 
