@@ -100,13 +100,21 @@ def _node_options(parser: argparse.ArgumentParser, *, bootstrap_default: str) ->
                         help="no WebSocket mesh at all (for Bluetooth-only nodes)")
     parser.add_argument("--mesh-port", type=int, default=DEFAULT_MESH_PORT,
                         help="public port for links from other nodes (0 picks a free one)")
-    parser.add_argument("--mesh-host", default="127.0.0.1",
-                        help="address the mesh port listens on (0.0.0.0 for other machines)")
+    parser.add_argument("--mesh-host", default="0.0.0.0",  # noqa: S104 - friends must reach it
+                        help="address the mesh port listens on (default: every interface; "
+                             "127.0.0.1 for this machine only)")
     parser.add_argument("--advertise", action="append", default=[],
                         help="endpoint to publish, e.g. ws://203.0.113.5:8472/mesh "
                              "(repeatable; default: ws://MESH_HOST:MESH_PORT/mesh)")
     parser.add_argument("--bootstrap", default=bootstrap_default,
-                        help="URL of the bootstrap server")
+                        help="URL of the bootstrap server (also a relay, unless it runs "
+                             "with --no-relay)")
+    parser.add_argument("--relay-via", action="append", default=[], metavar="URL",
+                        help="another relay to hold a reservation on when behind a router, "
+                             "e.g. ws://198.51.100.7:8470 (repeatable)")
+    parser.add_argument("--relay", action="store_true",
+                        help="serve as a circuit relay for others on the mesh port (for "
+                             "nodes that others can reach directly)")
     parser.add_argument("--dht-port", type=int, default=0,
                         help="UDP port of your DHT node (default: a free one)")
     parser.add_argument("--no-dht", action="store_true",
@@ -144,6 +152,7 @@ def _node_config(args: argparse.Namespace, bootstrap: str) -> NodeConfig:
     return NodeConfig(data_dir=Path(args.data_dir), bootstrap=bootstrap,
                       mesh_port=None if args.no_mesh else args.mesh_port,
                       mesh_host=args.mesh_host, advertise=tuple(args.advertise),
+                      relays=tuple(args.relay_via), serve_relay=args.relay,
                       dht_port=None if args.no_dht else args.dht_port,
                       discovery=args.discovery, dht_contacts=tuple(args.dht_contact),
                       refresh_interval=args.refresh_interval,

@@ -39,6 +39,7 @@ from groups.crypto import Crypto
 from groups.directory import Directory, NoDiscovery
 from groups.meetups import Meetups
 from groups.messenger import EventSink, Messenger
+from mesh.addresses import AddressBook, Kind, endpoint_url, lan_addresses
 from mesh.dht import DhtNode
 from mesh.dht_records import format_dht_contact, parse_dht_contacts
 from mesh.discovery import DiscoveryClient
@@ -48,6 +49,8 @@ from mesh.identity import KeyPair, Record, display_user_id, load_or_create_ident
 from mesh.lan import LanCore, Match
 from mesh.lookup import Discovery, DiscoveryMode, bootstrap_dht_contact
 from mesh.mdns import LanDiscovery, lan_ipv4_addresses
+from mesh.reachability import ReachabilityService
+from mesh.relay_server import RelayService, relay_routes
 from mesh.runtime import MeshHooks, MeshRuntime
 from mesh.transport import LinkConnection
 from mesh.websocket import MESH_PATH
@@ -66,8 +69,10 @@ class NodeConfig:
     data_dir: Path
     bootstrap: str = "http://127.0.0.1:8470"
     mesh_port: int | None = 0  # None: no WebSocket mesh (no listener, endpoints or dials)
-    mesh_host: str = "127.0.0.1"
+    mesh_host: str = "127.0.0.1"      # 0.0.0.0: every interface (publishes each address)
     advertise: tuple[str, ...] = ()   # endpoints to publish; default ws://host:port/mesh
+    relays: tuple[str, ...] = ()      # relays to hold reservations on (besides the bootstrap)
+    serve_relay: bool = False         # be a circuit relay for others on the mesh port
     refresh_interval: float = 30.0    # how often unreachable peers' records are re-read
     retention_days: float | None = None  # keep group history for others this long (None: always)
     dht_port: int | None = 0          # UDP port of our DHT node; None: no DHT (--no-dht)
@@ -106,6 +111,7 @@ class Node:
         if self.client is not None:
             self.client.on_prekeys_left = self._heard_prekeys_left
         self._tasks: list[asyncio.Task[Any]] = []
+        self._pushes: set[asyncio.Task[None]] = set()  # records with new endpoints
         now = time.time()
         self._prekeys = prekeys.maintain_prekeys(crypto, now, server_left=None)
         # Provisional until the mesh listens and we know our endpoints (``_start``).
@@ -115,6 +121,13 @@ class Node:
         self.runtime = MeshRuntime(
             identity, self.record, history.Mailbox(conn),
             manager_options=None if config.mesh_port is not None else {"dialer": _no_dial})
+        # Where others can reach us: filled in ``_start``; every change re-signs and
+        # republishes our record (``_endpoints_changed``).
+        self.addresses = AddressBook()
+        self.reachability = ReachabilityService(
+            identity, self.addresses, bootstrap=config.bootstrap or None, mesh_port=None,
+            relays=config.relays, accept_relayed=self.runtime.manager.accept_relayed)
+        self.relay: RelayService | None = RelayService() if config.serve_relay else None
         self.messenger = Messenger(identity, conn, crypto, self.directory,
                                    RuntimePort(self.runtime), events,
                                    invite_info=self._invite_info)
@@ -160,12 +173,18 @@ class Node:
                       on_other_frame=self.attachments.on_frame,
                       transaction=self.messenger.transaction),
             self.config.mesh_port, self.config.mesh_host)
-        endpoints = self.config.advertise or (
-            () if port is None else (f"ws://{self.config.mesh_host}:{port}{MESH_PATH}",))
+        self._add_own_candidates(port)
+        endpoints = self.addresses.endpoints()
         self.record = prekeys.build_record(self.identity, self._prekeys, endpoints=endpoints,
                                            seq=self._next_record_seq(), now=time.time())
         self.runtime.manager.set_record(self.record)
         self.directory.remember(self.record, time.time())
+        self.addresses.on_change = self._endpoints_changed
+        if self.relay is not None and self.runtime.server is not None:
+            self.runtime.server.app.add_handlers(r".*", relay_routes(self.relay))
+        if port is not None and not self.config.advertise:
+            self.reachability.mesh_port = port
+        self.reachability.start()
         self.messenger.load()
         await self.attachments.start()
         await self.meetups.start(self.config.bluetooth)
@@ -185,6 +204,13 @@ class Node:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        self.addresses.on_change = None
+        for push in list(self._pushes):
+            push.cancel()
+        await asyncio.gather(*self._pushes, return_exceptions=True)
+        await self.reachability.close()
+        if self.relay is not None:
+            self.relay.stop()
         await self.meetups.close()
         if self.lan is not None:
             await self.lan.close()
@@ -221,16 +247,18 @@ class Node:
                     fresh = prekeys.initial_prekeys(self.crypto, time.time()) \
                         if node_store.counter_value(self.conn, "record_seq") <= 1 \
                         else update
+                    sent = self.record
                     try:
-                        left = await self.client.register(self.record,
-                                                             fresh.one_time_prekeys)
+                        left = await self.client.register(sent, fresh.one_time_prekeys)
                     except DiscoveryRefused as exc:
                         if exc.reason != "stale_seq":
                             raise
-                        self.record = self._new_record(update)
-                        left = await self.client.register(self.record, ())
+                        sent = self.record = self._new_record(update)
+                        left = await self.client.register(sent, ())
                     first = False
                     self.registered.set()
+                    if self.record is not sent:  # new endpoints came while registering
+                        await self.client.update(self.record)
                 else:
                     left = await self.client.update()
                 update = prekeys.maintain_prekeys(self.crypto, time.time(), server_left=left)
@@ -327,9 +355,45 @@ class Node:
             with contextlib.suppress(MeshError):
                 await self.dht.join(parse_dht_contacts(list(contacts)))
 
-    def _new_record(self, update: prekeys.PrekeyUpdate) -> Record:
+    def _add_own_candidates(self, port: int | None) -> None:
+        """What we know before asking anyone: configured endpoints, or the address the
+        mesh listens on (each interface's address when it listens on all of them)."""
+        if self.config.advertise:
+            self.addresses.set_kind(Kind.CONFIGURED, self.config.advertise)
+            return
+        if port is None:
+            return
+        host = self.config.mesh_host
+        if host in ("", "0.0.0.0", "::"):  # noqa: S104 - listening on every interface
+            hosts = [a for a in lan_addresses() if host == "::" or ":" not in a]
+            hosts = hosts or ["127.0.0.1"]
+        else:
+            hosts = [host]
+        self.addresses.set_kind(Kind.LAN, [endpoint_url(h, port, MESH_PATH) for h in hosts])
+
+    def _endpoints_changed(self, endpoints: tuple[str, ...]) -> None:
+        """A candidate came or went (a relay reservation, a confirmed public address):
+        sign a record with the new endpoints and publish it."""
+        log.info("endpoints now: %s", ", ".join(endpoints))
+        record = self._new_record(self._prekeys, endpoints)
+        if self.client is not None and self.registered.is_set():
+            task = asyncio.ensure_future(self._push_record(record))
+            self._pushes.add(task)
+            task.add_done_callback(self._pushes.discard)
+
+    async def _push_record(self, record: Record) -> None:
+        assert self.client is not None
+        try:
+            await self.client.update(record)
+        except MeshError as exc:  # the register loop publishes it at its next round
+            log.info("could not publish new endpoints yet: %s", exc)
+
+    def _new_record(self, update: prekeys.PrekeyUpdate,
+                    endpoints: tuple[str, ...] | None = None) -> Record:
+        self._prekeys = update
         self.record = prekeys.build_record(self.identity, update,
-                                           endpoints=self.record.endpoints,
+                                           endpoints=self.record.endpoints
+                                           if endpoints is None else endpoints,
                                            seq=self._next_record_seq(), now=time.time())
         self.runtime.manager.set_record(self.record)
         self.directory.remember(self.record, time.time())

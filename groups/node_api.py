@@ -50,6 +50,7 @@ class NodeApi:
                 "registered": node.client is not None and node.registered.is_set(),
                 "storage_bytes": self.storage_bytes(),
                 "bluetooth": self._meetups.summary(),
+                "reachability": node.reachability.to_json(),
                 "dht": None if dht is None else {
                     "joined": node.dht_joined,
                     "peers": dht.routing_table_size() if dht.running else 0}}
@@ -64,8 +65,10 @@ class NodeApi:
         return total
 
     def contacts(self) -> list[dict[str, Any]]:
+        paths = self._node.runtime.manager.link_paths()
         return [{"id": uid, "display_id": display_user_id(uid),
-                 "conversation": direct_topic(self.user_id, uid).hex()}
+                 "conversation": direct_topic(self.user_id, uid).hex(),
+                 "path": paths.get(uid)}
                 for uid in self._node.directory.contacts()]
 
     async def add_contact(self, user_id: str) -> dict[str, Any]:
@@ -148,7 +151,11 @@ class NodeApi:
         return group_id
 
     def group_info(self, group_id: bytes) -> dict[str, Any]:
-        return self._groups.info(group_id)
+        """The group, each member with the path of our link to them (None: no link)."""
+        info = self._groups.info(group_id)
+        paths = self._node.runtime.manager.link_paths()
+        return {**info, "members": [{**m, "path": paths.get(m["id"])}
+                                    for m in info["members"]]}
 
     def invite(self, group_id: bytes, ttl: float = INVITE_TTL) -> Invite:
         return self._groups.invite(group_id, ttl)

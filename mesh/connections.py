@@ -15,9 +15,9 @@ pending or as soon as they fail, the first established link winning and the othe
 cancelled. Each link's path (lan, direct, relayed) is kept for the UI.
 
 One link per peer pair: when two links to the same peer are established (both sides
-dialled at once), both sides keep the one dialled by the lower user id and close the
-other with "duplicate"; two links dialled by the same side (a reconnect racing a dead
-link) resolve to the newer one.
+dialled at once), both sides keep one that does not go through a relay, else the one
+dialled by the lower user id, and close the other with "duplicate"; two links dialled
+by the same side (a reconnect racing a dead link) resolve to the newer one.
 """
 
 from __future__ import annotations
@@ -208,7 +208,7 @@ class ConnectionManager:
         self._all: set[LinkConnection] = set()
         # Inbound links in their handshake, oldest first -> remote address (None: unknown)
         self._pending: dict[LinkConnection, str | None] = {}
-        self._inbound_paths: dict[LinkConnection, str] = {}
+        self._paths: dict[LinkConnection, str] = {}  # links not dialled to a URL
         self._dialing: dict[str, asyncio.Task[None]] = {}
         self._peers: dict[str, _Peer] = {}
         self._orphan_since: dict[str, float] = {}
@@ -262,11 +262,11 @@ class ConnectionManager:
         return sorted(set(self._topics.get(topic, ())) & set(self.links()))
 
     def path_of(self, conn: LinkConnection) -> str:
-        """How a link travels: "lan", "direct" or "relayed" (inbound links we cannot
-        place, e.g. over Bluetooth, report what adopt() was told)."""
-        if conn.initiator and conn.endpoint is not None:
+        """How a link travels: "lan", "direct" or "relayed" for WebSocket links,
+        what ``adopt`` was told for others (e.g. "bluetooth")."""
+        if conn.endpoint is not None:
             return path_of(conn.endpoint)
-        return self._inbound_paths.get(conn, "direct")
+        return self._paths.get(conn, "direct")
 
     def link_paths(self) -> dict[str, str]:
         """The path of each established link, by peer user id."""
@@ -320,7 +320,7 @@ class ConnectionManager:
         conn = LinkConnection(self.identity, self.record, initiator=False, **options)
         self._all.add(conn)
         self._pending[conn] = address
-        self._inbound_paths[conn] = path
+        self._paths[conn] = path
         conn.attach(transport)
         return conn
 
@@ -328,18 +328,19 @@ class ConnectionManager:
         """Links that count against max_links: all but inbound ones in their handshake."""
         return len(self._all) - len(self._pending)
 
-    def adopt(self, transport: Transport, *, initiator: bool,
+    def adopt(self, transport: Transport, *, initiator: bool, path: str = "bluetooth",
               **link_options: Any) -> LinkConnection | None:
         """Run a link over a pipe someone else opened (a Bluetooth RFCOMM socket, in
         either direction: ``initiator`` speaks first) in this same registry, so that
         deduplication and callbacks treat it like any other link. ``link_options``
         (keepalive, ...) override the manager's for this link. None when closing or
-        full."""
+        full. ``path`` is what the UI shows for the link."""
         if self._closing or self._link_count() >= self.max_links:
             return None
         conn = LinkConnection(self.identity, self.record, initiator=initiator,
                               **{**self._conn_kwargs(), **link_options})
         self._all.add(conn)
+        self._paths[conn] = path
         conn.attach(transport)
         return conn
 
@@ -377,16 +378,26 @@ class ConnectionManager:
         state.failures, state.not_before = 0, 0.0
         old = self._links.get(peer)
         if old is not None and old is not conn and not old.closed:
-            if self._dialer_id(conn) > self._dialer_id(old):
-                conn.close("duplicate", "a link dialled by the lower user id exists")
+            if self._keeps_old(old, conn):
+                conn.close("duplicate", "a better link to this peer exists")
                 return
             del self._links[peer]
             self._report_closed(old, "duplicate")
-            old.close("duplicate", "a link dialled by the lower user id exists")
+            old.close("duplicate", "a better link to this peer exists")
         self._links[peer] = conn
         if self.on_link is not None:
             self.on_link(conn)
         self._kick()
+
+    def _keeps_old(self, old: LinkConnection, new: LinkConnection) -> bool:
+        """Of two links to one peer, which stays: one that avoids a relay, else the one
+        dialled by the lower user id. Both ends see the same paths and ids, so they
+        agree without talking."""
+        old_relayed = self.path_of(old) == "relayed"
+        new_relayed = self.path_of(new) == "relayed"
+        if old_relayed != new_relayed:
+            return new_relayed
+        return self._dialer_id(new) > self._dialer_id(old)
 
     def _frame(self, conn: LinkConnection, frame: wire.Frame) -> None:
         if self.on_frame is not None and self._links.get(conn.peer_id or "") is conn:
@@ -395,7 +406,7 @@ class ConnectionManager:
     def _closed(self, conn: LinkConnection, event: Closed) -> None:
         self._all.discard(conn)
         self._pending.pop(conn, None)
-        self._inbound_paths.pop(conn, None)
+        self._paths.pop(conn, None)
         peer = conn.peer_id
         if peer is None or self._links.get(peer) is not conn:
             return
