@@ -12,7 +12,6 @@ import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
-from typing import Any
 
 from axolotl.duplicatemessagexception import DuplicateMessageException
 from axolotl.ecc.curve import Curve
@@ -29,7 +28,6 @@ from axolotl.nosessionexception import NoSessionException
 from axolotl.state.identitykeystore import IdentityKeyStore
 from axolotl.state.prekeyrecord import PreKeyRecord
 from axolotl.state.prekeystore import PreKeyStore
-from axolotl.state.sessionrecord import SessionRecord
 from axolotl.state.sessionstore import SessionStore
 from axolotl.state.signedprekeyrecord import SignedPreKeyRecord
 from axolotl.state.signedprekeystore import SignedPreKeyStore
@@ -38,6 +36,7 @@ from cryptography.exceptions import InvalidTag
 from google.protobuf.message import DecodeError
 
 from groups import store
+from groups.crypto.sessionrecord import StoredSessionRecord
 from groups.errors import (
     CryptoError,
     CryptoStoreError,
@@ -68,7 +67,7 @@ DEVICE_ID = 1
 # records do not carry one, and a per-user random number would only be a linkable tag.
 REGISTRATION_ID = 1
 MAX_FORWARD_ITERATIONS = 2000  # ratchet messages at most this far ahead (axolotl's bound)
-MAX_SKIPPED_KEYS = 2000        # skipped message keys kept per chain / per sender
+MAX_SKIPPED_KEYS = 2000        # skipped message keys kept per peer / per sender
 
 # What the libraries raise on bytes they cannot parse, besides their own exceptions.
 _PARSE_FAILURES = (DecodeError, ValueError, TypeError, IndexError, KeyError, AttributeError,
@@ -107,12 +106,6 @@ def key_pair(pair: KeyPair) -> ECKeyPair:
 @lru_cache(maxsize=1024)
 def user_id_of(identity_key: bytes) -> str:
     return user_id_for_key(identity_key)
-
-
-def _trim(messages: Any, limit: int = MAX_SKIPPED_KEYS) -> None:
-    """Drop the oldest skipped message keys of a chain beyond ``limit``."""
-    if len(messages) > limit:
-        del messages[:len(messages) - limit]
 
 
 class AxolotlStore(IdentityKeyStore, PreKeyStore, SignedPreKeyStore, SessionStore):
@@ -186,18 +179,18 @@ class AxolotlStore(IdentityKeyStore, PreKeyStore, SignedPreKeyStore, SessionStor
 
     # SessionStore
 
-    def loadSession(self, recepientId, deviceId) -> SessionRecord:
+    def loadSession(self, recepientId, deviceId) -> StoredSessionRecord:
         blob = store.load_session(self.conn, recepientId, deviceId)
-        return SessionRecord() if blob is None else SessionRecord(serialized=blob)
+        return StoredSessionRecord() if blob is None else StoredSessionRecord.decode(blob)
 
     def getSubDeviceSessions(self, recepientId) -> list[int]:
         return [d for d in store.session_device_ids(self.conn, recepientId) if d != DEVICE_ID]
 
     def storeSession(self, recepientId, deviceId, sessionRecord) -> None:
-        for state in [sessionRecord.getSessionState(), *sessionRecord.getPreviousSessionStates()]:
-            for chain in state.getStructure().receiverChains:
-                _trim(chain.messageKeys)
-        store.store_session(self.conn, recepientId, deviceId, sessionRecord.serialize())
+        # Every record axolotl stores is one it loaded from us (SessionBuilder and
+        # SessionCipher both load first), so its skipped keys came along.
+        store.store_session(self.conn, recepientId, deviceId,
+                            sessionRecord.encode(MAX_SKIPPED_KEYS))
 
     def containsSession(self, recepientId, deviceId) -> bool:
         return store.contains_session(self.conn, recepientId, deviceId)

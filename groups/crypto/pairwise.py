@@ -6,21 +6,25 @@ Part of the groups.crypto package (import from there); see docs/protocol.md §7,
 
 from __future__ import annotations
 
+from axolotl.duplicatemessagexception import DuplicateMessageException
+from axolotl.ecc.ec import ECPublicKey
 from axolotl.identitykey import IdentityKey
 from axolotl.invalidmessageexception import InvalidMessageException
+from axolotl.kdf.messagekeys import MessageKeys
 from axolotl.protocol.prekeywhispermessage import PreKeyWhisperMessage
 from axolotl.protocol.whispermessage import WhisperMessage
+from axolotl.ratchet.chainkey import ChainKey
 from axolotl.sessionbuilder import SessionBuilder
 from axolotl.sessioncipher import SessionCipher
 from axolotl.state.prekeybundle import PreKeyBundle
 from axolotl.state.prekeyrecord import PreKeyRecord
-from axolotl.state.sessionrecord import SessionRecord
 from axolotl.state.sessionstate import SessionState
 from axolotl.state.signedprekeyrecord import SignedPreKeyRecord
 
 from groups import store
 from groups.crypto.keystore import (
     DEVICE_ID,
+    MAX_FORWARD_ITERATIONS,
     REGISTRATION_ID,
     CryptoBase,
     key_pair,
@@ -28,6 +32,7 @@ from groups.crypto.keystore import (
     public_key,
     user_id_of,
 )
+from groups.crypto.sessionrecord import StoredSessionRecord, add_skipped, take_skipped
 from groups.errors import (
     BadBundle,
     CryptoStoreError,
@@ -53,21 +58,29 @@ _ARCHIVED_NEW_CHAIN_MAX = 32  # see _SessionCipher
 
 
 class _SessionCipher(SessionCipher):
-    """axolotl's SessionCipher with a bound on the work a forged message can cause.
+    """axolotl's SessionCipher with bounds on the work a peer's message can cause.
 
     Upstream tries the message against the current state and every archived one (up
     to 40), each time possibly opening a new receiving chain and walking it up to 2000
     steps (~45 ms in Python) before the MAC fails. Here an archived state is only tried
     if it already knows the message's ratchet key, or the message sits near the start
     of a new chain (counter <= 32), which is where a late reply on an old session is.
+
+    Skipped message keys live beside the record (sessionrecord.StoredSessionRecord),
+    not in it: each attempt works on its own copy (``self._skipped``), which replaces
+    the record's only when the message decrypts, as the state copies do.
     """
 
-    def decryptWithSessionRecord(self, sessionRecord: SessionRecord,
+    _skipped = b""
+
+    def decryptWithSessionRecord(self, sessionRecord: StoredSessionRecord,
                                  cipherText: WhisperMessage) -> bytes:
         try:
+            self._skipped = sessionRecord.skipped
             state = SessionState(sessionRecord.getSessionState())
             plaintext = self.decryptWithSessionState(state, cipherText)
             sessionRecord.setState(state)
+            sessionRecord.skipped = self._skipped
             return plaintext
         except InvalidMessageException:
             pass
@@ -78,14 +91,36 @@ class _SessionCipher(SessionCipher):
                     and cipherText.getCounter() > _ARCHIVED_NEW_CHAIN_MAX):
                 continue
             try:
+                self._skipped = sessionRecord.skipped
                 promoted = SessionState(old)
                 plaintext = self.decryptWithSessionState(promoted, cipherText)
             except InvalidMessageException:
                 continue
             previous.pop(index)
             sessionRecord.promoteState(promoted)
+            sessionRecord.skipped = self._skipped
             return plaintext
         raise InvalidMessageException("no session state accepts this message")
+
+    def getOrCreateMessageKeys(self, sessionState: SessionState, their_ephemeral: ECPublicKey,
+                               chainKey: ChainKey, counter: int) -> MessageKeys:
+        """Upstream's, with the skipped keys kept in ``self._skipped``."""
+        ratchet_key = bytes(their_ephemeral.serialize())
+        if chainKey.getIndex() > counter:
+            found = take_skipped(self._skipped, ratchet_key, counter)
+            if found is None:
+                raise DuplicateMessageException(f"old counter {counter}, key gone")
+            keys, self._skipped = found
+            return keys
+        if counter - chainKey.getIndex() > MAX_FORWARD_ITERATIONS:
+            raise InvalidMessageException(f"over {MAX_FORWARD_ITERATIONS} messages ahead")
+        passed = []
+        while chainKey.getIndex() < counter:
+            passed.append(chainKey.getMessageKeys())
+            chainKey = chainKey.getNextChainKey()
+        self._skipped = add_skipped(self._skipped, ratchet_key, passed)
+        sessionState.setReceiverChainKey(their_ephemeral, chainKey.getNextChainKey())
+        return chainKey.getMessageKeys()
 
 
 class PairwiseSessions(CryptoBase):
