@@ -29,7 +29,8 @@ from groups.errors import OpRejected, PermissionDenied
 from mesh.errors import FormatError, SignatureError
 from mesh.identity import KeyPair, user_id_for_key, verify
 
-__all__ = ["GROUP_ID_LEN", "GroupLog", "GroupState", "Member", "Op", "OpKind", "Role"]
+__all__ = ["GROUP_ID_LEN", "GroupLog", "GroupState", "Member", "Op", "OpKind", "OpenInvite",
+           "Role"]
 
 GROUP_ID_LEN = 16
 OP_DOMAIN = b"parley/group-op/v1"
@@ -128,6 +129,15 @@ class Member:
 
 
 @dataclass(frozen=True)
+class OpenInvite:
+    """An invite not redeemed yet: until when it works, and the epoch of its INVITE op
+    (an invite made before a member's removal cannot bring that member back)."""
+
+    expires: int   # unix seconds
+    epoch: int
+
+
+@dataclass(frozen=True)
 class GroupState:
     """The group as of one epoch: an immutable snapshot."""
 
@@ -136,8 +146,8 @@ class GroupState:
     epoch: int
     head: bytes
     members: dict[str, Member]
-    removed: frozenset[str]
-    invites: dict[bytes, int]       # sha256(secret) -> expires (unix seconds)
+    removed: dict[str, int]          # user id -> epoch of its last removal or leave
+    invites: dict[bytes, OpenInvite]  # sha256(secret) -> the open invite
 
     def is_admin(self, user_id: str) -> bool:
         member = self.members.get(user_id)
@@ -154,7 +164,7 @@ class GroupState:
             raise OpRejected("op signed with a key that is not the member's", "bad_signature")
         members = dict(self.members)
         invites = dict(self.invites)
-        removed = set(self.removed)
+        removed = dict(self.removed)
         admin = author.role is Role.ADMIN
         kind = op.kind
         if kind is OpKind.ADD:
@@ -166,15 +176,17 @@ class GroupState:
                 digest = hashlib.sha256(op.secret).digest()
                 if digest not in invites:
                     raise OpRejected("no open invite with this secret", "invite_invalid")
-                if op.at > invites[digest]:
+                invite = invites[digest]
+                if op.at > invite.expires:
                     raise OpRejected("the invite had expired", "invite_expired")
-                if op.target in removed:
-                    raise OpRejected(f"{op.target} was removed; only an admin may re-add",
+                if removed.get(op.target, -1) > invite.epoch:
+                    raise OpRejected(f"{op.target} was removed after this invite was made; "
+                                     "only a newer invite or an admin may re-add",
                                      "removed_member")
                 del invites[digest]
             elif not admin:
                 raise OpRejected("only admins add members", "not_admin")
-            removed.discard(op.target)
+            removed.pop(op.target, None)
             members[op.target] = Member(op.target, op.target_key, Role.MEMBER, op.epoch)
         elif kind is OpKind.REMOVE:
             if not admin:
@@ -182,12 +194,12 @@ class GroupState:
             if op.target not in members or op.target == op.author:
                 raise OpRejected("target is not another member", "not_member")
             del members[op.target]
-            removed.add(op.target)
+            removed[op.target] = op.epoch
         elif kind is OpKind.LEAVE:
             if op.target:
                 raise OpRejected("leave has no target", "bad_op")
             del members[op.author]
-            removed.add(op.author)
+            removed[op.author] = op.epoch
             _keep_an_admin(members)
         elif kind is OpKind.PROMOTE:
             if not admin:
@@ -201,11 +213,11 @@ class GroupState:
                 raise OpRejected("only admins create invites", "not_admin")
             if len(op.secret) != 32 or op.expires <= op.at:
                 raise OpRejected("invite needs a 32-byte hash and a future expiry", "bad_op")
-            invites[op.secret] = op.expires
+            invites[op.secret] = OpenInvite(op.expires, op.epoch)
         else:
             raise OpRejected("a group has one create op", "bad_op")
-        return GroupState(self.group_id, self.name, op.epoch, op.hash, members,
-                          frozenset(removed), invites)
+        return GroupState(self.group_id, self.name, op.epoch, op.hash, members, removed,
+                          invites)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -230,7 +242,7 @@ def _genesis(op: Op) -> GroupState:
             or not op.name or _derive(op.author_key) != op.author:
         raise OpRejected("not a valid create op", "bad_op")
     creator = Member(op.author, op.author_key, Role.ADMIN, 0)
-    return GroupState(op.group_id, op.name, 0, op.hash, {op.author: creator}, frozenset(), {})
+    return GroupState(op.group_id, op.name, 0, op.hash, {op.author: creator}, {}, {})
 
 
 class GroupLog:

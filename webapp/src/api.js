@@ -34,7 +34,7 @@ const FRIENDLY = {
   invite_malformed: "That is not a Parley invite link (or it was cut off while copying).",
   invite_expired: "That invite has expired. Ask for a new one.",
   invite_invalid: "That invite is not valid (it may have been used already). Ask for a new one.",
-  removed_member: "You were removed from that group, so this invite does not work for you.",
+  removed_member: "You were removed from that group after this invite was made: ask an admin for a new invite.",
   own_invite: "That is an invite you made yourself.",
   unknown_group: "The person who invited you is no longer in that group. Ask a member for a new invite.",
   unknown_identity: "The inviter's node does not know your keys yet. Try again in a minute.",

@@ -80,13 +80,19 @@ def test_bad_invites(trio) -> None:
     assert refused(alice, "POST", "/api/v1/join", {"invite": link}) == (403, "own_invite")
 
 
-def test_removed_member_cannot_rejoin_with_an_invite(trio) -> None:
+def test_removed_member_rejoins_only_with_a_newer_invite(trio) -> None:
     group, alice, bob, _ = trio
+    stale = alice.invite(group)
     assert alice.call("DELETE", f"/api/v1/groups/{group}/members/{bob.user_id}")[0] == 204
     eventually(lambda: bob.call("GET", f"/api/v1/groups/{group}")[0] == 404)
-    assert refused(bob, "POST", "/api/v1/join", {"invite": alice.invite(group)}) == \
-        (403, "removed_member")
+    assert refused(bob, "POST", "/api/v1/join", {"invite": stale}) == (403, "removed_member")
     assert bob.user_id not in alice.members(group)
+    assert bob.join(alice.invite(group)) == group
+    assert bob.user_id in alice.members(group)
+    alice.send(group, "welcome back")
+    eventually(lambda: "welcome back" in [m["text"] for m in bob.messages(group)])
+    bob.send(group, "glad to be back")
+    eventually(lambda: "glad to be back" in [m["text"] for m in alice.messages(group)])
 
 
 def test_permissions_and_limits(trio) -> None:

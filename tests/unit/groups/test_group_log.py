@@ -119,19 +119,32 @@ def test_invites_are_one_time_and_expire(people) -> None:
     assert info.value.reason == "invite_invalid"
 
 
-def test_removed_member_cannot_rejoin_by_invite(people) -> None:
+def test_removed_member_rejoins_only_by_a_newer_invite(people) -> None:
     a, c = people["alice"], people["carol"]
     log, _ = GroupLog.create(a, "Trip", T0)
     add(log, a, c)
-    log.add(log.make_op(a, OpKind.REMOVE, T0, target=c.user_id))
-    secret = os.urandom(16)
-    log.add(log.make_op(a, OpKind.INVITE, T0, secret=hashlib.sha256(secret).digest(),
+    stale, fresh = os.urandom(16), os.urandom(16)
+    log.add(log.make_op(a, OpKind.INVITE, T0, secret=hashlib.sha256(stale).digest(),
                         expires=T0 + 60))
+    log.add(log.make_op(a, OpKind.REMOVE, T0, target=c.user_id))
+    assert log.state.removed == {c.user_id: log.state.epoch}
+    with pytest.raises(PermissionDenied) as info:  # made before the removal
+        log.make_op(a, OpKind.ADD, T0, target=c.user_id, target_key=c.public, secret=stale)
+    assert info.value.reason == "removed_member"
+    log.add(log.make_op(a, OpKind.INVITE, T0, secret=hashlib.sha256(fresh).digest(),
+                        expires=T0 + 60))
+    log.add(log.make_op(a, OpKind.ADD, T0, target=c.user_id, target_key=c.public,
+                        secret=fresh))
+    assert c.user_id in log.state.members and c.user_id not in log.state.removed
+    # Removed again: the stale invite is still open, and still does not bring her back.
+    log.add(log.make_op(a, OpKind.REMOVE, T0, target=c.user_id))
     with pytest.raises(PermissionDenied) as info:
-        log.make_op(a, OpKind.ADD, T0, target=c.user_id, target_key=c.public, secret=secret)
+        log.make_op(a, OpKind.ADD, T0, target=c.user_id, target_key=c.public, secret=stale)
     assert info.value.reason == "removed_member"
     add(log, a, c)  # an admin may still re-add her explicitly
     assert c.user_id in log.state.members
+    # Every member replaying the log agrees.
+    assert GroupLog.from_ops(op.encode() for op in log.chain()).state == log.state
 
 
 def test_last_admin_leaving_hands_over(people) -> None:
