@@ -132,6 +132,9 @@ def _node_options(parser: argparse.ArgumentParser, *, bootstrap_default: str) ->
     parser.add_argument("--no-lan-discovery", action="store_true",
                         help="do not announce this node or look for friends on the LAN "
                              "(mDNS; on only when the mesh listens beyond 127.0.0.1)")
+    parser.add_argument("--no-port-mapping", action="store_true",
+                        help="do not ask the home router to forward the mesh port "
+                             "(NAT-PMP / UPnP)")
     parser.add_argument("--bluetooth", action="store_true",
                         help="meet nearby nodes over Bluetooth (needs `make bluetooth` "
                              "and an adapter; without them the node says so and runs on)")
@@ -158,6 +161,7 @@ def _node_config(args: argparse.Namespace, bootstrap: str) -> NodeConfig:
                       refresh_interval=args.refresh_interval,
                       retention_days=args.retention_days, bluetooth=args.bluetooth,
                       lan_discovery=not args.no_lan_discovery,
+                      port_mapping=not args.no_port_mapping,
                       bluetooth_attachments=args.bluetooth_attachments)
 
 

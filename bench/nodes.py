@@ -107,6 +107,8 @@ def start_node(data_dir: Path, bootstrap: str, *, prefix: Sequence[str] = (),
     """A node process (see ``NodeProcess.registered``). ``ui_via`` (host:port) is where
     the driver reaches its UI when it runs elsewhere (a forwarder to the UI's port on
     the node's 127.0.0.1)."""
+    if not prefix and "--mesh-host" not in args:
+        args = (*args, "--mesh-host", "127.0.0.1")   # no mDNS or port mapping from a bench
     popen, m = start_process(["node", "--data-dir", str(data_dir), "--bootstrap", bootstrap,
                               *args], r"Parley node ([0-9 ]+): open (http://\S+)/#token=(\S+)",
                              prefix)

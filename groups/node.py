@@ -43,13 +43,14 @@ from mesh.addresses import AddressBook, Kind, endpoint_url, lan_addresses
 from mesh.dht import DhtNode
 from mesh.dht_records import format_dht_contact, parse_dht_contacts
 from mesh.discovery import DiscoveryClient
-from mesh.errors import DialError, DiscoveryRefused, MeshError
+from mesh.errors import DialError, DiscoveryRefused, MeshError, RemoteError
 from mesh.gossip_state import Acked, Event, Message, Rejected
 from mesh.identity import KeyPair, Record, display_user_id, load_or_create_identity
 from mesh.lan import LanCore, Match
 from mesh.lookup import Discovery, DiscoveryMode, bootstrap_dht_contact
 from mesh.mdns import LanDiscovery, lan_ipv4_addresses
-from mesh.reachability import ReachabilityService
+from mesh.portmap import PortMapper
+from mesh.reachability import ReachabilityService, probe
 from mesh.relay_server import RelayService, relay_routes
 from mesh.runtime import MeshHooks, MeshRuntime
 from mesh.transport import LinkConnection
@@ -81,6 +82,7 @@ class NodeConfig:
     bluetooth: bool = False           # advertise, scan and link over Bluetooth RFCOMM
     bluetooth_attachments: int | None = None  # max file bytes over Bluetooth; None: all
     lan_discovery: bool = False       # mDNS on the LAN (run.py: on; needs a mesh beyond loopback)
+    port_mapping: bool = False        # NAT-PMP / UPnP on the router (run.py: on; same condition)
 
 
 class Node:
@@ -141,6 +143,7 @@ class Node:
         # to be handed the other.
         self.messenger.attachments = self.attachments
         self.lan: LanDiscovery | None = None
+        self.portmap: PortMapper | None = None
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -188,8 +191,9 @@ class Node:
         self.messenger.load()
         await self.attachments.start()
         await self.meetups.start(self.config.bluetooth)
-        if port is not None:
+        if port is not None and self._mesh_on_lan():
             await self._start_lan_discovery(port)
+            self._start_port_mapping(port)
         self._tasks = [asyncio.ensure_future(self._register_loop(self._prekeys)),
                        asyncio.ensure_future(self.messenger.run_outbox(self._stop)),
                        asyncio.ensure_future(self._refresh_loop())]
@@ -208,6 +212,8 @@ class Node:
         for push in list(self._pushes):
             push.cancel()
         await asyncio.gather(*self._pushes, return_exceptions=True)
+        if self.portmap is not None:
+            await self.portmap.close()
         await self.reachability.close()
         if self.relay is not None:
             self.relay.stop()
@@ -415,21 +421,43 @@ class Node:
 
     # -- LAN discovery -------------------------------------------------------------------
 
-    async def _start_lan_discovery(self, port: int) -> None:
-        """Announce on the LAN and dial known peers heard there (see mesh/lan.py). Only
-        when the mesh listens on a LAN address: a loopback mesh cannot be dialled."""
-        host = self.config.mesh_host
+    def _mesh_on_lan(self) -> bool:
+        """Does the mesh listen where others could dial it? (Not on loopback; a host name
+        is not resolved: which LAN address it means is not ours to guess.)"""
         try:
-            address = ipaddress.ip_address(host)
-        except ValueError:  # a host name: which LAN address it means is not ours to guess
+            return not ipaddress.ip_address(self.config.mesh_host).is_loopback
+        except ValueError:
+            return False
+
+    async def _start_lan_discovery(self, port: int) -> None:
+        """Announce on the LAN and dial known peers heard there (see mesh/lan.py)."""
+        if not self.config.lan_discovery:
             return
-        if not self.config.lan_discovery or address.is_loopback:
-            return
-        wildcard = address.is_unspecified
+        host = self.config.mesh_host
+        wildcard = ipaddress.ip_address(host).is_unspecified
         self.lan = LanDiscovery(LanCore(self.identity), port, peers=self._lan_peers,
                                 on_match=self._lan_match,
                                 addresses=lan_ipv4_addresses if wildcard else lambda: (host,))
         await self.lan.start()
+
+    def _start_port_mapping(self, port: int) -> None:
+        """Ask the router to forward the mesh port (mesh/portmap.py); the mapped address
+        is published once the bootstrap's dial-back got through it. Not with --advertise
+        (the user set up reachability) nor without a bootstrap to confirm it."""
+        if self.config.port_mapping and self.config.bootstrap and not self.config.advertise:
+            self.portmap = PortMapper(port, confirm=self._confirm_mapping,
+                                      on_mapped=self._mapped)
+            self.portmap.start()
+
+    async def _confirm_mapping(self, external_port: int) -> bool:
+        try:
+            return (await probe(self.config.bootstrap, external_port)).reachable
+        except RemoteError as exc:
+            log.info("port mapping not confirmed: %s", exc)
+            return False
+
+    def _mapped(self, url: str | None) -> None:
+        self.addresses.set_kind(Kind.MAPPED, [url] if url else [], confirmed=True)
 
     def _lan_peers(self) -> dict[str, bytes]:
         peers = {}

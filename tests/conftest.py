@@ -70,8 +70,21 @@ class Proc:
         return self.popen.returncode
 
 
+def on_loopback(args: tuple[str, ...]) -> tuple[str, ...]:
+    """A node's arguments with its mesh on 127.0.0.1 unless they say otherwise: run.py
+    listens on every interface by default and then announces itself over mDNS and asks
+    the router for a port mapping, traffic tests must not send beyond loopback (the NAT
+    lab's namespaces test those)."""
+    command = args[0] if args and not args[0].startswith("-") else "all"
+    if command in ("node", "all") and "--mesh-host" not in args:
+        return (*args, "--mesh-host", "127.0.0.1")
+    return args
+
+
 def start_run_py(*args: str) -> Proc:
-    """Start ``python run.py <args>`` with its output captured line by line."""
+    """Start ``python run.py <args>`` with its output captured line by line (a node's
+    mesh stays on loopback unless ``--mesh-host`` is given: ``on_loopback``)."""
+    args = on_loopback(args)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     popen = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

@@ -113,3 +113,24 @@ def test_the_mesh_port_is_mapped_confirmed_and_given_back(lab: Lab, gateway: str
     assert mapper.published[-1] is None
     assert "dnat" not in lab.run(ra, "nft", "list", "chain", "ip", "nat", "prerouting")
     assert not _reaches(lab, srv, (ra.ip, MESH_PORT))    # the router drops SYNs again
+
+
+def test_a_node_behind_a_natpmp_router_publishes_its_mapped_port(lab: Lab) -> None:
+    srv = lab.public_host("boot", BOOT_IP)
+    ra = lab.router("ra", "203.0.113.1", "10.1.0.0/24", syn=Syn.DROP)
+    alice_ns = lab.host("alice", ra.lan)
+    lab.popen(srv, *lab.run_py, "bootstrap", "--host", BOOT_IP, "--no-dht",
+              "--db", str(lab.workdir / "boot.db")).wait_for("listening")
+    lab.popen(ra, sys.executable, "-m", "tests.lab.natpmp_server", "--listen",
+              ra.lan.gateway, "--public", ra.ip).wait_for("natpmp listening")
+    alice = lab.start_node(alice_ns, "--bootstrap", f"http://{BOOT_IP}:8470", "--no-dht",
+                           "--mesh-host", "0.0.0.0", "--mesh-port", str(MESH_PORT),
+                           "--no-lan-discovery")
+    mapped = f"ws://{ra.ip}:{MESH_PORT}/mesh"
+    alice.wait_api("GET", "/me", lambda me: mapped in me["endpoints"], timeout=30)
+    assert f"dnat to {alice_ns.ip}:{MESH_PORT}" in lab.run(
+        ra, "nft", "list", "chain", "ip", "nat", "prerouting")
+    assert _reaches(lab, srv, (ra.ip, MESH_PORT))
+    alice.proc.stop()
+    assert "dnat" not in lab.run(ra, "nft", "list", "chain", "ip", "nat", "prerouting")
+    assert not _reaches(lab, srv, (ra.ip, MESH_PORT))
