@@ -276,7 +276,8 @@ class PortMapper:
 
     ``confirm(external_port)`` must say whether a dial-back from outside reached us
     through it (mesh/reachability.py's probe); only then does ``on_mapped`` get
-    ``ws://EXTERNAL:PORT/mesh``. ``on_mapped(None)`` withdraws it (refused, lost, or
+    ``ws://EXTERNAL:PORT/mesh``, again after each renewal (so an address book that
+    dropped it gets it back). ``on_mapped(None)`` withdraws it (refused, lost, or
     closing). The mapping is renewed at half its lifetime and deleted on close."""
 
     def __init__(self, internal_port: int, *, confirm: Callable[[int], Awaitable[bool]],
@@ -365,5 +366,6 @@ class PortMapper:
             log.info("port mapping %s -> %d (%s) confirmed", url, self.internal_port,
                      self.method)
         self.problem = ""
-        self._publish(url)
+        self.url = url
+        self._on_mapped(url)
         return max(1.0, min(lifetime, MAX_LIFETIME) / 2)

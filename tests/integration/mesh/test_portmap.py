@@ -59,8 +59,9 @@ async def test_a_confirmed_mapping_is_published_renewed_and_deleted_on_close(gat
     assert rules.active[8472].internal == 8472
     await asyncio.sleep(1.3)                       # renewed at half the 2 s lifetime
     assert gw.leases and rules.log == [(True, 8472)] and asked == [8472]
+    assert published == [f"ws://{PUBLIC}:8472/mesh"] * 2   # told again, not confirmed again
     await mapper.close()
-    assert published == [f"ws://{PUBLIC}:8472/mesh", None]
+    assert published == [f"ws://{PUBLIC}:8472/mesh"] * 2 + [None]
     assert rules.active == {} and rules.log == [(True, 8472), (False, 8472)]
 
 
