@@ -11,18 +11,43 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from groups.conversation_clock import MAX_ORDER
+from groups.conversation_events import ChatRow, Conversation
 from groups.errors import Unsendable
 from mesh.gossip_state import Message
 
 __all__ = [
-    "MAX_SEQ", "ChatRow", "Conversation", "Mailbox", "add_conversation", "add_op", "chat_message",
-    "chat_messages", "conversation", "conversations", "deliveries", "due_receipts",
-    "insert_chat_message", "load_ops", "mark_left", "mark_seen", "next_own_seq",
-    "note_undecrypted", "order_clock", "owe_receipt", "set_delivery", "set_order_clock",
-    "settle_receipts", "undecrypted",
+    "MAX_SEQ",
+    "ChatRow",
+    "Conversation",
+    "Mailbox",
+    "add_conversation",
+    "add_op",
+    "chat_message",
+    "chat_messages",
+    "conversation",
+    "conversations",
+    "deliveries",
+    "due_receipts",
+    "fail_deliveries",
+    "insert_chat_message",
+    "load_ops",
+    "mark_left",
+    "mark_seen",
+    "next_own_seq",
+    "note_undecrypted",
+    "order_clock",
+    "owe_pairwise",
+    "owe_receipt",
+    "owed_pairwise",
+    "own_messages",
+    "pairwise_waits",
+    "set_delivery",
+    "set_order_clock",
+    "settle_pairwise",
+    "settle_receipts",
+    "undecrypted",
 ]
 
 MAX_SEQ = MAX_ORDER   # a peer's mesh seq beyond it is refused; ours refuses to pass it
@@ -109,17 +134,6 @@ class Mailbox:
 # Conversations -----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Conversation:
-    topic: bytes
-    kind: str
-    peer: str | None
-    name: str
-    joined_at: int
-    left_at: int | None
-    visible: bool
-
-
 _CONV_COLUMNS = "topic, kind, peer, name, joined_at, left_at, visible"
 
 
@@ -184,19 +198,6 @@ def load_ops(conn: sqlite3.Connection, topic: bytes) -> list[bytes]:
 
 
 # Chat messages, deliveries, receipts -----------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ChatRow:
-    message_id: bytes
-    topic: bytes
-    sender: str
-    seq: int
-    lamport: int
-    sent_at: int
-    text: str
-    file: bytes | None
-    seen: bool
 
 
 _CHAT_COLUMNS = "message_id, topic, sender, seq, lamport, sent_at, text, file, seen"
@@ -282,6 +283,46 @@ def settle_receipts(conn: sqlite3.Connection, topic: bytes, delivered: Iterable[
                     read: Iterable[bytes]) -> None:
     conn.executemany("DELETE FROM receipts_due WHERE message_id = ? AND kind = ?",
                      [(m, "delivered") for m in delivered] + [(m, "read") for m in read])
+
+
+def fail_deliveries(conn: sqlite3.Connection, topic: bytes, member: str, reason: str) -> None:
+    """Our messages in ``topic`` still on their way to ``member`` never will be."""
+    conn.execute("UPDATE deliveries SET state = 'failed', reason = ? WHERE member = ? AND "
+                 "state IN ('pending', 'sent') AND message_id IN "
+                 "(SELECT message_id FROM chat_messages WHERE topic = ?)", (reason, member, topic))
+
+
+def own_messages(conn: sqlite3.Connection, topic: bytes, me: str,
+                 message_ids: Iterable[bytes]) -> frozenset[bytes]:
+    """Which of ``message_ids`` are messages ``me`` sent in ``topic``."""
+    return frozenset(m for m in message_ids if conn.execute(
+        "SELECT 1 FROM chat_messages WHERE message_id = ? AND topic = ? AND sender = ?",
+        (m, topic, me)).fetchone())
+
+
+# The pairwise outbox ---------------------------------------------------------------------
+
+
+def owe_pairwise(conn: sqlite3.Connection, peer: str, kind: str, topic: bytes | None,
+                 content: bytes | None, now: float) -> None:
+    conn.execute("INSERT INTO pairwise_outbox (peer, kind, topic, content, created_at) "
+                 "VALUES (?, ?, ?, ?, ?)", (peer, kind, topic, content, int(now)))
+
+
+def owed_pairwise(conn: sqlite3.Connection) -> list[tuple[int, str, str, bytes | None,
+                                                          bytes | None]]:
+    """(row id, peer, kind, topic, content) of every owed pairwise message, oldest first."""
+    return conn.execute("SELECT id, peer, kind, topic, content FROM pairwise_outbox "
+                        "ORDER BY id").fetchall()
+
+
+def settle_pairwise(conn: sqlite3.Connection, row_id: int) -> None:
+    conn.execute("DELETE FROM pairwise_outbox WHERE id = ?", (row_id,))
+
+
+def pairwise_waits(conn: sqlite3.Connection, row_id: int, error: str) -> None:
+    conn.execute("UPDATE pairwise_outbox SET attempts = attempts + 1, last_error = ? "
+                 "WHERE id = ?", (error[:200], row_id))
 
 
 def note_undecrypted(conn: sqlite3.Connection, msg_id: bytes, reason: str) -> None:

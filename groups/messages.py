@@ -52,6 +52,7 @@ FILE_CHUNK_SIZE = 256 * 1024        # groups.crypto.ATTACHMENT_CHUNK_SIZE
 MAX_FILE_CHUNKS = MAX_FILE_SIZE // FILE_CHUNK_SIZE   # 100
 MAX_RECEIPT_IDS = 512
 MAX_WELCOME_OPS = 10_000
+MAX_NOTICE_OPS = 64
 MAX_INT = MAX_ORDER   # every integer in a content: 0..2^53-1 (exact in JSON and JavaScript)
 MAX_SENT_AT = 8_640_000_000_000_000   # ms: the last instant a JavaScript Date can hold
 
@@ -272,13 +273,14 @@ class JoinRefused(Content):
 
 @dataclass(frozen=True)
 class OpNotice(Content):
-    """A membership op sent pairwise to someone who is no longer on the topic (a
-    removed member learns of the removal this way)."""
+    """Membership ops sent pairwise to someone who is no longer on the topic: a
+    removed member learns of its removal this way. ``ops`` ends with the removal and
+    starts with the ops before it that the member may have missed (in chain order)."""
 
-    TYPE = "op"
-    LIMITS = {"group": 16, "op": 4096}
+    TYPE = "ops"
+    LIMITS = {"group": 16, "ops": MAX_NOTICE_OPS}
     group: bytes
-    op: bytes
+    ops: tuple[bytes, ...]
 
 
 GROUP_CONTENTS = (Text, Receipts)

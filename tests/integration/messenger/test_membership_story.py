@@ -67,6 +67,23 @@ def test_removed_member_reads_nothing_sent_later(cluster: Cluster) -> None:
     eventually(lambda: "just us" in bob.texts(group))
 
 
+def test_member_removed_while_away_learns_it_and_refuses_sends(cluster: Cluster) -> None:
+    """Issue 15, finding 10: the removed member's node learns of its removal (from the
+    notice the remover sends pairwise, which carries the ops it missed) and refuses
+    local sends, as the others refuse its messages."""
+    group, (alice, bob, carol) = setup_group(cluster, ["alice", "bob", "carol"])
+    carol.stop()
+    alice.invite(group)  # an op carol misses while away
+    assert alice.call("DELETE", f"/api/v1/groups/{group}/members/{carol.user_id}")[0] == 204
+    carol.start()
+    eventually(lambda: carol.call("GET", f"/api/v1/groups/{group}")[0] == 404, timeout=20,
+               message="carol's node knows she was removed")
+    status, reply = carol.call("POST", f"/api/v1/groups/{group}/messages", {"text": "hi?"})
+    assert (status, reply["error"]) == (403, "not_member")
+    alice.send(group, "without carol")
+    eventually(lambda: "without carol" in bob.texts(group))
+
+
 def test_offline_member_catches_up_and_receipts_flow_back(cluster: Cluster) -> None:
     group, (alice, bob, dave) = setup_group(cluster, ["alice", "bob", "dave"])
     dave.stop()

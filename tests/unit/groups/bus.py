@@ -84,11 +84,12 @@ def club():
     for user in (bob, carol):
         op = a.groups.log_of(group_id).make_op(alice.identity, OpKind.ADD, NOW,
                                                target=user.id, target_key=user.identity.public)
-        a.groups._publish_op(group_id, op)
+        a.groups.publish_op(group_id, op)
     chain = tuple(op.encode() for op in a.groups.log_of(group_id).chain())
     for user in (bob, carol):
         with atomic(user.conn):
-            nodes[user.id].groups.receive_welcome(alice.id, Welcome(group_id, chain))
+            node = nodes[user.id]
+            node.io.apply(node.core.receive_welcome(alice.id, Welcome(group_id, chain)))
     share_sender_keys(group_id, [alice, bob, carol])
     mallory.crypto.sender_key_distribution(group_id, now=NOW)
     share_sender_keys(group_id, [mallory, bob])  # bob even holds mallory's key
