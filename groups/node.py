@@ -99,7 +99,11 @@ class Node:
         self.conn = conn
         self.crypto = crypto
         self.events = events
-        self.client = DiscoveryClient(config.bootstrap, identity) if config.bootstrap else None
+        # Set when any signed reply says our one-time prekeys run low: refill now.
+        self._prekeys_low = asyncio.Event()
+        self.client = DiscoveryClient(config.bootstrap, identity,
+                                      on_prekeys_left=self._heard_prekeys_left) \
+            if config.bootstrap else None
         self.dht = dht
         mode = DiscoveryMode(config.discovery) if dht is not None else DiscoveryMode.BOOTSTRAP
         self.discovery = Discovery(bootstrap=self.client, dht=dht, mode=mode) \
@@ -108,10 +112,6 @@ class Node:
         self.registered = asyncio.Event()
         self.dht_joined = False
         self._stop = asyncio.Event()
-        # Set when any signed reply says our one-time prekeys run low: refill now.
-        self._prekeys_low = asyncio.Event()
-        if self.client is not None:
-            self.client.on_prekeys_left = self._heard_prekeys_left
         self._tasks: list[asyncio.Task[Any]] = []
         self._pushes: set[asyncio.Task[None]] = set()  # records with new endpoints
         now = time.time()

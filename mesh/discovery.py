@@ -131,12 +131,13 @@ class DiscoveryClient:
     """
 
     def __init__(self, base_url: str, identity: KeyPair, *, timeout: float = 10.0,
-                 max_pow_bits: int = MAX_POW_BITS) -> None:
+                 max_pow_bits: int = MAX_POW_BITS,
+                 on_prekeys_left: Callable[[int], None] | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.identity = identity
         self.timeout = timeout
         self.max_pow_bits = max_pow_bits
-        self.on_prekeys_left: Callable[[int], None] | None = None
+        self.on_prekeys_left = on_prekeys_left
         self._http = AsyncHTTPClient()
 
     async def health(self) -> dict[str, Any]:
