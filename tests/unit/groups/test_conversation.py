@@ -266,3 +266,31 @@ def test_only_admins_act_and_only_on_members(club) -> None:
         alice.remove(topic, node().me, NOW)
     with pytest.raises(NotFound):
         alice.promote(topic, node().me, NOW)
+
+
+def test_removed_member_whose_add_lost_a_fork_still_learns_of_its_removal() -> None:
+    """Two members answered carol's join request at once; her welcome came from the one
+    whose add lost the fork, so her log lacks the winning add the removal builds on."""
+    alice, bob, carol = node(), node(), node()
+    nodes = {n.me: n for n in (alice, bob, carol)}
+    topic, _ = alice.create("Club", NOW)
+    invite, effects = alice.invite(topic, b"b" * 16, NOW, 3600, ("", (), ()))
+    route(effects, nodes, alice)
+    route(bob.join(invite, NOW), nodes, bob)
+    invite, effects = alice.invite(topic, b"c" * 16, NOW, 3600, ("", (), ()))
+    route(effects, nodes, alice)
+    request = JoinRequest(topic, b"c" * 16)
+    answers = {n.me: n.receive_join_request(carol.me, request, carol.identity.public, NOW)
+               for n in (alice, bob)}
+    adds = {me: of(effects, PublishOp)[0].op for me, effects in answers.items()}
+    loser = max(adds, key=lambda me: adds[me].hash)
+    welcome = decode_content(of(answers[loser], OwePairwise)[-1].content, DIRECT_CONTENTS)
+    assert carol.receive_welcome(loser, welcome)
+    winner = min(adds, key=lambda me: adds[me].hash)
+    nodes[loser].receive_op(topic, adds[winner], NOW)  # the admins converge on the winner
+    assert alice.log_of(topic).chain()[-1] == adds[winner]
+    assert carol.log_of(topic).chain()[-1] == adds[loser]
+    notice = decode_content(of(alice.remove(topic, carol.me, NOW), OwePairwise)[0].content,
+                            DIRECT_CONTENTS)
+    carol.receive_op_notice(alice.me, notice, NOW)
+    assert not carol.is_member(topic, carol.me)
