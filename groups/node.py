@@ -45,6 +45,7 @@ from mesh.dht_records import format_dht_contact, parse_dht_contacts
 from mesh.discovery import DiscoveryClient
 from mesh.errors import DialError, DiscoveryRefused, MeshError, RemoteError
 from mesh.gossip_state import Acked, Event, Message, Rejected
+from mesh.holepunch import STREAM_KEEPALIVE, HolePuncher
 from mesh.identity import KeyPair, Record, display_user_id, load_or_create_identity
 from mesh.lan import LanCore, Match
 from mesh.lookup import Discovery, DiscoveryMode, bootstrap_dht_contact
@@ -187,6 +188,11 @@ class Node:
             self.runtime.server.app.add_handlers(r".*", relay_routes(self.relay))
         if port is not None and not self.config.advertise:
             self.reachability.mesh_port = port
+            self.runtime.manager.puncher = HolePuncher(
+                port=port, ours=lambda: self.reachability.punch_addresses(port),
+                adopt=lambda transport, initiator, peer: self.runtime.manager.adopt(
+                    transport, initiator=initiator, path="hole_punched",
+                    keepalive=STREAM_KEEPALIVE, expected_peer=peer))
         self.reachability.start()
         self.messenger.load()
         await self.attachments.start()

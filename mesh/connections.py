@@ -28,7 +28,7 @@ import random
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mesh import wire
 from mesh.addresses import is_lan_ip, order_endpoints, path_of
@@ -37,6 +37,9 @@ from mesh.identity import KeyPair, Record
 from mesh.link import HANDSHAKE_TIMEOUT, Closed
 from mesh.transport import LinkConnection, Transport
 from mesh.websocket import dial
+
+if TYPE_CHECKING:
+    from mesh.holepunch import HolePuncher
 
 __all__ = [
     "BACKOFF_BASE",
@@ -216,6 +219,8 @@ class ConnectionManager:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        # Moves relayed links to direct ones (mesh/holepunch.py); set by the node.
+        self.puncher: HolePuncher | None = None
 
     # Input from the layer above
 
@@ -280,6 +285,8 @@ class ConnectionManager:
 
     async def close(self) -> None:
         self._closing = True
+        if self.puncher is not None:
+            await self.puncher.close()
         tasks = [t for t in (self._task, *self._dialing.values()) if t is not None]
         for task in tasks:
             task.cancel()
@@ -387,6 +394,10 @@ class ConnectionManager:
         self._links[peer] = conn
         if self.on_link is not None:
             self.on_link(conn)
+        if self.puncher is not None:
+            self.puncher.link_up(conn, self.path_of(conn),
+                                 accepted_via_relay=not conn.initiator and conn.endpoint is None
+                                 and self._paths.get(conn) == "relayed")
         self._kick()
 
     def _keeps_old(self, old: LinkConnection, new: LinkConnection) -> bool:
@@ -400,10 +411,17 @@ class ConnectionManager:
         return self._dialer_id(new) > self._dialer_id(old)
 
     def _frame(self, conn: LinkConnection, frame: wire.Frame) -> None:
-        if self.on_frame is not None and self._links.get(conn.peer_id or "") is conn:
+        if self._links.get(conn.peer_id or "") is not conn:
+            return
+        if isinstance(frame, wire.Punch):  # the manager's own business: moving links
+            if self.puncher is not None:
+                self.puncher.on_frame(conn, frame)
+        elif self.on_frame is not None:
             self.on_frame(conn, frame)
 
     def _closed(self, conn: LinkConnection, event: Closed) -> None:
+        if self.puncher is not None:
+            self.puncher.link_down(conn)
         self._all.discard(conn)
         self._pending.pop(conn, None)
         self._paths.pop(conn, None)

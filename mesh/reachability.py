@@ -213,6 +213,15 @@ class ReachabilityService:
     def status(self) -> Status:
         return status_of(self.book, self.checked)
 
+    def punch_addresses(self, port: int) -> tuple[str, ...]:
+        """Our public "ip:port" for hole punching: the address the bootstrap saw, with
+        the mesh port (a router that keeps ports maps it there). Empty when unknown or
+        when the bootstrap is on our LAN."""
+        if self.last is None or self.last.observed.behind_lan:
+            return ()
+        host = self.last.observed.address
+        return (f"[{host}]:{port}" if ":" in host else f"{host}:{port}",)
+
     def to_json(self) -> dict[str, Any]:
         """The ``reachability`` object of the UI API (docs/api.md)."""
         relays = [{"relay": s.url, "state": s.state, "address": s.address,

@@ -149,9 +149,15 @@ class MeshServer:
 
     def listen(self, port: int = 0, address: str = "") -> int:
         """Bind (port 0 picks a free port) and return the bound port; PortInUse if the
-        port is taken."""
-        with binding("tcp", port):
-            sockets = bind_sockets(port, address=address or None)
+        port is taken (checked without SO_REUSEPORT, so another node sharing the port
+        is refused too)."""
+        with binding("tcp", port):  # a probe without SO_REUSEPORT: is the port ours?
+            probe = bind_sockets(port, address=address or None)
+        port = probe[0].getsockname()[1]
+        for sock in probe:
+            sock.close()
+        # SO_REUSEPORT lets hole punching connect from this same port (mesh/holepunch.py).
+        sockets = bind_sockets(port, address=address or None, reuse_port=True)
         self._server = HTTPServer(self.app, max_body_size=4096,
                                   idle_connection_timeout=CONNECT_TIMEOUT)
         self._server.add_sockets(sockets)

@@ -420,3 +420,17 @@ class ChunkUnavailable(Frame):
     LIMITS = {"file_id": _ID}
     file_id: bytes
     index: int
+
+
+# Hole punching over a relayed link (see mesh/holepunch.py)
+
+
+@dataclass(frozen=True)
+class Punch(Frame):
+    """``connect`` carries the sender's public "ip:port" addresses; ``sync`` (no
+    addresses) tells the other side to dial now."""
+
+    TYPE = "punch"
+    LIMITS = {"kind": Limit(max=8), "addrs": Limit(max=64, items=4)}
+    kind: str
+    addrs: tuple[str, ...]
