@@ -100,3 +100,6 @@ def test_two_members_without_internet_link_over_mdns_and_chat(lab: Lab) -> None:
     found = alice.proc.wait_for(r"found (\d{3} \d{3} \d{3} \d{3} \d{3}) on the LAN at (\S+)")
     assert found.group(1).replace(" ", "") == bob.api("GET", "/me")[1]["id"]
     assert found.group(2).startswith(f"ws://{b_ns.ip}:")
+    bob_id = found.group(1).replace(" ", "")
+    members = alice.api("GET", f"/groups/{group}")[1]["members"]
+    assert {m["id"]: m["path"] for m in members}[bob_id] == "lan"
