@@ -8,6 +8,8 @@ that have no bootstrap and no internet.
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 
 from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
@@ -50,6 +52,9 @@ async def test_known_peers_match_while_strangers_and_garbage_are_ignored(lab: La
             await junk.async_register_service(AsyncServiceInfo(
                 SERVICE_TYPE, f"junk{i}.{SERVICE_TYPE}", port=9, properties=props,
                 server=f"junk{i}.local.", addresses=[bytes([192, 168, 7, 4])]))
+        with lab.socket(x_ns, socket.SOCK_DGRAM) as raw:   # not even DNS
+            for blob in (b"", b"\x00" * 12, os.urandom(300), b"\xff" * 1500):
+                raw.sendto(blob, ("224.0.0.251", 5353))
         await wait_for(lambda: at_alice and at_bob, within=20)
         await asyncio.sleep(1.0)   # time for the junk and carol to be heard too
         assert {m.peer_id for m in at_alice} == {b_id}
