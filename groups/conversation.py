@@ -114,9 +114,6 @@ class Conversations:
         self._logs[topic] = GroupLog.from_ops(ops)
         return [Announce(topic)]
 
-    def has_log(self, topic: bytes) -> bool:
-        return topic in self._logs
-
     def log_of(self, topic: bytes) -> GroupLog:
         group = self._logs.get(topic)
         if group is None or self.me not in group.state.members:
@@ -164,7 +161,7 @@ class Conversations:
             raise NotYetValid(f"{origin} is not a member (yet)", "not_member")
         return Check.VERIFY_SEALED
 
-    def receive_op(self, topic: bytes, op: Op, now: float) -> list[Effect]:
+    def receive_op(self, topic: bytes, op: Op) -> list[Effect]:
         """An op from the topic or a notice; OpRejected: refuse it, nothing stored."""
         group = self._logs[topic]
         before = group.state
@@ -236,7 +233,7 @@ class Conversations:
             effects.append(Resync(content.group))
         return effects
 
-    def receive_op_notice(self, origin: str, content: OpNotice, now: float) -> list[Effect]:
+    def receive_op_notice(self, origin: str, content: OpNotice) -> list[Effect]:
         """Ops sent pairwise by a member (to a member it removed): applied in order;
         one the log refuses is skipped, the others still count."""
         group = self._logs.get(content.group)
@@ -245,7 +242,7 @@ class Conversations:
         effects: list[Effect] = []
         for encoded in content.ops:
             try:
-                effects += self.receive_op(content.group, Op.decode(encoded), now)
+                effects += self.receive_op(content.group, Op.decode(encoded))
             except OpRejected as exc:
                 log.info("skipped an op of a notice from %s: %s", origin, exc)
         return effects
@@ -266,7 +263,7 @@ class Conversations:
             except PermissionDenied as exc:
                 reason = exc.reason
             else:
-                effects = [PublishOp(content.group, op), *self.receive_op(content.group, op, now)]
+                effects = [PublishOp(content.group, op), *self.receive_op(content.group, op)]
         if reason is not None:
             return [OwePairwise(origin, PairwiseKind.JOIN_REFUSED,
                                 content=JoinRefused(content.group, reason).encode())]
@@ -313,12 +310,12 @@ class Conversations:
         return topic, [StartGroup(topic, group.state.name), StoreOp(topic, op),
                        MakeSenderKey(topic), Announce(topic)]
 
-    def publish_op(self, topic: bytes, op: Op, now: float,
+    def publish_op(self, topic: bytes, op: Op,
                    notify: OwePairwise | None = None) -> list[Effect]:
         """Our own op: published on the topic, sent pairwise to ``notify``'s peer too,
         and applied to our log."""
         return [PublishOp(topic, op), *([notify] if notify else []),
-                *self.receive_op(topic, op, now)]
+                *self.receive_op(topic, op)]
 
     def invite(self, topic: bytes, secret: bytes, now: float, ttl: float,
                info: tuple[str, tuple[str, ...], tuple[str, ...]]) -> tuple[Invite, list[Effect]]:
@@ -327,7 +324,7 @@ class Conversations:
         expires = int(now + ttl)
         op = group.make_op(self.identity, OpKind.INVITE, now,
                            secret=hashlib.sha256(secret).digest(), expires=expires)
-        effects = self.publish_op(topic, op, now)
+        effects = self.publish_op(topic, op)
         bootstrap, endpoints, dht = info
         others = sorted(group.state.members.values(), key=lambda m: (m.role is not Role.ADMIN,
                                                                      m.since_epoch))
@@ -343,7 +340,7 @@ class Conversations:
         answered its join request at once, and the other's add won the fork)."""
         group = self.log_of(topic)
         if user_id == self.me:
-            return self.publish_op(topic, group.make_op(self.identity, OpKind.LEAVE, now), now)
+            return self.publish_op(topic, group.make_op(self.identity, OpKind.LEAVE, now))
         member = group.state.members.get(user_id)
         if member is None:
             raise NotFound("no such member")
@@ -356,14 +353,14 @@ class Conversations:
             ops.insert(0, encoded)
         notice = OwePairwise(user_id, PairwiseKind.OPS,
                              content=OpNotice(topic, tuple(ops)).encode())
-        return self.publish_op(topic, op, now, notice)
+        return self.publish_op(topic, op, notice)
 
     def promote(self, topic: bytes, user_id: str, now: float) -> list[Effect]:
         group = self.log_of(topic)
         if user_id not in group.state.members:
             raise NotFound("no such member")
         return self.publish_op(topic, group.make_op(self.identity, OpKind.PROMOTE, now,
-                                                 target=user_id), now)
+                                                    target=user_id))
 
     def join(self, invite: Invite, now: float) -> list[Effect]:
         """Ask the inviter, and the members the invite names in case the inviter is

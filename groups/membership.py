@@ -86,7 +86,7 @@ class Membership:
 
     def publish_op(self, group_id: bytes, op: Op) -> None:
         """Publish an op we made and signed (the actions below make theirs)."""
-        self._commit(self.core.publish_op(group_id, op, self.io.clock()))
+        self._commit(self.core.publish_op(group_id, op))
 
     def invite(self, group_id: bytes, ttl: float = INVITE_TTL) -> Invite:
         invite, effects = self.core.invite(group_id, os.urandom(16), self.io.clock(), ttl,

@@ -189,7 +189,7 @@ class Messenger:
         if message.origin == self.me:
             return []  # our own, coming back from a peer's mailbox: nothing to read
         if envelope.kind is EnvelopeKind.OP:
-            return self.core.receive_op(message.topic, Op.decode(envelope.body), self.clock())
+            return self.core.receive_op(message.topic, Op.decode(envelope.body))
         try:
             if envelope.kind is EnvelopeKind.SEALED:
                 plaintext = self.crypto.decrypt_group(message.topic, message.origin,
@@ -241,7 +241,7 @@ class Messenger:
         if isinstance(content, JoinRefused):
             return core.receive_join_refused(origin, content)
         if isinstance(content, OpNotice):
-            return core.receive_op_notice(origin, content, now)
+            return core.receive_op_notice(origin, content)
         return []
 
     # -- sending ---------------------------------------------------------------------------

@@ -66,7 +66,7 @@ def route(effects: list, nodes: dict[str, Conversations], sender: Conversations,
         if isinstance(effect, PublishOp):
             for other in nodes.values():
                 if other is not sender and other.is_member(effect.topic, other.me):
-                    route(other.receive_op(effect.topic, effect.op, now), nodes, other, now)
+                    route(other.receive_op(effect.topic, effect.op), nodes, other, now)
         elif isinstance(effect, OwePairwise) and effect.content is not None:
             peer = nodes[effect.peer]
             content = decode_content(effect.content, DIRECT_CONTENTS)
@@ -76,7 +76,7 @@ def route(effects: list, nodes: dict[str, Conversations], sender: Conversations,
                 out = peer.receive_join_request(sender.me, content,
                                                 sender.identity.public, now)
             elif isinstance(content, OpNotice):
-                out = peer.receive_op_notice(sender.me, content, now)
+                out = peer.receive_op_notice(sender.me, content)
             else:
                 continue
             route(out, nodes, peer, now)
@@ -170,7 +170,7 @@ def test_removal_rotates_shares_with_the_rest_and_tells_the_removed_member(club)
     assert FailDeliveries(topic, carol.me, "no longer a member") in effects
     # Carol's node learns from the notice alone: it leaves the topic and refuses sends.
     learned = carol.receive_op_notice(alice.me, decode_content(notice.content,
-                                                               DIRECT_CONTENTS), NOW)
+                                                               DIRECT_CONTENTS))
     assert MarkLeft(topic) in learned and LeaveTopic(topic) in learned
     assert ForgetSenderKeys(topic) in learned
     with pytest.raises(PermissionDenied) as info:
@@ -194,7 +194,7 @@ def test_removed_member_that_missed_ops_still_learns_of_its_removal(club) -> Non
     notice = decode_content(of(effects, OwePairwise)[0].content, DIRECT_CONTENTS)
     assert len(notice.ops) == 4   # from the op that added carol to her removal
     assert carol.is_member(topic, carol.me)
-    learned = carol.receive_op_notice(alice.me, notice, NOW)
+    learned = carol.receive_op_notice(alice.me, notice)
     assert not carol.is_member(topic, carol.me)
     assert Notify("group", {"group_id": topic.hex(), "event": "left",
                             "epoch": alice.log_of(topic).state.epoch}) in learned
@@ -208,8 +208,8 @@ def test_removal_notice_is_bounded_and_ignored_from_non_members(club) -> None:
     notice = decode_content(of(alice.remove(topic, carol.me, NOW), OwePairwise)[0].content,
                             DIRECT_CONTENTS)
     assert len(notice.ops) == MAX_NOTICE_OPS and sum(map(len, notice.ops)) <= NOTICE_BYTES
-    assert node().receive_op_notice(alice.me, notice, NOW) == []   # not our group
-    assert carol.receive_op_notice(node().me, notice, NOW) == []   # not from a member
+    assert node().receive_op_notice(alice.me, notice) == []   # not our group
+    assert carol.receive_op_notice(node().me, notice) == []   # not from a member
 
 
 def test_leave_forgets_the_group_after_our_op_went_out(club) -> None:
@@ -287,10 +287,10 @@ def test_removed_member_whose_add_lost_a_fork_still_learns_of_its_removal() -> N
     welcome = decode_content(of(answers[loser], OwePairwise)[-1].content, DIRECT_CONTENTS)
     assert carol.receive_welcome(loser, welcome)
     winner = min(adds, key=lambda me: adds[me].hash)
-    nodes[loser].receive_op(topic, adds[winner], NOW)  # the admins converge on the winner
+    nodes[loser].receive_op(topic, adds[winner])  # the admins converge on the winner
     assert alice.log_of(topic).chain()[-1] == adds[winner]
     assert carol.log_of(topic).chain()[-1] == adds[loser]
     notice = decode_content(of(alice.remove(topic, carol.me, NOW), OwePairwise)[0].content,
                             DIRECT_CONTENTS)
-    carol.receive_op_notice(alice.me, notice, NOW)
+    carol.receive_op_notice(alice.me, notice)
     assert not carol.is_member(topic, carol.me)
