@@ -29,8 +29,8 @@ from groups.errors import OpRejected, PermissionDenied
 from mesh.errors import FormatError, SignatureError
 from mesh.identity import KeyPair, user_id_for_key, verify
 
-__all__ = ["GROUP_ID_LEN", "GroupLog", "GroupState", "Member", "Op", "OpKind", "OpenInvite",
-           "Role"]
+__all__ = ["GROUP_ID_LEN", "MAX_EVENTS", "GroupLog", "GroupState", "Member", "Op", "OpKind",
+           "OpenInvite", "Role", "membership_events", "op_summary"]
 
 GROUP_ID_LEN = 16
 OP_DOMAIN = b"parley/group-op/v1"
@@ -377,6 +377,22 @@ class GroupLog:
 
 def _sign(identity: KeyPair, op: Op) -> Op:
     return replace(op, signature=identity.sign(op.signing_bytes()))
+
+
+# Ops a chat shows as system lines; invites are an admin's business, not the chat's.
+_SHOWN = (OpKind.CREATE, OpKind.ADD, OpKind.REMOVE, OpKind.LEAVE, OpKind.PROMOTE)
+MAX_EVENTS = 500   # the newest ones, for the API
+
+
+def membership_events(log: GroupLog, me: str) -> list[dict[str, Any]]:
+    """The winning chain's membership changes from the op that (last) added ``me`` on:
+    what happened before we joined is not ours to see, as its messages are not. The
+    first is our own add (or the group's creation), where our visible history starts."""
+    chain = log.chain()
+    start = max(op.epoch for op in chain
+                if op.epoch == 0 or (op.kind is OpKind.ADD and op.target == me))
+    shown = [op_summary(op) for op in chain[start:] if op.kind in _SHOWN]
+    return shown[-MAX_EVENTS:]
 
 
 def op_summary(op: Op) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from groups import store as node_store
 from groups.attachment_rows import AttachmentRow
 from groups.crypto import safety_number, safety_number_qr
 from groups.errors import NotFound, PermissionDenied
+from groups.group import membership_events
 from groups.invites import Invite, qr_svg
 from groups.membership import INVITE_TTL
 from groups.messages import FileRef, direct_topic
@@ -151,11 +152,13 @@ class NodeApi:
         return group_id
 
     def group_info(self, group_id: bytes) -> dict[str, Any]:
-        """The group, each member with the path of our link to them (None: no link)."""
+        """The group, each member with the path of our link to them (None: no link),
+        and its membership changes since we (last) joined (the chat's system lines)."""
         info = self._groups.info(group_id)
         paths = self._node.runtime.manager.link_paths()
         return {**info, "members": [{**m, "path": paths.get(m["id"])}
-                                    for m in info["members"]]}
+                                    for m in info["members"]],
+                "events": membership_events(self._groups.log_of(group_id), self.user_id)}
 
     def invite(self, group_id: bytes, ttl: float = INVITE_TTL) -> Invite:
         return self._groups.invite(group_id, ttl)

@@ -19,8 +19,8 @@ export const state = reactive({
   groups: {}, // group id -> GET /groups/{id} answer
   uploads: {}, // conversation id -> [{key, name, size, loaded, error}]
   connection: "connecting", // connecting | live | offline
-  identityChanged: {}, // user id -> true: a contact's safety number changed
-  leftGroups: {}, // group id -> true: we left or were removed (while this page was open)
+  identityChanged: {}, // user id -> when (ms) we learnt that a contact's safety number changed
+  leftGroups: {}, // group id -> its name: we left or were removed (while this page was open)
   notices: [], // global notices [{key, text, kind}] shown in a live region
   activeConversation: null, // the conversation on screen (marks read while visible)
 });
@@ -184,9 +184,9 @@ function onEvent(event) {
       if (data.event === "left") {
         // We left, or an admin removed us: the node no longer answers for this group.
         const conv = conversationById(data.group_id);
-        const known = Boolean(state.groups[data.group_id]);
+        const known = state.groups[data.group_id];
         delete state.groups[data.group_id];
-        state.leftGroups[data.group_id] = true;
+        state.leftGroups[data.group_id] = (conv && conv.name) || (known && known.name) || "";
         if (known || conv) {
           notify(`You are no longer a member of “${(conv && conv.name) || "the group"}”.`, "info", 8000);
         }
@@ -209,7 +209,7 @@ function onEvent(event) {
       }
       break;
     case "identity_changed":
-      state.identityChanged[data.user_id] = true;
+      state.identityChanged[data.user_id] = Date.now();
       notify(`The safety number of ${data.user_id} changed. Compare it with them before you trust new messages.`);
       break;
     default:
@@ -227,8 +227,8 @@ async function reloadAll() {
     }),
     ...Object.keys(state.groups).map((id) => loadGroup(id).catch((err) => {
       if (err.status === 404 || err.status === 403) {
+        state.leftGroups[id] = state.groups[id].name || "";
         delete state.groups[id];
-        state.leftGroups[id] = true;
       }
     })),
   ]);
@@ -389,8 +389,9 @@ export async function joinGroup(invite) {
 export async function removeMember(groupId, userId) {
   await del(`/groups/${groupId}/members/${userId}`);
   if (state.me && userId === state.me.id) {
+    const conv = conversationById(groupId);
+    state.leftGroups[groupId] = (conv && conv.name) || "";
     delete state.groups[groupId];
-    state.leftGroups[groupId] = true;
     await loadConversations().catch(() => {});
   } else {
     await loadGroup(groupId);

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from groups.errors import OpRejected, PermissionDenied
-from groups.group import GroupLog, Op, OpKind, Role
+from groups.group import GroupLog, Op, OpKind, Role, membership_events
 from mesh.identity import KeyPair
 
 T0 = 1_800_000_000
@@ -234,3 +234,22 @@ def test_any_delivery_order_converges(people, rnd: random.Random) -> None:
 def test_op_decode_raises_only_op_rejected(data: bytes) -> None:
     with pytest.raises(OpRejected):
         Op.decode(data)
+
+
+def test_membership_events_start_where_our_history_starts(people) -> None:
+    a, b, c = people["alice"], people["bob"], people["carol"]
+    log, _ = GroupLog.create(a, "Trip", T0)
+    add(log, a, b)
+    log.add(log.make_op(a, OpKind.INVITE, T0, secret=bytes(32), expires=T0 + 60))
+    add(log, a, c)
+    log.add(log.make_op(a, OpKind.PROMOTE, T0 + 1, target=c.user_id))
+    log.add(log.make_op(a, OpKind.REMOVE, T0 + 2, target=b.user_id))
+    kinds = [(e["kind"], e["target"]) for e in membership_events(log, a.user_id)]
+    assert kinds == [("create", None), ("add", b.user_id), ("add", c.user_id),
+                     ("promote", c.user_id), ("remove", b.user_id)]  # no invite line
+    # Carol sees from her own add on: what came before is not hers to see.
+    assert [e["kind"] for e in membership_events(log, c.user_id)] == ["add", "promote",
+                                                                       "remove"]
+    add(log, a, b)  # bob's history starts again at his latest add
+    assert [(e["kind"], e["target"]) for e in membership_events(log, b.user_id)] == \
+        [("add", b.user_id)]

@@ -1,0 +1,65 @@
+// System lines of a chat: who joined, was removed, left or was promoted (from the
+// group's signed membership log, GET /groups/{id} "events"), a changed safety number
+// (the identity_changed event), and where a new member's visible history starts.
+// They are placed among the messages by time: before the first message sent after them.
+import { personName } from "./names.js";
+
+function subject(id, meId) {
+  return id === meId ? "You" : personName(id);
+}
+
+function object(id, meId) {
+  return id === meId ? "you" : personName(id);
+}
+
+/** The text of one membership event (docs/api.md, "Group events"). */
+export function eventText(event, meId) {
+  const by = subject(event.author, meId);
+  switch (event.kind) {
+    case "create":
+      return `${by} created the group`;
+    case "add":
+      if (event.target === meId) {
+        return "You joined the group. Messages sent before you joined are not shared with you.";
+      }
+      return `${subject(event.target, meId)} joined`;
+    case "remove":
+      return `${by} removed ${object(event.target, meId)}`;
+    case "leave":
+      return `${by} left`;
+    case "promote":
+      return `${by} made ${object(event.target, meId)} an admin`;
+    default:
+      return "";
+  }
+}
+
+/** [{key, at (ms), text, kind}] for a group's events and the members' changed keys. */
+export function systemLines(events, changedKeys, meId) {
+  const lines = (events || []).map((e) => ({
+    key: `op-${e.epoch}`, at: e.at * 1000, text: eventText(e, meId), kind: e.kind,
+    start: e.kind === "add" && e.target === meId,
+  })).filter((l) => l.text);
+  for (const [userId, at] of Object.entries(changedKeys || {})) {
+    lines.push({ key: `key-${userId}`, at: typeof at === "number" ? at : Date.now(),
+      text: `The safety number of ${personName(userId)} changed`, kind: "safety", userId });
+  }
+  return lines.sort((a, b) => a.at - b.at);
+}
+
+/** Messages and system lines in one list: [{type: "message"|"system", key, item}]. */
+export function mergeTimeline(messages, lines) {
+  const out = [];
+  let next = 0;
+  for (const m of messages) {
+    while (next < lines.length && lines[next].at <= m.sent_at) {
+      out.push({ type: "system", key: lines[next].key, item: lines[next] });
+      next += 1;
+    }
+    out.push({ type: "message", key: m.message_id, item: m });
+  }
+  for (; next < lines.length; next += 1) {
+    out.push({ type: "system", key: lines[next].key, item: lines[next] });
+  }
+  return out;
+}
