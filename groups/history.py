@@ -316,6 +316,12 @@ def owed_pairwise(conn: sqlite3.Connection) -> list[tuple[int, str, str, bytes |
                         "ORDER BY id").fetchall()
 
 
+def owes_pairwise(conn: sqlite3.Connection, peer: str) -> bool:
+    """Do we still owe ``peer`` a pairwise message (a join request, a sender key...)?"""
+    return conn.execute("SELECT 1 FROM pairwise_outbox WHERE peer = ? LIMIT 1",
+                        (peer,)).fetchone() is not None
+
+
 def settle_pairwise(conn: sqlite3.Connection, row_id: int) -> None:
     conn.execute("DELETE FROM pairwise_outbox WHERE id = ?", (row_id,))
 

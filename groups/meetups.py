@@ -263,8 +263,7 @@ class Meetups:
         direct = history.conversation(conn, direct_topic(self.me, peer))
         if direct is not None and direct.visible and direct.left_at is None:
             return True
-        if conn.execute("SELECT 1 FROM pairwise_outbox WHERE peer = ? LIMIT 1",
-                        (peer,)).fetchone() is not None:
+        if history.owes_pairwise(conn, peer):
             return True
         return self._open_invites(now)
 
@@ -283,8 +282,9 @@ class Meetups:
             if not invites:
                 continue
             for op in group.chain():
+                invite = invites.get(op.secret)
                 if op.kind is OpKind.INVITE and op.author == self.me \
-                        and invites.get(op.secret, 0) > now:
+                        and invite is not None and invite.expires > now:
                     return True
         return False
 
