@@ -15,7 +15,8 @@ from tornado.websocket import websocket_connect
 
 from mesh import wire
 from mesh.errors import DialError, LinkError, RelayRefused
-from mesh.relay import RelayLimits, make_reserve, read_reserved, relay_address
+from mesh.link import MAX_MESSAGE
+from mesh.relay import RelayLimits, make_reserve, message_type, read_reserved, relay_address
 from mesh.relay_client import RelayClient
 from mesh.relay_server import RelayService, relay_routes
 from mesh.transport import LinkAcceptor
@@ -238,3 +239,27 @@ async def test_managers_link_through_a_relay_and_report_the_path(relay_server, m
         await wait_for(lambda: b.frames == [(a.user_id, wire.Graft(TOPIC))])
     finally:
         await client.close()
+
+
+async def test_oversized_messages_on_a_circuit_close_it(relay_server, reserving):
+    relay = relay_server()
+    alice = reserving([relay.url])
+    await wait_for(lambda: alice.client.addresses)
+    ws = await websocket_connect(alice.client.addresses[0])
+    ws.write_message(b"x" * (MAX_MESSAGE + 1), binary=True)
+    assert await ws.read_message() is None  # the relay dropped the circuit
+    assert ws.close_code == 1009
+    ws.close()
+    await wait_for(lambda: relay.service.relay.circuit_count() == 0)
+    assert relay.service.relay.relayed_bytes == 0
+
+
+async def test_a_flood_of_reservation_attempts_is_refused(relay_server):
+    relay = relay_server(RelayLimits(reserve_rate=0.1, reserve_burst=3))
+    answers = []
+    for _ in range(5):
+        ws = await websocket_connect(f"{relay.url}/relay")
+        answers.append(message_type(await ws.read_message()))
+        ws.close()
+    assert answers == ["challenge"] * 3 + ["refused"] * 2
+    assert relay.service.relay.reservations == {}
