@@ -28,12 +28,13 @@ import os
 import socket
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from kademlia.network import Server
 from kademlia.node import Node
 
+from mesh.dht_guard import GuardConfig, ReplyGuard
 from mesh.dht_records import (
     KEY_LEN,
     RECORD_TTL,
@@ -90,6 +91,7 @@ class DhtConfig:
     max_entries: int = 10_000
     verify_rate: float = 100.0       # full record verifications per second per sender
     verify_burst: float = 200.0
+    guard: GuardConfig = field(default_factory=GuardConfig)  # reply limits (dht_guard.py)
 
     @classmethod
     def loopback(cls, **changes: Any) -> DhtConfig:
@@ -109,7 +111,8 @@ class _Kademlia(Server):
 
     def _create_protocol(self) -> ParleyProtocol:
         return ParleyProtocol(self.node, self.storage, self.ksize,
-                              rpc_timeout=self.owner.config.rpc_timeout, spawn=self.owner.spawn)
+                              rpc_timeout=self.owner.config.rpc_timeout, spawn=self.owner.spawn,
+                              guard=ReplyGuard(self.owner.config.guard))
 
     def refresh_table(self, interval: int = 3600) -> None:
         """DhtNode runs its own refresh loop (tracked, with our crawler)."""
@@ -447,6 +450,8 @@ class DhtNode:
         peers = protocol.router.find_neighbors(target, self.config.ksize)
         crawl = await self._crawl(protocol, target, peers, accept_value=accept) if peers else None
         if crawl is not None:
+            if crawl.unproven and len(crawl.records) < self.config.want_values:
+                await self._ask_again(protocol, target, crawl)
             candidates.extend(record for _, record in crawl.records.values())
         if not candidates:
             if crawl is None or not (crawl.answered or crawl.refused):
@@ -456,6 +461,18 @@ class DhtNode:
         if crawl is not None:
             self._repair(protocol, key, best, crawl)
         return best
+
+    async def _ask_again(self, protocol: ParleyProtocol, target: Node,
+                         crawl: EagerCrawl) -> None:
+        """Nodes that had not heard from us before answer a value lookup with an
+        empty list and a ping; once we answered it (within a round trip) they send
+        the value. Ask those once more."""
+        await asyncio.sleep(self.config.straggler_after)
+        nodes = crawl.unproven[: self.config.ksize]
+        replies = await asyncio.gather(*(protocol.call_find_value(n, target) for n in nodes))
+        for node, (ok, data) in zip(nodes, replies, strict=True):
+            if ok and isinstance(data, dict):
+                crawl.handle(node, (ok, data))
 
     def _repair(self, protocol: ParleyProtocol, key: bytes, best: Record,
                 crawl: EagerCrawl) -> None:

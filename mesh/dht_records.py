@@ -25,6 +25,7 @@ from typing import Any
 import msgpack
 from kademlia.storage import IStorage
 
+from mesh.dht_guard import TokenBuckets
 from mesh.errors import (
     ContactError,
     RecordError,
@@ -140,31 +141,6 @@ class _Entry:
     stored_at: float  # last time this exact value arrived (or was republished by us)
 
 
-class _Budget:
-    """Token buckets per source address for STOREs that need a full verification.
-
-    A forged STORE costs its sender one UDP packet and us ~2.5 ms of SHA-512; this
-    keeps one address from turning that into a CPU flood.
-    """
-
-    MAX_SOURCES = 4096
-
-    def __init__(self, rate: float, burst: float) -> None:
-        self.rate, self.burst = rate, burst
-        self._buckets: dict[str, tuple[float, float]] = {}
-
-    def take(self, source: str, now: float) -> bool:
-        tokens, last = self._buckets.get(source, (self.burst, now))
-        tokens = min(self.burst, tokens + max(0.0, now - last) * self.rate)
-        if len(self._buckets) >= self.MAX_SOURCES and source not in self._buckets:
-            self._buckets.clear()  # crude but bounded; honest senders refill at once
-        if tokens < 1:
-            self._buckets[source] = (tokens, now)
-            return False
-        self._buckets[source] = (tokens - 1, now)
-        return True
-
-
 class RecordStorage(IStorage):
     """kademlia's storage interface, keeping one verified record per key.
 
@@ -180,7 +156,9 @@ class RecordStorage(IStorage):
         self.ttl = ttl
         self.max_entries = max_entries
         self._data: OrderedDict[bytes, _Entry] = OrderedDict()  # oldest stored_at first
-        self._budget = _Budget(verify_rate, verify_burst)
+        # A forged STORE costs its sender one UDP packet and us ~2.5 ms of SHA-512:
+        # full verifications are budgeted per source address.
+        self._budget = TokenBuckets(verify_rate, verify_burst)
         self.last_rejection: RecordError | None = None
 
     def offer(self, key: Any, value: Any, source: str | None = None) -> StoreOutcome:

@@ -29,6 +29,7 @@ from kademlia.node import Node
 from kademlia.protocol import KademliaProtocol
 from rpcudp.exceptions import MalformedMessage
 
+from mesh.dht_guard import ReplyGuard
 from mesh.dht_records import KEY_LEN, MAX_VALUE_BYTES, RecordStorage
 from mesh.errors import LocalError, RecordError
 from mesh.identity import Record
@@ -93,15 +94,30 @@ def _triples(data: Any, limit: int) -> list[tuple[bytes, str, int]]:
     return out
 
 
+def _shrunk(reply: Any, limit: int) -> Any:
+    """What an unproven address gets instead of a reply over ``limit`` bytes: a node
+    list cut to fit, and for a value an empty list, which tells a Parley client "ask
+    again once you answered my ping" (EagerCrawl.unproven)."""
+    if not isinstance(reply, list):
+        return []
+    nodes = list(reply)
+    while nodes and len(msgpack.packb(nodes, use_bin_type=True)) > limit:
+        nodes.pop()
+    return nodes
+
+
 class ParleyProtocol(KademliaProtocol):
     """KademliaProtocol with a strict receive path, checked replies and quiet timeouts."""
 
     def __init__(self, source_node: Node, storage: RecordStorage, ksize: int, *,
-                 rpc_timeout: float, spawn: Spawn) -> None:
+                 rpc_timeout: float, spawn: Spawn, guard: ReplyGuard | None = None) -> None:
         super().__init__(source_node, storage, ksize)
         self._wait_timeout = rpc_timeout
         self._spawn = spawn
+        self.guard = guard or ReplyGuard()
         self._junk = _RateLimitedLog(logging.WARNING, "malformed DHT datagram(s) ignored")
+        self._withheld = _RateLimitedLog(logging.INFO, "DHT replies withheld (source over "
+                                                       "its byte budget)")
         self._bugs = _RateLimitedLog(logging.ERROR, "DHT datagram(s) hit a bug")
         self.closed = False
 
@@ -130,13 +146,13 @@ class ParleyProtocol(KademliaProtocol):
         except Exception:  # msgpack raises several unrelated types on garbage
             raise _Junk("body is not msgpack") from None
         if kind == b"\x00":
-            self._request(msg_id, msg, addr)
+            self._request(msg_id, msg, addr, len(data))
         elif kind == b"\x01":
             self._reply(msg_id, msg, addr)
         else:
             raise _Junk("unknown message kind")
 
-    def _request(self, msg_id: bytes, msg: Any, addr: Any) -> None:
+    def _request(self, msg_id: bytes, msg: Any, addr: Any, size: int) -> None:
         if not (isinstance(msg, list) and len(msg) == 2 and isinstance(msg[0], str)
                 and isinstance(msg[1], list)):
             raise _Junk("request is not [name, args]")
@@ -144,13 +160,25 @@ class ParleyProtocol(KademliaProtocol):
         if _ARITY.get(name) != len(args):
             raise _Junk(f"unknown call or wrong arguments ({name[:20]!r})")
         reply = getattr(self, f"rpc_{name}")(addr, *args)
-        self.transport.sendto(b"\x01" + msg_id + msgpack.packb(reply, use_bin_type=True), addr)
+        now = time.monotonic()
+        out = b"\x01" + msg_id + msgpack.packb(reply, use_bin_type=True)
+        limit = self.guard.reply_limit(addr, size, now)
+        if limit is not None and len(out) > limit:
+            out = b"\x01" + msg_id + msgpack.packb(_shrunk(reply, limit - RPC_HEADER),
+                                                    use_bin_type=True)
+        if limit is not None and self.guard.challenge(addr, now) and name != "stun":
+            self._spawn(self.call_ping(Node(args[0], addr[0], addr[1])))
+        if not self.guard.spend(addr, len(out), now):
+            self._withheld.note(addr, f"{name} reply of {len(out)} bytes")
+            return
+        self.transport.sendto(out, addr)
 
     def _reply(self, msg_id: bytes, msg: Any, addr: Any) -> None:
         entry = self._outstanding.pop(msg_id, None)
         if entry is None:
             log.debug("late or unknown DHT reply from %s", addr)
             return
+        self.guard.answered(addr, time.monotonic())  # it echoed our random message id
         future, timer = entry
         timer.cancel()
         if not future.done():
@@ -266,8 +294,12 @@ class ParleyProtocol(KademliaProtocol):
     def welcome_if_new(self, node: Node) -> None:
         """As the package's, but keyed on the stored digest itself (2.2.3 hashes the
         digest a second time and so hands keys to the wrong newcomers), with tracked
-        tasks and no INFO line per peer."""
-        if not self.router.is_new_node(node):
+        tasks and no INFO line per peer. A node whose address has not proven it receives
+        there is neither added nor sent records (a spoofed request would otherwise
+        draw STOREs at its victim and fill our table with unreachable entries); the
+        proving ping's answer welcomes it."""
+        if not self.router.is_new_node(node) \
+                or not self.guard.proven((node.ip, node.port), time.monotonic()):
             return
         for key, value in self.storage:
             keynode = Node(key)
@@ -305,6 +337,9 @@ class EagerCrawl(SpiderCrawl):
         self.want_values = want_values
         self.records: dict[bytes, tuple[Node, Record]] = {}
         self.answered: dict[bytes, Node] = {}  # replied with nodes, not a valid value
+        # Value lookups: nodes that answered an empty list, which a Parley node sends
+        # to an address that has not yet proven it receives (mesh/dht_guard.py).
+        self.unproven: list[Node] = []
         self.refused = 0
 
     async def find(self) -> EagerCrawl:
@@ -336,7 +371,7 @@ class EagerCrawl(SpiderCrawl):
                                          return_when=asyncio.FIRST_COMPLETED)
             for future in done:
                 peer, _ = inflight.pop(future)
-                self._handle(peer, (False, None) if future.cancelled() else future.result())
+                self.handle(peer, (False, None) if future.cancelled() else future.result())
 
     def _enough(self) -> bool:
         return self.accept_value is not None and len(self.records) >= self.want_values
@@ -344,17 +379,21 @@ class EagerCrawl(SpiderCrawl):
     def _have_something(self) -> bool:
         return bool(self.records) if self.accept_value is not None else bool(self.answered)
 
-    def _handle(self, peer: Node, result: tuple[bool, Any]) -> None:
+    def handle(self, peer: Node, result: tuple[bool, Any]) -> None:
+        """Take in one peer's answer (the crawl's own, or a repeated question's)."""
         ok, data = result
         if not ok:
             self.nearest.remove([peer.id])
         elif isinstance(data, dict) and self.accept_value is not None:
             try:
                 self.records[peer.id] = (peer, self.accept_value(data["value"]))
+                self.answered.pop(peer.id, None)
             except RecordError as exc:
                 self.refused += 1
                 log.debug("ignored a %s value from %s: %s", exc.reason, peer, exc)
         elif isinstance(data, list):
+            if not data and self.accept_value is not None:
+                self.unproven.append(peer)
             self.answered[peer.id] = peer
             own = self.protocol.source_node.id
             self.nearest.push([Node(*t) for t in data if t[0] != own])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from typing import Any
 
 import msgpack
@@ -18,9 +19,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kademlia.node import Node
 
+from mesh.dht_guard import GuardConfig, ReplyGuard
 from mesh.dht_records import RecordStorage, dht_digest
 from mesh.dht_rpc import ParleyProtocol
-from tests.unit.mesh.dht_helpers import forged_key, make_record
+from tests.unit.mesh.dht_helpers import forged_key, largest_record, make_record
 
 PEER = ("127.0.0.1", 40001)
 NOW = 1_800_000_000.0
@@ -36,10 +38,24 @@ class Recorder:
         self.sent.append((data, addr))
 
 
-def make_protocol() -> tuple[ParleyProtocol, Recorder]:
+def make_protocol(*, proven: bool = True, guard: GuardConfig | None = None,
+                  spawned: list[Any] | None = None) -> tuple[ParleyProtocol, Recorder]:
+    """A protocol over a recorder; PEER has answered one of its requests before
+    (``proven``), unless asked otherwise. Spawned calls are closed, or kept in
+    ``spawned``."""
     storage = RecordStorage(lambda: NOW)
+
+    def spawn(coro: Any) -> None:
+        if spawned is None:
+            coro.close()
+        else:
+            spawned.append(coro)
+
+    guard = guard or GuardConfig(exempt_loopback=False)
     protocol = ParleyProtocol(Node(os.urandom(20)), storage, 20, rpc_timeout=0.3,
-                              spawn=lambda coro: coro.close())
+                              spawn=spawn, guard=ReplyGuard(guard))
+    if proven:
+        protocol.guard.answered(PEER, time.monotonic())
     transport = Recorder()
     protocol.connection_made(transport)
     return protocol, transport
@@ -191,3 +207,64 @@ async def test_a_reply_after_the_timeout_or_for_nobody_is_ignored() -> None:
     await asyncio.sleep(0)
     protocol.fail_outstanding()
     assert await task == (False, None)
+
+
+# Reply amplification (issue 15, finding 5): 78 bytes used to draw a 2.3 KB record.
+
+
+def test_an_unproven_address_gets_no_more_than_three_times_its_request() -> None:
+    spawned: list[Any] = []
+    protocol, transport = make_protocol(proven=False, spawned=spawned)
+    record = largest_record(now=NOW)
+    key = dht_digest(record.user_id)
+    assert protocol.storage.offer(key, record.encode()).holds_offer
+    for _ in range(20):  # as many other nodes as a reply can name
+        protocol.router.add_contact(Node(os.urandom(20), "127.0.0.9", 4000))
+    ask = request("find_value", os.urandom(20), key)
+    assert len(ask) == 78
+    protocol.datagram_received(ask, PEER)
+    protocol.datagram_received(request("find_node", os.urandom(20), key), PEER)
+    (value_reply, _), (nodes_reply, _) = transport.sent
+    assert replies(transport)[0] == []          # "answer my ping, then ask again"
+    assert len(value_reply) <= 3 * 78 and len(nodes_reply) <= 3 * 78
+    assert 1 <= len(replies(transport)[1]) < 20  # a node list cut to fit
+    # One proving ping went out (the second request did not send another).
+    assert [c.__qualname__ for c in spawned] == ["ParleyProtocol.call_ping"]
+    spawned[0].close()
+    # Once the address answered a request of ours, it gets the value.
+    protocol.guard.answered(PEER, time.monotonic())
+    protocol.datagram_received(ask, PEER)
+    assert replies(transport)[-1] == {"value": record.encode()}
+    assert len(transport.sent[-1][0]) > 2300
+
+
+def test_each_source_ip_has_a_reply_byte_budget() -> None:
+    budget = GuardConfig(reply_rate=1.0, reply_burst=5000, exempt_loopback=False)
+    protocol, transport = make_protocol(guard=budget)
+    record = largest_record(now=NOW)
+    key = dht_digest(record.user_id)
+    protocol.storage.offer(key, record.encode())
+    for port in range(40001, 40006):  # other ports of the same IP share its budget
+        protocol.guard.answered(("127.0.0.1", port), time.monotonic())
+        protocol.datagram_received(request("find_value", os.urandom(20), key),
+                                   ("127.0.0.1", port))
+    assert len(transport.sent) == 2 and protocol.guard.withheld == 3
+    other = ("127.0.0.2", 40001)
+    protocol.guard.answered(other, time.monotonic())
+    protocol.datagram_received(request("find_value", os.urandom(20), key), other)
+    assert transport.sent[-1][1] == other
+
+
+def test_guard_tables_are_bounded_and_proofs_expire() -> None:
+    guard = ReplyGuard(GuardConfig(proof_ttl=10.0, challenge_interval=5.0, max_addresses=3))
+    assert guard.proven(("127.0.0.1", 1), 0.0) and guard.proven(("::1", 1), 0.0)
+    guard.answered(("10.0.0.1", 1), 0.0)
+    assert guard.proven(("10.0.0.1", 1), 9.9) and not guard.proven(("10.0.0.1", 1), 10.0)
+    assert not guard.proven(("10.0.0.1", 2), 1.0)           # proofs are per port
+    assert guard.reply_limit(("10.0.0.1", 2), 78, 1.0) == 234
+    assert guard.reply_limit(("10.0.0.1", 1), 78, 1.0) is None
+    assert guard.challenge(("10.0.0.2", 1), 0.0) and not guard.challenge(("10.0.0.2", 1), 4.0)
+    assert guard.challenge(("10.0.0.2", 1), 5.0)
+    for i in range(10):
+        guard.answered((f"10.0.1.{i}", 1), 0.0)
+    assert len(guard._proven) == 3
