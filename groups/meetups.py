@@ -53,8 +53,9 @@ from mesh.errors import BluetoothUnavailable
 from mesh.transport import LinkConnection
 
 if TYPE_CHECKING:
-    from groups.messenger import Messenger
-    from mesh.runtime import MeshRuntime
+    from groups.directory import Directory
+    from groups.membership import Membership
+    from mesh.connections import ConnectionManager
 
 __all__ = ["ADMIT_GRACE", "NEARBY_WINDOW", "SETTINGS_FILE", "Meetups",
            "format_attachment_limit", "parse_attachment_limit"]
@@ -90,17 +91,22 @@ def format_attachment_limit(limit: int | None) -> str | int:
 
 
 class Meetups:
-    """One node's Bluetooth side. ``start(enabled)`` after the messenger and the
-    attachments exist; ``close()`` before the runtime closes."""
+    """One node's Bluetooth side: Bluetooth links join ``manager``'s registry; who is
+    admitted is asked of the database (``conn``), the ``membership`` logs and the
+    ``directory`` of contacts. ``start(enabled)`` once the runtime runs; ``close()``
+    before the runtime closes."""
 
-    def __init__(self, *, runtime: MeshRuntime, messenger: Messenger, data_dir: Path,
+    def __init__(self, *, manager: ConnectionManager, conn: Any, me: str,
+                 membership: Membership, directory: Directory, data_dir: Path,
                  attachments_limit: int | None = None,
                  radio_factory: Callable[[], Radio] = PyBluezRadio,
                  scan_interval: float = SCAN_INTERVAL,
                  clock: Callable[[], float] = time.time) -> None:
-        self.runtime = runtime
-        self.m = messenger
-        self.me = messenger.me
+        self.manager = manager
+        self.conn = conn
+        self.me = me
+        self.groups = membership
+        self.directory = directory
         self.path = Path(data_dir) / SETTINGS_FILE
         self.attachments_limit: int | None = None
         self.radio_factory = radio_factory
@@ -191,7 +197,7 @@ class Meetups:
     async def _open(self, sock: socket.socket, initiator: bool, address: str | None
                     ) -> StreamLink:
         link = await open_stream_link(
-            sock, lambda t: self.runtime.manager.adopt(t, initiator=initiator,
+            sock, lambda t: self.manager.adopt(t, initiator=initiator,
                                                        keepalive=STREAM_KEEPALIVE),
             admit=self._admit, observe=self._observe, address=address)
         self._links.add(link)
@@ -228,7 +234,7 @@ class Meetups:
         peer = conn.peer_id
         if not isinstance(topic, bytes) or peer is None:
             return
-        groups = self.m.groups
+        groups = self.groups
         if groups.is_member(topic, self.me) and groups.is_member(topic, peer):
             self._last_sync[topic.hex()] = int(self.clock() * 1000)
 
@@ -242,7 +248,7 @@ class Meetups:
 
     def is_bluetooth(self, peer: str) -> bool:
         """Is our (one) link to ``peer`` a Bluetooth (stream) link?"""
-        current = self.runtime.manager.link_for(peer)
+        current = self.manager.link_for(peer)
         return current is not None and any(link.conn is current for link in self._links)
 
     # -- policy ----------------------------------------------------------------------
@@ -251,14 +257,14 @@ class Meetups:
         """May ``peer`` have more than a handshake with us over Bluetooth?"""
         if not peer or peer == self.me:
             return False
-        groups = self.m.groups
-        conn = self.m.conn
+        groups = self.groups
+        conn = self.conn
         for conv in history.conversations(conn):
             if conv.kind == "group" and conv.left_at is None \
                     and groups.is_member(conv.topic, self.me) \
                     and groups.is_member(conv.topic, peer):
                 return True
-        if self.m.directory.is_contact(peer):
+        if self.directory.is_contact(peer):
             return True
         direct = history.conversation(conn, direct_topic(self.me, peer))
         if direct is not None and direct.visible and direct.left_at is None:
@@ -270,8 +276,8 @@ class Meetups:
     def _open_invites(self, now: float) -> bool:
         """Do we hold an unexpired, unredeemed invite we made? Its bearer is someone
         we have not met yet."""
-        groups = self.m.groups
-        for conv in history.conversations(self.m.conn):
+        groups = self.groups
+        for conv in history.conversations(self.conn):
             if conv.kind != "group" or conv.left_at is not None:
                 continue
             try:
@@ -340,7 +346,7 @@ class Meetups:
                                    "member": False})
         nearby.sort(key=lambda entry: -entry["last_seen"])
         groups = {gid: at for gid, at in sorted(self._last_sync.items())
-                  if self.m.groups.is_member(bytes.fromhex(gid), self.me)}
+                  if self.groups.is_member(bytes.fromhex(gid), self.me)}
         return {"available": self.availability.available,
                 "enabled": self.enabled,
                 "running": service is not None and service.running,
@@ -358,10 +364,10 @@ class Meetups:
                 "running": self.service is not None and self.service.running}
 
     def _shares_group(self, peer: str) -> bool:
-        groups = self.m.groups
+        groups = self.groups
         return any(conv.kind == "group" and conv.left_at is None
                    and groups.is_member(conv.topic, self.me) and groups.is_member(conv.topic, peer)
-                   for conv in history.conversations(self.m.conn))
+                   for conv in history.conversations(self.conn))
 
     # -- settings file -----------------------------------------------------------------
 

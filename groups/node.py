@@ -134,7 +134,8 @@ class Node:
         self.messenger = Messenger(identity, conn, crypto, self.directory,
                                    RuntimePort(self.runtime), events,
                                    invite_info=self._invite_info)
-        self.meetups = Meetups(runtime=self.runtime, messenger=self.messenger,
+        self.meetups = Meetups(manager=self.runtime.manager, conn=conn, me=self.user_id,
+                               membership=self.messenger.groups, directory=self.directory,
                                data_dir=self.data_dir,
                                attachments_limit=config.bluetooth_attachments)
         self.attachments = AttachmentService(self.messenger, self.data_dir / "files",
