@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 RESOLVE_TIMEOUT_MS = 3000
 CHECK_INTERVAL = 30.0   # how often our peer list and addresses are compared to what we announce
+MAX_PRESENT = 256       # service names remembered (to look at again when our peers change)
+MAX_PENDING = 32        # resolutions in flight: a flood of names waits its turn or is dropped
 
 
 def lan_ipv4_addresses() -> tuple[str, ...]:
@@ -134,7 +136,8 @@ class LanDiscovery:
         if state_change is ServiceStateChange.Removed:
             self._present.discard(name)
             return
-        self._present.add(name)
+        if len(self._present) < MAX_PRESENT:
+            self._present.add(name)
         self._spawn(self._resolve(name))
 
     async def _resolve(self, name: str) -> None:
@@ -152,6 +155,10 @@ class LanDiscovery:
             self._on_match(match)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        if len(self._tasks) >= MAX_PENDING:
+            coro.close()
+            log.debug("too many LAN announcements to look at: one dropped")
+            return
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -153,3 +153,18 @@ def test_matching_garbage_keeps_nothing_about_the_sender() -> None:
     core.match(announce(mallory, peers(carol)), NOW, peers(alice))
     core.match(announce(alice, peers(bob)), NOW, peers(alice))
     assert set(core._keys) == {alice.public}   # only our own peers' pair keys
+
+
+async def test_a_flood_of_service_names_is_bounded() -> None:
+    from zeroconf import ServiceStateChange
+
+    from mesh.mdns import MAX_PENDING, MAX_PRESENT, LanDiscovery
+
+    disc = LanDiscovery(LanCore(bob), 4242, peers=dict, on_match=lambda m: None,
+                        addresses=lambda: ADDRS)
+    for i in range(MAX_PRESENT * 4):   # not started: resolving finds no zeroconf, and ends
+        disc._on_change(None, "_parley._tcp.local.", f"x{i}._parley._tcp.local.",
+                        ServiceStateChange.Added)
+    assert len(disc._present) == MAX_PRESENT and len(disc._tasks) == MAX_PENDING
+    await disc.close()
+    assert not disc._tasks
