@@ -39,6 +39,8 @@ from groups.crypto import Crypto
 from groups.directory import Directory, NoDiscovery
 from groups.meetups import Meetups
 from groups.messenger import EventSink, Messenger
+from groups.presence_service import PresenceService
+from mesh import wire
 from mesh.addresses import AddressBook, Kind, endpoint_url, lan_addresses
 from mesh.dht import DhtNode
 from mesh.dht_records import format_dht_contact, parse_dht_contacts
@@ -144,6 +146,7 @@ class Node:
         # the messenger tells attachments of each file it commits: one of the two has
         # to be handed the other.
         self.messenger.attachments = self.attachments
+        self.presence = PresenceService(self.messenger, self.runtime.links, events, self.data_dir)
         self.lan: LanDiscovery | None = None
         self.portmap: PortMapper | None = None
 
@@ -175,7 +178,7 @@ class Node:
         port = self.runtime.start(
             MeshHooks(commit=self.messenger.commit, validate=self.messenger.validate,
                       on_event=self._on_mesh_event, on_link=self._on_link,
-                      on_other_frame=self.attachments.on_frame,
+                      on_other_frame=self._on_other_frame,
                       transaction=self.messenger.transaction),
             self.config.mesh_port, self.config.mesh_host)
         self._add_own_candidates(port)
@@ -203,7 +206,8 @@ class Node:
             self._start_port_mapping(port)
         self._tasks = [asyncio.ensure_future(self._register_loop(self._prekeys)),
                        asyncio.ensure_future(self.messenger.run_outbox(self._stop)),
-                       asyncio.ensure_future(self._refresh_loop())]
+                       asyncio.ensure_future(self._refresh_loop()),
+                       asyncio.ensure_future(self.presence.run(self._stop))]
         if self.dht is not None:
             self._tasks.append(asyncio.ensure_future(self._dht_loop()))
         log.info("node %s up: mesh %s", display_user_id(self.user_id), ", ".join(endpoints))
@@ -488,6 +492,13 @@ class Node:
             self.directory.remember(conn.peer, time.time())
             self.messenger.peer_connected(conn.peer_id)
             self.attachments.link_up(conn.peer_id)
+            self.presence.link_up(conn.peer_id)
+
+    def _on_other_frame(self, peer: str, frame: wire.Frame) -> None:
+        if isinstance(frame, wire.Signal):
+            self.presence.on_frame(peer, frame)
+        else:
+            self.attachments.on_frame(peer, frame)
 
     def _on_mesh_event(self, event: Event) -> None:
         if isinstance(event, Acked):

@@ -187,6 +187,22 @@ class NodeApi:
     def mark_read(self, topic: bytes, message_id: bytes) -> int:
         return self._messenger.mark_read(topic, message_id)
 
+    # -- typing and presence (ephemeral: groups/presence.py) ---------------------------
+
+    def typing(self, topic: bytes, typing: bool) -> None:
+        """Our user types (or stopped typing) in ``topic``: linked members are told."""
+        self._node.presence.typing(topic, typing)
+
+    def presence(self, topic: bytes) -> dict[str, Any]:
+        return self._node.presence.conversation(topic)
+
+    def presence_settings(self) -> dict[str, Any]:
+        return {"share": self._node.presence.core.share}
+
+    def set_presence_sharing(self, share: bool) -> dict[str, Any]:
+        self._node.presence.set_share(share)
+        return self.presence_settings()
+
     # -- attachments -------------------------------------------------------------------
 
     def new_upload(self) -> tuple[int, Path]:

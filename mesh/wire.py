@@ -41,6 +41,7 @@ __all__ = [
     "Pong",
     "Prune",
     "Publish",
+    "Signal",
     "Subscribe",
     "SyncSummary",
     "Unsubscribe",
@@ -420,6 +421,22 @@ class ChunkUnavailable(Frame):
     LIMITS = {"file_id": _ID}
     file_id: bytes
     index: int
+
+
+# Ephemeral signals of the layer above (see groups/presence.py)
+
+
+@dataclass(frozen=True)
+class Signal(Frame):
+    """"Typing in this conversation" or "online": meant for this one linked peer only,
+    never stored, forwarded or acknowledged (a lost one is simply not shown). ``topic``
+    is empty for a signal about the sender itself (presence)."""
+
+    TYPE = "signal"
+    LIMITS = {"topic": Limit(max=TOPIC_MAX), "kind": Limit(max=16)}
+    topic: bytes
+    kind: str
+    on: bool
 
 
 # Hole punching over a relayed link (see mesh/holepunch.py)

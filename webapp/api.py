@@ -170,6 +170,45 @@ class GroupReadHandler(ChatReadHandler):
         self._read(self.node.group_topic(_group_id(raw_id)))
 
 
+class PresenceHandler(NodeHandler):
+    """/groups/{id}/presence and /chats/{id}/presence. GET: who is typing there and the
+    others' presence; POST ``{"typing": bool}``: our user types (or stopped).
+    Ephemeral: nothing of it is stored."""
+
+    body_limit = 256
+
+    def _topic(self, kind: str, raw_id: str) -> bytes:
+        if kind == "groups":
+            return self.node.group_topic(_group_id(raw_id))
+        return self.node.chat_topic(_user_id(raw_id))
+
+    def get(self, kind: str, raw_id: str) -> None:
+        self.send_json(200, self.node.presence(self._topic(kind, raw_id)))
+
+    def post(self, kind: str, raw_id: str) -> None:
+        body = self.json_body()
+        check_fields(body, {"typing"})
+        if type(body["typing"]) is not bool:
+            raise ApiError(400, "bad_request", "typing must be true or false")
+        self.node.typing(self._topic(kind, raw_id), body["typing"])
+        self.set_status(204)
+        self.finish()
+
+
+class PresenceSettingsHandler(NodeHandler):
+    body_limit = 256
+
+    def get(self) -> None:
+        self.send_json(200, self.node.presence_settings())
+
+    def post(self) -> None:
+        body = self.json_body()
+        check_fields(body, {"share"})
+        if type(body["share"]) is not bool:
+            raise ApiError(400, "bad_request", "share must be true or false")
+        self.send_json(200, self.node.set_presence_sharing(body["share"]))
+
+
 class AttachmentHandler(AttachmentMixin, NodeHandler):
     """GET/HEAD /attachments/{id}: the file (webapp/files.py)."""
 
@@ -230,6 +269,8 @@ def api_routes(node: NodeApi) -> list[Route]:
         (p + f"/groups/{gid}/admins", AdminsHandler),
         (p + f"/groups/{gid}/messages", GroupMessagesHandler),
         (p + f"/groups/{gid}/read", GroupReadHandler),
+        (p + f"/(groups|chats)/{gid}/presence", PresenceHandler),
+        (p + "/presence", PresenceSettingsHandler),
         (p + "/join", JoinHandler),
         (p + f"/safety/{uid}", SafetyHandler),
         (p + f"/safety/{uid}/verified", VerifiedHandler),
