@@ -6,6 +6,7 @@ import { reactive } from "vue";
 import { ApiError, MAX_FILE_BYTES, del, describeCode, describeError, get, post, upload } from "./api.js";
 import { connectEvents } from "./events.js";
 import { formatBytes } from "./format.js";
+import { onPresence, onTyping } from "./presence.js";
 
 /** localStorage key prefix: the welcome screen was shown for this identity. */
 export const WELCOMED = "parley-welcomed:";
@@ -211,6 +212,12 @@ function onEvent(event) {
     case "identity_changed":
       state.identityChanged[data.user_id] = Date.now();
       notify(`The safety number of ${data.user_id} changed. Compare it with them before you trust new messages.`);
+      break;
+    case "typing":
+      onTyping(data);
+      break;
+    case "presence":
+      onPresence(data);
       break;
     default:
       break;
