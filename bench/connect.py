@@ -33,6 +33,7 @@ from pathlib import Path
 
 from tests.lab.natkit import (
     behind_router,
+    bootstrap_proc,
     download,
     group_of,
     me,
@@ -83,8 +84,7 @@ def _cpu_seconds(pid: int) -> float:
 def run_pair(pair: Pair, mib: int, workdir: Path) -> Result:
     with Lab(workdir) as lab:
         boot = start_bootstrap(lab, BOOT_IP)
-        relay_pid = next(p.popen.pid for p in lab._procs if BOOT_IP in " ".join(
-            str(a) for a in p.popen.args))
+        relay_pid = bootstrap_proc(lab, BOOT_IP).popen.pid
         started = time.monotonic()
         alice = behind_router(lab, "alice", 1, nat=pair.a[0], syn=pair.a[1])
         bob = behind_router(lab, "bob", 2, nat=pair.b[0], syn=pair.b[1])

@@ -13,11 +13,12 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+from tests.conftest import Proc
 from tests.lab.netlab import Lab, LabNode, Namespace, Nat, Syn, inside
 
-__all__ = ["BOOT", "BOOT2", "BOOT2_IP", "BOOT_IP", "Capture", "behind_router", "captured",
-           "download", "group_of", "me", "paths", "send", "start_bootstrap", "upload",
-           "wait_text"]
+__all__ = ["BOOT", "BOOT2", "BOOT2_IP", "BOOT_IP", "Capture", "behind_router",
+           "bootstrap_proc", "captured", "download", "group_of", "me", "paths", "send",
+           "start_bootstrap", "upload", "wait_text"]
 
 BOOT_IP, BOOT2_IP = "198.51.100.10", "198.51.100.11"
 BOOT = f"http://{BOOT_IP}:8470"
@@ -32,6 +33,12 @@ def start_bootstrap(lab: Lab, ip: str, *extra: str) -> Namespace:
                      "--rate", "1000", "--burst", "1000", *extra)
     proc.wait_for(r"listening on .*relay at /relay")
     return ns
+
+
+def bootstrap_proc(lab: Lab, ip: str) -> Proc:
+    """The process of the bootstrap started on ``ip`` by start_bootstrap."""
+    (proc,) = [p for p in lab._procs if f"boot-{ip}.db" in " ".join(map(str, p.popen.args))]
+    return proc
 
 
 def behind_router(lab: Lab, name: str, index: int, *, nat: Nat = Nat.ENDPOINT_INDEPENDENT,

@@ -36,3 +36,17 @@ def test_group_over_the_relay(cluster: Cluster) -> None:
     assert eventually(lambda: path_to(alice, group, bob.user_id)) == "relayed"
     assert eventually(lambda: path_to(bob, group, alice.user_id)) == "relayed"
     assert path_to(alice, group, alice.user_id) is None
+
+
+def test_a_member_node_serves_as_a_relay(cluster: Cluster) -> None:
+    relay = cluster.add("relay", "--relay")
+    member_relay = f"ws://127.0.0.1:{relay.mesh_port}"
+    behind = ("--advertise", NOWHERE, "--relay-via", member_relay)
+    alice, bob = cluster.add("alice", *behind), cluster.add("bob", *behind)
+    for node in (alice, bob):
+        eventually(lambda n=node: f"{member_relay}/relay/{n.user_id}" in n.ok(
+            "GET", "/api/v1/me")["reachability"]["relays"])
+    group = alice.create_group("Via a friend's node")
+    bob.join(alice.invite(group))
+    alice.send(group, "carried by a member relay")
+    eventually(lambda: "carried by a member relay" in bob.texts(group))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mesh import wire
 from mesh.holepunch import MAX_ATTEMPTS, Dial, Failed, PunchCore, Send, parse_address
@@ -57,3 +59,17 @@ def test_unexpected_frames_fail():
 def test_addresses():
     assert parse_address("[2001:db8::1]:443") == ("2001:db8::1", 443)
     assert parse_address("198.51.100.3:1") == ("198.51.100.3", 1)
+
+
+@given(st.lists(st.tuples(st.sampled_from(["connect", "sync", "x", ""]),
+                          st.lists(st.text(max_size=30), max_size=4)), max_size=8),
+       st.booleans())
+@settings(max_examples=300, deadline=None)
+def test_any_sequence_of_punch_frames_ends_in_actions_not_exceptions(frames, initiator):
+    core = PunchCore(initiator=initiator, ours=A)
+    core.start(0.0)
+    for i, (kind, addrs) in enumerate(frames):
+        for action in core.receive(wire.Punch(kind, tuple(addrs)), float(i)):
+            assert isinstance(action, Send | Dial | Failed)
+            if isinstance(action, Dial):
+                assert all(parse_address(f"{h}:{p}") for h, p in action.addrs)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import msgpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mesh.errors import CircuitLimitExceeded, RelayRefused
 from mesh.identity import KeyPair
@@ -220,3 +224,34 @@ def test_relay_addresses():
     assert not is_relay_address("ws://a/b/relay/123456789012345")
     with pytest.raises(ValueError):
         relay_base("ftp://x")
+
+
+@given(st.binary(max_size=2048))
+@settings(max_examples=300, deadline=None)
+def test_any_bytes_on_a_reservation_are_refused_cleanly(data):
+    relay = Relay()
+    relay.open_session("s", HOST, "x", 0.0)
+    with pytest.raises(RelayRefused):
+        relay.reserve("s", data, 0.0)
+    assert relay.reservations == {}
+
+
+@given(st.dictionaries(st.sampled_from(["t", "v", "key", "relay", "sig", "x"]),
+                       st.one_of(st.binary(max_size=70), st.text(max_size=40),
+                                 st.integers(-2**63, 2**64 - 1), st.booleans(), st.none()),
+                       max_size=6))
+@settings(max_examples=300, deadline=None)
+def test_any_map_on_a_reservation_is_refused_cleanly(fields):
+    relay = Relay()
+    relay.open_session("s", HOST, "x", 0.0)
+    with pytest.raises(RelayRefused):
+        relay.reserve("s", msgpack.packb(fields, use_bin_type=True), 0.0)
+    assert relay.reservations == {}
+
+
+@given(st.binary(max_size=1100))
+@settings(max_examples=300, deadline=None)
+def test_the_reserving_side_refuses_any_bytes_cleanly(data):
+    for read in (read_reserved, read_connect):
+        with contextlib.suppress(RelayRefused):
+            read(data)
