@@ -85,12 +85,20 @@ class Messenger:
         self.directory = directory
         self.mesh = mesh
         self.events = events
-        self.clock = clock
         self.core = Conversations(identity)
         self.io = ConversationIO(self.core, conn, crypto, directory, mesh, events, clock)
         self.mailbox = self.io.mailbox
         self.groups = Membership(self.core, self.io, invite_info)
         self._refreshed: dict[str, float] = {}
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The node's clock (one for the messenger and its adapter; tests set it)."""
+        return self.io.clock
+
+    @clock.setter
+    def clock(self, clock: Callable[[], float]) -> None:
+        self.io.clock = clock
 
     @property
     def attachments(self) -> AttachmentHooks | None:
