@@ -13,11 +13,13 @@ import sqlite3
 
 import msgpack
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from groups import conversation_clock, history
-from groups.errors import Unsendable
+from groups.errors import BadContent, Unsendable
 from groups.group import MAX_OPS, Op, OpKind, _sign
-from groups.messages import Envelope, EnvelopeKind, Text
+from groups.messages import MAX_INT, MAX_SENT_AT, Envelope, EnvelopeKind, Text, decode_content
 from groups.store import MIGRATIONS, open_store
 from mesh.db import open_db
 from mesh.errors import RemoteError
@@ -172,3 +174,21 @@ def test_migration_repairs_a_poisoned_database(tmp_path) -> None:
     assert clock_column(conn, "chat_messages", other) == {("integer", 4)}
     assert (path.parent / "node.db.v3.bak").exists()
     conn.close()
+
+
+@given(lamport=st.integers(min_value=-2**70, max_value=2**70),
+       sent_at=st.integers(min_value=-2**70, max_value=2**70))
+def test_text_integers_in_bounds_round_trip_and_others_are_refused_both_ways(
+        lamport: int, sent_at: int) -> None:
+    in_bounds = 0 <= lamport <= MAX_INT and 0 <= sent_at <= MAX_SENT_AT
+    text = Text(lamport, sent_at, "x")
+    if in_bounds:
+        assert decode_content(text.encode(), (Text,)) == text
+        return
+    with pytest.raises(Unsendable):
+        text.encode()
+    if -2**63 <= lamport < 2**64 and -2**63 <= sent_at < 2**64:  # what msgpack can carry
+        raw = msgpack.packb({"t": "text", "lamport": lamport, "sent_at": sent_at,
+                             "text": "x", "file": None}, use_bin_type=True)
+        with pytest.raises(BadContent):
+            decode_content(raw, (Text,))
