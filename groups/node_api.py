@@ -143,6 +143,13 @@ class NodeApi:
                         "last_message": self._messenger.describe(rows[-1]) if rows else None})
         return out
 
+    def left_groups(self) -> list[dict[str, Any]]:
+        """Groups we left or were removed from: their names stay known to us (a chat
+        still open on one is titled by it)."""
+        return [{"id": conv.topic.hex(), "name": conv.name}
+                for conv in history.conversations(self._node.conn)
+                if conv.kind == "group" and conv.left_at is not None]
+
     def create_group(self, name: str) -> bytes:
         return self._groups.create(name)
 

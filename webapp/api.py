@@ -96,7 +96,8 @@ class ChatReadHandler(NodeHandler):
 
 class GroupsHandler(NodeHandler):
     def get(self) -> None:
-        self.send_json(200, {"groups": self.node.conversations()})
+        self.send_json(200, {"groups": self.node.conversations(),
+                             "left_groups": self.node.left_groups()})
 
     def post(self) -> None:
         body = self.json_body()

@@ -53,6 +53,10 @@ def test_system_lines_and_a_removed_member_rejoining(
     expect(b.get_by_text("You are not (or no longer) in this group.")).to_be_visible()
     expect(b.get_by_role("heading", name="Trip")).to_be_visible()
     b.screenshot(path=str(output_dir / "bob-removed.png"))
+    b.reload()  # and after a reload, from the node's list of groups we are out of
+    expect(b.get_by_role("heading", name="Trip")).to_be_visible()
+    expect(b.get_by_text("You are not (or no longer) in this group.")).to_be_visible()
+    assert bob.ok("GET", "/api/v1/groups")["left_groups"] == [{"id": group, "name": "Trip"}]
 
     # The invite made before the removal does not bring him back; a new one does.
     b.goto(b.url.split("/g/")[0] + "/join")

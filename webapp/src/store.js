@@ -64,6 +64,8 @@ export async function loadMe() {
 export async function loadConversations() {
   const reply = await get("/groups");
   state.conversations = reply.groups || [];
+  // Groups we are out of, by name: the node's list, and those we left in this page.
+  state.leftGroups = Object.fromEntries((reply.left_groups || []).map((g) => [g.id, g.name]));
   state.conversationsLoaded = true;
   if (state.activeConversation) {
     // The list may have been counted before our last read receipt was stored (a file
