@@ -16,6 +16,7 @@ with "last seen" in other messengers) is shown no one else's either.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from mesh.wire import Signal
@@ -120,14 +121,15 @@ class Presence:
 
     # -- what we hear ---------------------------------------------------------------------
 
-    def receive(self, peer: str, frame: Signal, allowed: bool,
+    def receive(self, peer: str, frame: Signal, allowed: Callable[[], bool],
                 now: float) -> Typing | Online | None:
-        """A signal from linked ``peer``; ``allowed``: the peer is a member of the
-        conversation it names (or, for presence, someone we share one with). None:
-        nothing to show (refused, over the rate, or sharing is off)."""
+        """A signal from linked ``peer``; ``allowed()`` says whether the peer is a
+        member of the conversation it names (or, for presence, someone we share one
+        with), asked only once the rate allows the signal, so a flood costs no lookups.
+        None: nothing to show (refused, over the rate, or sharing is off)."""
         bucket = self._buckets.setdefault(peer, _Bucket(at=now))
-        if not allowed or not bucket.take(now) or frame.kind not in (TYPING, ONLINE) \
-                or (frame.kind == TYPING) != bool(frame.topic):
+        if not bucket.take(now) or frame.kind not in (TYPING, ONLINE) \
+                or (frame.kind == TYPING) != bool(frame.topic) or not allowed():
             self.dropped += 1
             return None
         if not self.share:
@@ -151,6 +153,12 @@ class Presence:
         for key in [k for k in self._typing if k[1] == peer]:
             del self._typing[key]
         return Online(peer, False, now) if self._online.pop(peer, False) else None
+
+    def forget(self, linked: Iterable[str]) -> None:
+        """Drop the rate state of peers no longer linked (strangers come and go)."""
+        keep = set(linked)
+        for peer in [p for p in self._buckets if p not in keep]:
+            del self._buckets[peer]
 
     # -- queries ------------------------------------------------------------------------
 

@@ -83,7 +83,8 @@ class PresenceService:
     # -- the runtime's calls ---------------------------------------------------------------
 
     def on_frame(self, peer: str, frame: Signal) -> None:
-        self._show(self.core.receive(peer, frame, self._allowed(peer, frame), self.clock()))
+        self._show(self.core.receive(peer, frame, lambda: self._allowed(peer, frame),
+                                     self.clock()))
 
     def link_up(self, peer: str) -> None:
         if peer in self.people():
@@ -108,6 +109,7 @@ class PresenceService:
         links = set(self.links())
         for peer in sorted(self._linked - links):
             self._show(self.core.unlinked(peer, now))
+        self.core.forget(links)
         ours = self.people() & links
         fresh = ours if beat else ours - self._linked
         self._linked = ours

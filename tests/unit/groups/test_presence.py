@@ -10,6 +10,15 @@ from mesh import wire
 from mesh.errors import FrameError
 
 TOPIC = bytes(range(16))
+
+
+def member() -> bool:
+    return True
+
+
+def stranger() -> bool:
+    return False
+
 ALICE, BOB = "111111111111111", "222222222222222"
 
 
@@ -33,12 +42,12 @@ def test_typing_is_sent_at_most_every_few_seconds_and_stopped_once() -> None:
 
 def test_received_typing_shows_until_it_expires_or_stops() -> None:
     p = Presence()
-    assert p.receive(ALICE, typing(True), True, 10.0) == Typing(TOPIC, ALICE, True)
-    assert p.receive(ALICE, typing(True), True, 11.0) is None  # a repeat: no new event
+    assert p.receive(ALICE, typing(True), member, 10.0) == Typing(TOPIC, ALICE, True)
+    assert p.receive(ALICE, typing(True), member, 11.0) is None  # a repeat: no new event
     assert p.typing_in(TOPIC, 11.0 + TYPING_TTL - 0.1) == [ALICE]
     assert p.typing_in(TOPIC, 11.0 + TYPING_TTL) == []
-    p.receive(BOB, typing(True), True, 20.0)
-    assert p.receive(BOB, typing(False), True, 21.0) == Typing(TOPIC, BOB, False)
+    p.receive(BOB, typing(True), member, 20.0)
+    assert p.receive(BOB, typing(False), member, 21.0) == Typing(TOPIC, BOB, False)
     assert p.typing_in(TOPIC, 21.0) == []
 
 
@@ -46,9 +55,9 @@ def test_presence_online_last_seen_and_closed_links() -> None:
     p = Presence()
     assert [s.frame for s in p.linked(ALICE)] == [online(True)]
     assert p.status(ALICE, linked=False) == {"online": False, "last_seen": None}
-    assert p.receive(ALICE, online(True), True, 50.0) == Online(ALICE, True, 50.0)
+    assert p.receive(ALICE, online(True), member, 50.0) == Online(ALICE, True, 50.0)
     assert p.status(ALICE, linked=True) == {"online": True, "last_seen": 50_000}
-    p.receive(ALICE, typing(True), True, 51.0)
+    p.receive(ALICE, typing(True), member, 51.0)
     assert p.unlinked(ALICE, 60.0) == Online(ALICE, False, 60.0)
     assert p.unlinked(ALICE, 61.0) is None
     assert p.typing_in(TOPIC, 52.0) == []  # no link, no typing
@@ -57,30 +66,40 @@ def test_presence_online_last_seen_and_closed_links() -> None:
 
 def test_signals_from_whom_they_are_not_for_or_malformed_are_dropped() -> None:
     p = Presence()
-    assert p.receive(ALICE, typing(True), False, 1.0) is None  # not a member there
-    assert p.receive(ALICE, online(True), False, 1.0) is None  # not a contact
-    assert p.receive(ALICE, wire.Signal(TOPIC, "shout", True), True, 1.0) is None
-    assert p.receive(ALICE, typing(True, b""), True, 1.0) is None   # typing where?
-    assert p.receive(ALICE, wire.Signal(TOPIC, "online", True), True, 1.0) is None
+    assert p.receive(ALICE, typing(True), stranger, 1.0) is None  # not a member there
+    assert p.receive(ALICE, online(True), stranger, 1.0) is None  # not a contact
+    assert p.receive(ALICE, wire.Signal(TOPIC, "shout", True), member, 1.0) is None
+    assert p.receive(ALICE, typing(True, b""), member, 1.0) is None   # typing where?
+    assert p.receive(ALICE, wire.Signal(TOPIC, "online", True), member, 1.0) is None
     assert p.dropped == 5
     assert p.typing_in(TOPIC, 1.0) == [] and p.status(ALICE, True)["last_seen"] is None
 
 
-def test_a_flood_is_cut_to_the_rate() -> None:
+def test_a_flood_is_cut_to_the_rate_before_anything_is_looked_up() -> None:
     p = Presence()
+    lookups = []
+
+    def allowed() -> bool:
+        lookups.append(1)
+        return True
+
     for i in range(100):
-        p.receive(ALICE, typing(i % 2 == 0), True, 5.0)
+        p.receive(ALICE, typing(i % 2 == 0), allowed, 5.0)
+    assert p.dropped == 100 - BURST and len(lookups) == BURST
+    p.receive(ALICE, typing(True), allowed, 6.0)  # a second later: some budget again
     assert p.dropped == 100 - BURST
-    p.receive(ALICE, typing(True), True, 6.0)  # a second later: some budget again
+    p.forget([BOB])  # Alice's link went: her rate state goes too
+    for _ in range(int(BURST)):
+        p.receive(ALICE, typing(True), allowed, 6.0)
     assert p.dropped == 100 - BURST
 
 
 def test_opting_out_sends_nothing_and_shows_nothing() -> None:
     p = Presence()
-    p.receive(ALICE, online(True), True, 1.0)
+    p.receive(ALICE, online(True), member, 1.0)
     assert [(s.peer, s.frame) for s in p.set_share(False, [ALICE])] == [(ALICE, online(False))]
     assert p.typing(TOPIC, [ALICE], True, 2.0) == [] and p.linked(ALICE) == []
-    assert p.receive(ALICE, typing(True), True, 3.0) is None
+    assert p.receive(ALICE, typing(True), member, 3.0) is None
     assert p.status(ALICE, linked=True) == {"online": None, "last_seen": None}
     assert p.set_share(False, [ALICE]) == []
     assert [s.frame for s in p.set_share(True, [ALICE, BOB])] == [online(True)] * 2
