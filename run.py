@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import getpass
 import json
 import logging
 import signal
@@ -24,8 +25,8 @@ from groups.errors import NotFound
 from groups.meetups import parse_attachment_limit
 from groups.node import NodeConfig
 from mesh import malloc
-from mesh.errors import PortInUse
-from mesh.identity import display_user_id
+from mesh.errors import KeyFileError, PortInUse
+from mesh.identity import display_user_id, identity_is_protected
 from webapp.app import App
 
 DEFAULT_BOOTSTRAP_PORT = 8470
@@ -94,6 +95,10 @@ def _parser() -> argparse.ArgumentParser:
 def _node_options(parser: argparse.ArgumentParser, *, bootstrap_default: str) -> None:
     parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
                         help="your keys and history (created with mode 0700)")
+    parser.add_argument("--passphrase-file", default=None, metavar="FILE",
+                        help="protect your identity key with the passphrase in FILE "
+                             "(Argon2id); a protected key needs it at every start "
+                             "(on a terminal you are asked instead)")
     parser.add_argument("--ui-port", type=int, default=DEFAULT_UI_PORT,
                         help="port of the local UI on 127.0.0.1 (0 picks a free one)")
     parser.add_argument("--no-mesh", action="store_true",
@@ -162,7 +167,21 @@ def _node_config(args: argparse.Namespace, bootstrap: str) -> NodeConfig:
                       retention_days=args.retention_days, bluetooth=args.bluetooth,
                       lan_discovery=not args.no_lan_discovery,
                       port_mapping=not args.no_port_mapping,
-                      bluetooth_attachments=args.bluetooth_attachments)
+                      bluetooth_attachments=args.bluetooth_attachments,
+                      passphrase=_passphrase(args))
+
+
+def _passphrase(args: argparse.Namespace) -> bytes | None:
+    """--passphrase-file's contents (without the final newline); else, on a terminal,
+    a prompt when the identity key file is protected."""
+    if args.passphrase_file:
+        try:
+            return Path(args.passphrase_file).read_bytes().rstrip(b"\r\n")
+        except OSError as exc:
+            raise KeyFileError(f"cannot read --passphrase-file: {exc.strerror}") from None
+    if sys.stdin.isatty() and identity_is_protected(Path(args.data_dir)):
+        return getpass.getpass("Passphrase of your Parley identity key: ").encode()
+    return None
 
 
 def _announce(app: App, label: str = "") -> None:
@@ -311,6 +330,9 @@ def main(argv: list[str] | None = None) -> int:
              "demo": _serve_demo}[args.command]
     try:
         asyncio.run(serve(args))
+    except KeyFileError as exc:  # a wrong passphrase among them: nothing was changed
+        print(f"run.py {args.command}: {exc}", file=sys.stderr, flush=True)
+        return 2
     except PortInUse as exc:
         flag = _port_flags(args).get((exc.protocol, exc.port))
         hint = f"; choose another with {flag} (0 picks a free one)" if flag else ""

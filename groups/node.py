@@ -28,7 +28,7 @@ import logging
 import os
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +80,8 @@ class NodeConfig:
     refresh_interval: float = 30.0    # how often unreachable peers' records are re-read
     retention_days: float | None = None  # keep group history for others this long (None: always)
     dht_port: int | None = 0          # UDP port of our DHT node; None: no DHT (--no-dht)
+    # Unlocks (or, for a key stored without one, protects) the identity key file.
+    passphrase: bytes | None = field(default=None, repr=False)
     discovery: str = "auto"           # auto (bootstrap, then DHT) | dht | bootstrap
     dht_contacts: tuple[str, ...] = ()  # "ip:port" of DHT nodes to join through
     bluetooth: bool = False           # advertise, scan and link over Bluetooth RFCOMM
@@ -157,7 +159,7 @@ class Node:
         """Build and start a node; ``events`` hears what the UI shows (new messages,
         receipts, transfers)."""
         data_dir = Path(config.data_dir)
-        identity = load_or_create_identity(data_dir)
+        identity = load_or_create_identity(data_dir, config.passphrase)
         conn = node_store.open_store(data_dir / "node.db")
         dht = None
         try:

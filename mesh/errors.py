@@ -3,6 +3,7 @@
     MeshError
     ├── LocalError              misuse or a local resource problem (our fault)
     │   ├── KeyFileError        identity key file missing, unreadable or too open
+    │   │   └── PassphraseError     it is protected and the passphrase is missing or wrong
     │   ├── PortInUse           a port we were told to listen on is taken
     │   ├── DatabaseError       a database file we cannot open or migrate
     │   ├── LinkUsageError      our own misuse of a link (send before the handshake, ...)
@@ -63,6 +64,7 @@ __all__ = [
     "LocalError",
     "MeshError",
     "NotYetValid",
+    "PassphraseError",
     "PortInUse",
     "PortMapError",
     "RadioError",
@@ -85,6 +87,10 @@ class LocalError(MeshError):
 
 
 class KeyFileError(LocalError):
+    pass
+
+
+class PassphraseError(KeyFileError):
     pass
 
 

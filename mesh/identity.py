@@ -21,9 +21,18 @@ from typing import Any
 
 import axolotl_curve25519 as _curve
 import msgpack
+from nacl.exceptions import CryptoError
+from nacl.pwhash import argon2id
+from nacl.secret import SecretBox
 
 from mesh.encoding import b64d, b64e, require
-from mesh.errors import FormatError, KeyFileError, RecordError, SignatureError
+from mesh.errors import (
+    FormatError,
+    KeyFileError,
+    PassphraseError,
+    RecordError,
+    SignatureError,
+)
 
 __all__ = [
     "DJB_TYPE",
@@ -35,6 +44,7 @@ __all__ = [
     "SignedPreKey",
     "display_user_id",
     "generate_prekeys",
+    "identity_is_protected",
     "load_or_create_identity",
     "parse_user_id",
     "user_id_for_key",
@@ -61,6 +71,11 @@ _ENDPOINT_RE = re.compile(r"^wss?://[\x21-\x7e]{1,250}$")
 _USER_ID_RE = re.compile(r"^[0-9]{15}$")
 
 KEY_FILE = "identity.key"
+# Key wrapping at rest: libsodium's "moderate" Argon2id cost (256 MiB, 3 passes; about
+# a second here), stored in the file so that it can be raised later.
+KDF_NAME = "argon2id13"
+KDF_OPS = argon2id.OPSLIMIT_MODERATE
+KDF_MEM = argon2id.MEMLIMIT_MODERATE
 
 
 def _check_public_key(key: bytes, what: str = "public key") -> bytes:
@@ -348,40 +363,96 @@ def _exact_fields(obj: Any, names: set[str], what: str) -> Mapping[str, Any]:
 # Key files
 
 
-def load_or_create_identity(data_dir: Path) -> KeyPair:
+def load_or_create_identity(data_dir: Path, passphrase: bytes | None = None) -> KeyPair:
     """The user's identity key from ``<data_dir>/identity.key``, made on first use.
 
     The directory is forced to 0700 and the file written 0600 (atomically); a key
-    file readable by others is refused, as ssh refuses such keys.
+    file readable by others is refused, as ssh refuses such keys. With ``passphrase``
+    the private key is stored wrapped (Argon2id, then XSalsa20-Poly1305), and an
+    unprotected file is rewrapped with it; a protected file needs it
+    (PassphraseError when missing or wrong, and then nothing is changed).
     """
     data_dir = Path(data_dir)
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(data_dir, 0o700)
     path = data_dir / KEY_FILE
     if path.exists():
-        return _read_key_file(path)
+        pair, protected = _read_key_file(path, passphrase)
+        if passphrase is not None and not protected:
+            _write_key_file(path, pair, passphrase)
+        return pair
     pair = KeyPair.generate()
+    _write_key_file(path, pair, passphrase)
+    return pair
+
+
+def identity_is_protected(data_dir: Path) -> bool:
+    """Whether ``<data_dir>/identity.key`` exists and needs a passphrase (so the CLI
+    knows to ask for one)."""
+    try:
+        obj = msgpack.unpackb((Path(data_dir) / KEY_FILE).read_bytes(), raw=False)
+    except (OSError, ValueError, msgpack.UnpackException):
+        return False
+    return isinstance(obj, dict) and obj.get("v") == 2
+
+
+def _write_key_file(path: Path, pair: KeyPair, passphrase: bytes | None) -> None:
+    if passphrase is None:
+        obj: dict[str, Any] = {"v": 1, "public": pair.public, "private": pair.private}
+    else:
+        if not passphrase:
+            raise PassphraseError("the passphrase is empty")
+        salt = os.urandom(argon2id.SALTBYTES)
+        key = argon2id.kdf(SecretBox.KEY_SIZE, passphrase, salt, opslimit=KDF_OPS,
+                           memlimit=KDF_MEM)
+        obj = {"v": 2, "public": pair.public, "kdf": KDF_NAME, "ops": KDF_OPS,
+               "mem": KDF_MEM, "salt": salt, "box": bytes(SecretBox(key).encrypt(pair.private))}
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        os.write(fd, msgpack.packb({"v": 1, "public": pair.public, "private": pair.private},
-                                   use_bin_type=True))
+        os.write(fd, msgpack.packb(obj, use_bin_type=True))
         os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)
-    return pair
 
 
-def _read_key_file(path: Path) -> KeyPair:
+def _unwrap(obj: dict[str, Any], passphrase: bytes | None, path: Path) -> bytes:
+    """The private key of a v2 key file. The KDF cost is read from the file but must
+    lie within libsodium's bounds, so a doctored file cannot ask for 100 GB."""
+    if obj.get("kdf") != KDF_NAME or type(obj.get("ops")) is not int \
+            or type(obj.get("mem")) is not int or type(obj.get("box")) is not bytes \
+            or not argon2id.OPSLIMIT_MIN <= obj["ops"] <= argon2id.OPSLIMIT_SENSITIVE \
+            or not argon2id.MEMLIMIT_MIN <= obj["mem"] <= argon2id.MEMLIMIT_SENSITIVE \
+            or type(obj.get("salt")) is not bytes or len(obj["salt"]) != argon2id.SALTBYTES:
+        raise ValueError("unsupported key wrapping")
+    if passphrase is None:
+        raise PassphraseError(f"{path} is protected by a passphrase; give it with "
+                              "--passphrase-file or start on a terminal")
+    key = argon2id.kdf(SecretBox.KEY_SIZE, passphrase, obj["salt"], opslimit=obj["ops"],
+                       memlimit=obj["mem"])
+    try:
+        return SecretBox(key).decrypt(obj["box"])
+    except CryptoError:
+        raise PassphraseError(f"wrong passphrase for {path}") from None
+
+
+def _read_key_file(path: Path, passphrase: bytes | None) -> tuple[KeyPair, bool]:
+    """The key pair, and whether the file is passphrase-protected."""
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
         raise KeyFileError(f"{path} is accessible by other users (mode {mode:o}); "
                            "run chmod 600 on it")
     try:
         obj = msgpack.unpackb(path.read_bytes(), raw=False)
-        public, private = obj["public"], obj["private"]
-        if obj.get("v") != 1 or len(private) != PRIVATE_KEY_LEN:
+        public = obj["public"]
+        if obj.get("v") == 2:
+            private = _unwrap(obj, passphrase, path)
+        elif obj.get("v") == 1:
+            private = obj["private"]
+        else:
+            raise ValueError("unsupported key file")
+        if len(private) != PRIVATE_KEY_LEN:
             raise ValueError("unsupported key file")
         _check_public_key(public)
     except (OSError, ValueError, TypeError, KeyError, FormatError,
@@ -390,4 +461,4 @@ def _read_key_file(path: Path) -> KeyPair:
     pair = KeyPair(public, private)
     if bytes([DJB_TYPE]) + _curve.generatePublicKey(private) != public:
         raise KeyFileError(f"{path}: public key does not match private key")
-    return pair
+    return pair, obj["v"] == 2

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mesh.errors import FormatError, KeyFileError, RecordError, SignatureError
+from mesh.errors import FormatError, KeyFileError, PassphraseError, RecordError, SignatureError
 from mesh.identity import (
     LAST_RESORT_PREKEY_ID,
     KeyPair,
@@ -19,6 +19,7 @@ from mesh.identity import (
     SignedPreKey,
     display_user_id,
     generate_prekeys,
+    identity_is_protected,
     load_or_create_identity,
     parse_user_id,
     user_id_for_key,
@@ -249,3 +250,33 @@ def test_corrupt_identity_file_is_refused(tmp_path) -> None:
                                     "private": KeyPair.generate().private}))
     with pytest.raises(KeyFileError, match="does not match"):
         load_or_create_identity(tmp_path)
+
+
+def test_identity_key_wrapped_with_a_passphrase(tmp_path) -> None:
+    pair = load_or_create_identity(tmp_path, b"pass phrase")
+    path = tmp_path / "identity.key"
+    stored = path.read_bytes()
+    assert pair.private not in stored
+    with pytest.raises(PassphraseError, match="wrong passphrase"):
+        load_or_create_identity(tmp_path, b"other phrase")
+    with pytest.raises(PassphraseError, match="protected by a passphrase"):
+        load_or_create_identity(tmp_path)
+    assert path.read_bytes() == stored  # refusals change nothing
+    assert identity_is_protected(tmp_path)
+    assert load_or_create_identity(tmp_path, b"pass phrase") == pair
+    with pytest.raises(PassphraseError, match="empty"):
+        load_or_create_identity(tmp_path / "new", b"")
+
+
+def test_doctored_key_wrapping_is_refused_before_any_work(tmp_path) -> None:
+    """A key file cannot make us run Argon2id with absurd costs."""
+    path = tmp_path / "identity.key"
+    base = {"v": 2, "public": KeyPair.generate().public, "kdf": "argon2id13", "ops": 3,
+            "mem": 1 << 28, "salt": b"s" * 16, "box": b"b" * 72}
+    for change in ({"mem": 1 << 40}, {"ops": 10**9}, {"kdf": "scrypt"}, {"salt": b"s"},
+                   {"box": "text"}):
+        path.write_bytes(msgpack.packb({**base, **change}))
+        path.chmod(0o600)
+        with pytest.raises(KeyFileError, match="unsupported key wrapping"):
+            load_or_create_identity(tmp_path, b"x")
+    assert not identity_is_protected(tmp_path / "nowhere")
