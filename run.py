@@ -205,9 +205,10 @@ async def _serve_bootstrap(args: argparse.Namespace) -> None:
                              dht_port=None if args.no_dht else _dht_port(args), relay=relay)
     dht = f", DHT on udp {server.dht.address[1]}" if server.dht is not None else ""
     relayed = ", relay at /relay" if server.relay is not None else ""
+    stop = _stop_on_signal()
     print(f"Parley bootstrap listening on {server.url} (database {args.db}{dht}{relayed})",
           flush=True)
-    await _until_signalled()
+    await stop.wait()
     await server.stop()
 
 
@@ -231,8 +232,9 @@ def _port_flags(args: argparse.Namespace) -> dict[tuple[str, int], str]:
 
 async def _serve_node(args: argparse.Namespace) -> None:
     app = await App.start(_node_config(args, args.bootstrap), ui_port=args.ui_port)
+    stop = _stop_on_signal()
     _announce(app)
-    await _until_signalled()
+    await stop.wait()
     await app.stop()
 
 
@@ -249,8 +251,9 @@ async def _serve_all(args: argparse.Namespace) -> None:
     try:
         app = await App.start(_node_config(args, args.bootstrap or server.url),
                               ui_port=args.ui_port)
+        stop = _stop_on_signal()
         _announce(app)
-        await _until_signalled()
+        await stop.wait()
         await app.stop()
     finally:
         await server.stop()
@@ -299,20 +302,23 @@ async def _serve_demo(args: argparse.Namespace) -> None:
             await apps[name].api.join(alice.invite(group_id))
     print(f"Parley demo in {base} (bootstrap {server.url}); group \"Demo\"; restart it "
           f"with: python run.py demo --data-dir {base}", flush=True)
+    stop = _stop_on_signal()
     for name, app in apps.items():
         _announce(app, name)
-    await _until_signalled()
+    await stop.wait()
     for app in apps.values():
         await app.stop()
     await server.stop()
 
 
-async def _until_signalled() -> None:
+def _stop_on_signal() -> asyncio.Event:
+    """An event set by SIGINT or SIGTERM; made before the line that tells a caller we
+    are up, so a signal sent right after it stops us cleanly instead of killing us."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    return stop
 
 
 def main(argv: list[str] | None = None) -> int:
