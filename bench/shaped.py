@@ -24,7 +24,8 @@ Four real node processes (``run.py node``, one per namespace) and a bootstrap:
   one RATE link, so the speed-up is measured against that.
 
 Namespaces are named ``pf-<pid>-*`` and are deleted, with every process in them, when
-the benchmark ends, also when it fails. ``--quick`` (2 MiB, faster links, one round)
+the benchmark ends, also when it fails (and those of a run that was killed outright, at
+the start of the next). ``--quick`` (2 MiB, faster links, one round)
 is the smoke run the test suite makes.
 """
 
@@ -35,6 +36,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -110,6 +112,20 @@ class Lab:
             _shape(namespace, "m0", self.rates.rate)
             _shape(self.hub, f"m{k}", down)
 
+    @staticmethod
+    def sweep() -> None:
+        """Remove the namespaces of earlier runs whose process is gone (killed with
+        SIGKILL, say, so that their ``finally`` never ran)."""
+        listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
+        stale = [name for line in listed.stdout.splitlines()
+                 if (match := re.match(r"^(pf-(\d+)-(?:hub|n\d+))\b", line))
+                 and not Path(f"/proc/{match.group(2)}").exists()
+                 for name in [match.group(1)]]
+        if stale:
+            lab = Lab(Rates(0, 0))
+            lab.made = stale
+            lab.teardown()
+
     def teardown(self) -> None:
         """Kill whatever still runs in our namespaces, then delete them."""
         for namespace in reversed(self.made):
@@ -135,6 +151,7 @@ def outer(args: argparse.Namespace, rates: Rates) -> int:
     if os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("tc"):
         print("bench.shaped needs root and iproute2 (network namespaces, tc): skipped")
         return 0
+    Lab.sweep()
     lab = Lab(rates)
     with tempfile.TemporaryDirectory(prefix="parley-shaped-") as tmp:
         try:

@@ -41,7 +41,7 @@ from groups.attachment_rows import (
 )
 from groups.crypto import ATTACHMENT_FILE_ID_LEN, attachment_chunk_count, new_attachment_key
 from groups.errors import BadContent, ChunkError, NotFound, PermissionDenied, StorageError
-from groups.filestore import ChunkWriter, FileStore, Written, sealed_length
+from groups.filestore import ChunkWriter, FileStore, StallMeter, Written, sealed_length
 from groups.filetypes import OCTET_STREAM, SNIFF_BYTES, clean_name, settle_mime, sniff_file
 from groups.messages import MAX_FILE_SIZE, FileRef
 from groups.store import atomic
@@ -99,6 +99,7 @@ class AttachmentService:
         self._settled: dict[bytes, str] = {}   # complete, not yet fsynced: file -> mime
         self._sources_due = 0.0
         self._writer: ChunkWriter | None = None
+        self._stalls = StallMeter()  # used on the loop's thread only
         self._slow_until = 0.0
         self._last_event: dict[bytes, float] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -142,6 +143,7 @@ class AttachmentService:
             await asyncio.to_thread(self._writer.close)
         if self._tasks:  # work in threads cannot be cancelled: let it land
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._stalls.close()
         self.store.close()
 
     def _spawn(self, coro: Any) -> None:
@@ -343,11 +345,12 @@ class AttachmentService:
     def _store(self, file_id: bytes, index: int, data: bytes) -> None:
         """Write a verified chunk: on the loop while the disk is quick (a page-cache
         write takes ~50 µs; a writer thread would cost more in hand-offs), through the
-        writer thread for SLOW_DISK_HOLD seconds after a write took over SLOW_WRITE (an
-        fsync elsewhere on the filesystem can stall writes for tens of milliseconds).
-        SLOW_WRITE is well above what a busy CPU adds: with more runnable processes than
-        cores a 50 µs write often takes a few milliseconds of wall time, and at 2 ms
-        the hand-offs to the thread took ~130 µs of CPU per chunk while the disk was fine."""
+        writer thread for SLOW_DISK_HOLD seconds after a write was blocked for over
+        SLOW_WRITE (an fsync elsewhere on the filesystem can stall writes for tens of
+        milliseconds). Blocked, not merely slow (StallMeter): on a busy machine
+        preemption alone makes a 50 µs write take tens of milliseconds of wall time,
+        and the thread's hand-offs then cost CPU for nothing (on the loaded 2-vCPU
+        machine a fifth of a receiver's Python time went to them)."""
         now = self._now()
         if now < self._slow_until:
             if self._writer is None:
@@ -356,13 +359,13 @@ class AttachmentService:
                                            self._written)
             self._writer.put(file_id, index, data)
             return
-        started = time.perf_counter()
+        mark = self._stalls.start()
         try:
             self.store.write_chunk(file_id, index, data)
             error = None
         except StorageError as exc:
             error = exc
-        if time.perf_counter() - started > SLOW_WRITE:
+        if self._stalls.blocked(mark) > SLOW_WRITE:
             self._slow_until = now + SLOW_DISK_HOLD
         self._written([(file_id, index, error)], pump=False)
 

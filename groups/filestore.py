@@ -38,6 +38,7 @@ import re
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -49,7 +50,7 @@ from groups.crypto import (
 )
 from groups.errors import StorageError
 
-__all__ = ["MAX_OPEN_READERS", "STRIDE", "ChunkWriter", "FileStore", "Written",
+__all__ = ["MAX_OPEN_READERS", "STRIDE", "ChunkWriter", "FileStore", "StallMeter", "Written",
            "sealed_length"]
 
 TAG = 16
@@ -251,6 +252,52 @@ class FileStore:
         if hashlib.sha256(sealed).digest() != hashes[index]:
             raise StorageError(f"chunk {index} was damaged on disk")
         return decrypt_chunk(key, file_id, index, len(hashes), sealed)
+
+
+class StallMeter:
+    """How long the calling thread was blocked (neither running nor waiting for a CPU)
+    since ``start()``: wall time less what ``/proc/thread-self/schedstat`` counts as run
+    and run-queue time. Tells a disk that stalls a write apart from a busy machine
+    that merely preempted it: with more runnable processes than cores, a 50 µs write
+    can take tens of milliseconds of wall time. Where schedstat cannot be read, all of
+    the wall time counts as blocked. One meter per thread (the file names the thread
+    that opened it); ``close`` releases it."""
+
+    def __init__(self, schedstat: str = "/proc/thread-self/schedstat") -> None:
+        self._path = schedstat
+        self._fd: int | None = None
+        self._usable = True
+
+    def _scheduled(self) -> int | None:
+        """Nanoseconds this thread has run or waited for a CPU (None: unknown)."""
+        if not self._usable:
+            return None
+        try:
+            if self._fd is None:
+                self._fd = os.open(self._path, os.O_RDONLY)
+            run, wait = os.pread(self._fd, 64, 0).split()[:2]
+            return int(run) + int(wait)
+        except (OSError, ValueError):
+            self._usable = False
+            return None
+
+    def start(self) -> tuple[float, int | None]:
+        return time.perf_counter(), self._scheduled()
+
+    def blocked(self, mark: tuple[float, int | None]) -> float:
+        """Seconds blocked since ``mark`` (from ``start``)."""
+        wall = time.perf_counter() - mark[0]
+        before = mark[1]
+        after = self._scheduled() if before is not None else None
+        if before is None or after is None:
+            return wall
+        return max(0.0, wall - (after - before) / 1e9)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
 
 
 Written = tuple[bytes, int, "StorageError | None"]   # (file id, index, error or None)
