@@ -9,6 +9,7 @@ return (accepted = durable).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from pathlib import Path
@@ -24,7 +25,7 @@ from groups.invites import Invite, qr_svg
 from groups.membership import INVITE_TTL
 from groups.messages import FileRef, direct_topic
 from groups.node import Node
-from mesh.identity import display_user_id
+from mesh.identity import display_user_id, identity_is_protected, set_passphrase
 
 __all__ = ["NodeApi"]
 
@@ -55,6 +56,17 @@ class NodeApi:
                 "dht": None if dht is None else {
                     "joined": node.dht_joined,
                     "peers": dht.routing_table_size() if dht.running else 0}}
+
+    def passphrase_status(self) -> dict[str, Any]:
+        return {"protected": identity_is_protected(self._node.data_dir)}
+
+    async def set_passphrase(self, passphrase: str, current: str | None) -> dict[str, Any]:
+        """Protect (or re-protect) the identity key file; PassphraseError when the
+        current passphrase is missing or wrong. Argon2id runs in a thread."""
+        node = self._node
+        await asyncio.to_thread(set_passphrase, node.data_dir, node.identity,
+                                passphrase.encode(), None if current is None else current.encode())
+        return {"protected": True}
 
     def storage_bytes(self) -> int:
         """What this node keeps on disk (database, its WAL, attachment chunks)."""

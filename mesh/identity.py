@@ -47,6 +47,7 @@ __all__ = [
     "identity_is_protected",
     "load_or_create_identity",
     "parse_user_id",
+    "set_passphrase",
     "user_id_for_key",
     "verify",
 ]
@@ -384,6 +385,19 @@ def load_or_create_identity(data_dir: Path, passphrase: bytes | None = None) -> 
     pair = KeyPair.generate()
     _write_key_file(path, pair, passphrase)
     return pair
+
+
+def set_passphrase(data_dir: Path, pair: KeyPair, passphrase: bytes,
+                   current: bytes | None = None) -> None:
+    """Protect the key file of the running identity ``pair`` with ``passphrase``, or
+    change it: a protected file needs ``current`` (PassphraseError when missing or
+    wrong, and nothing is changed). Slow on purpose (Argon2id, twice when changing):
+    call it from a thread."""
+    path = Path(data_dir) / KEY_FILE
+    stored, _ = _read_key_file(path, current)
+    if stored != pair:
+        raise KeyFileError(f"{path} holds another identity than the running one")
+    _write_key_file(path, pair, passphrase)
 
 
 def identity_is_protected(data_dir: Path) -> bool:

@@ -14,7 +14,7 @@ from typing import Any
 from groups.invites import Invite, qr_svg
 from groups.membership import INVITE_TTL
 from groups.node_api import NodeApi
-from mesh.errors import FormatError
+from mesh.errors import FormatError, PassphraseError
 from mesh.identity import parse_user_id
 from mesh.jsonapi import ApiError, check_fields
 from webapp.bluetooth_api import bluetooth_routes
@@ -28,6 +28,7 @@ _GROUP_ID = re.compile(r"^[0-9a-f]{32}$")
 _MESSAGE_ID = re.compile(r"^[0-9a-f]{64}$")
 MIN_INVITE_TTL = 1
 MAX_INVITE_TTL = 30 * 24 * 3600.0
+MAX_PASSPHRASE = 1024
 def _group_id(raw: str) -> bytes:
     if not _GROUP_ID.match(raw):
         raise ApiError(400, "bad_group_id", "a group id is 32 hexadecimal characters")
@@ -210,6 +211,29 @@ class PresenceSettingsHandler(NodeHandler):
         self.send_json(200, self.node.set_presence_sharing(body["share"]))
 
 
+class PassphraseHandler(NodeHandler):
+    """The identity key's passphrase (docs/protocol.md, "Keys at rest")."""
+
+    body_limit = 4096
+
+    def get(self) -> None:
+        self.send_json(200, self.node.passphrase_status())
+
+    async def post(self) -> None:
+        body = self.json_body()
+        check_fields(body, {"passphrase"}, {"current"})
+        phrase, current = body["passphrase"], body.get("current")
+        if not isinstance(phrase, str) or not 1 <= len(phrase) <= MAX_PASSPHRASE \
+                or not (current is None or isinstance(current, str)):
+            raise ApiError(400, "bad_passphrase",
+                           f"passphrase must be 1 to {MAX_PASSPHRASE} characters")
+        try:
+            self.send_json(200, await self.node.set_passphrase(phrase, current))
+        except PassphraseError:
+            raise ApiError(403, "wrong_passphrase", "the current passphrase is missing "
+                           "or wrong; nothing was changed") from None
+
+
 class AttachmentHandler(AttachmentMixin, NodeHandler):
     """GET/HEAD /attachments/{id}: the file (webapp/files.py)."""
 
@@ -260,6 +284,7 @@ def api_routes(node: NodeApi) -> list[Route]:
     p, gid, uid = API_PREFIX, r"([^/]+)", r"([^/]+)"
     routes: list[tuple[str, type[NodeHandler]]] = [
         (p + "/me", MeHandler),
+        (p + "/passphrase", PassphraseHandler),
         (p + "/contacts", ContactsHandler),
         (p + f"/chats/{uid}/messages", ChatMessagesHandler),
         (p + f"/chats/{uid}/read", ChatReadHandler),
