@@ -12,6 +12,7 @@ stores nothing (except its nonce, which is what makes a replay detectable).
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import time
 from collections.abc import Callable
@@ -61,6 +62,8 @@ from mesh.jsonapi import ApiError, JsonHandler, check_fields
 __all__ = ["BootstrapConfig", "BootstrapContext", "make_app"]
 
 MAX_PREKEYS_PER_REQUEST = 200
+SHARED_ADDRESS_FACTOR = 10  # an address may carry this many clients' worth of requests
+_SIGNER = re.compile(r"[0-9]{15}")
 
 
 @dataclass(frozen=True)
@@ -101,7 +104,8 @@ class BootstrapContext:
     # Called with every record the API accepted (after it is committed and answered);
     # the server points it at DhtNode.mirror, which returns at once (a background task).
     on_record: Callable[[Record], None] | None = None
-    limiter: RateLimiter = field(init=False)
+    limiter: RateLimiter = field(init=False)          # per (address, claimed signer)
+    address_limiter: RateLimiter = field(init=False)  # per address, all signers together
     proxies: tuple[Network, ...] = field(init=False)
     quota: RegistrationQuota = field(init=False)
     claims: ClaimBudget = field(init=False)
@@ -109,6 +113,8 @@ class BootstrapContext:
     def __post_init__(self) -> None:
         cfg = self.config
         self.limiter = RateLimiter(cfg.rate, cfg.burst)
+        self.address_limiter = RateLimiter(cfg.rate * SHARED_ADDRESS_FACTOR,
+                                           cfg.burst * SHARED_ADDRESS_FACTOR)
         self.proxies = parse_trusted_proxies(cfg.trusted_proxies)
         self.quota = RegistrationQuota(
             base_bits=cfg.pow_bits, per_subscriber=cfg.registrations_per_subscriber,
@@ -141,7 +147,15 @@ class ApiHandler(JsonHandler):
                                             self.request.headers, self.ctx.proxies)
         except ForwardedError as exc:
             raise ApiError(400, "bad_forwarded_for", str(exc)) from None
-        wait = self.ctx.limiter.check(self.client_ip, self.ctx.clock())
+        # Requests naming a signer get their own bucket at the address (the signature is
+        # checked later; a forged id only spends that id's bucket at the forger's own
+        # address), so users behind one NAT are not throttled by a neighbour's flood
+        # unless it exceeds SHARED_ADDRESS_FACTOR times one client's rate.
+        signer = self.request.headers.get(HEADER_ID, "")
+        key = f"{self.client_ip} {signer}" if _SIGNER.fullmatch(signer) else self.client_ip
+        now = self.ctx.clock()
+        wait = max(self.ctx.limiter.check(key, now),
+                   self.ctx.address_limiter.check(self.client_ip, now))
         if wait:
             raise ApiError(429, "rate_limited", "too many requests from this address",
                            {"Retry-After": RateLimiter.retry_after_header(wait)})

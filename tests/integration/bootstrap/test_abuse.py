@@ -4,6 +4,7 @@ loopback addresses (127.0.0.2, 127.0.0.3, ...), as the rate-limit test does."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections.abc import AsyncIterator
@@ -173,5 +174,34 @@ async def test_clients_behind_a_trusted_proxy_get_their_own_buckets(tmp_path) ->
         assert (await raw(url, "POST", "/v1/users", body, headers=headers,
                           source="127.0.0.5")).code == 201
         assert server.ctx.quota.required_bits("198.51.100.77", time.time()) == 8
+    finally:
+        await server.stop()
+
+
+async def test_a_neighbours_flood_does_not_throttle_a_signed_user(tmp_path) -> None:
+    """Before: one bucket per address, so a flooder locked out everyone behind the same
+    NAT. Now each signer has its own bucket at the address, and the address as a whole
+    may carry ten clients' worth; the anonymous flood still hits its own limit."""
+    server = start_bootstrap("127.0.0.1", 0, tmp_path / "b.db",
+                             BootstrapConfig(rate=0.01, burst=5, pow_bits=8))
+    url = server.url
+    try:
+        honest = User(url, 1)
+        assert (await register_with(url, honest, 8, "127.0.0.2")).code == 201
+        flood = [(await raw(url, "GET", "/v1/health", source="127.0.0.2")).code
+                 for _ in range(10)]
+        assert flood.count(429) >= 5
+        path = f"/v1/users/{honest.id}"
+        body = json.dumps({"one_time_prekeys": []}).encode()
+        response = await raw(url, "PUT", path, body, identity=honest.identity,
+                             source="127.0.0.2")
+        assert response.code == 200
+        # A flood of signed requests naming fresh ids is capped by the address's total.
+        codes = []
+        for _ in range(60):
+            response = await raw(url, "PUT", path, body, identity=User(url, 0).identity,
+                                 source="127.0.0.2")
+            codes.append(response.code)
+        assert codes.count(429) >= 10
     finally:
         await server.stop()
