@@ -74,6 +74,13 @@ def set_state(conn: Any, file_id: bytes, state: AttachmentState, bytes_done: int
                  (state.value, bytes_done, reason, mime, file_id))
 
 
+def delete_row(conn: Any, file_id: bytes, message_id: bytes) -> bool:
+    """Forget the file announced by ``message_id`` (not one another message announced)."""
+    cur = conn.execute("DELETE FROM attachments WHERE file_id = ? AND message_id = ?",
+                       (file_id, message_id))
+    return cur.rowcount == 1
+
+
 def parse_file(blob: bytes) -> FileRef:
     """The FileRef stored with a chat message (messenger packs FileRef.to_msgpack())."""
     try:

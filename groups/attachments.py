@@ -34,6 +34,7 @@ from groups.attachment_rows import (
     AttachmentRow,
     AttachmentState,
     all_rows,
+    delete_row,
     insert_row,
     load_row,
     parse_file,
@@ -178,6 +179,23 @@ class AttachmentService:
             self.store.reserve(file_id, row.size)
             self._event(row, force=True)
             self._pump(refresh=True)
+
+    def forget(self, message_id: bytes, blob: bytes) -> bytes | None:
+        """The message that announced the file was deleted or disappeared (inside the
+        transaction): its row goes; returns the file id whose chunks ``drop`` deletes
+        once the transaction is committed (None: nothing of it is ours to delete)."""
+        try:
+            file_id = parse_file(blob).file_id
+        except BadContent:
+            return None
+        return file_id if delete_row(self.conn, file_id, message_id) else None
+
+    def drop(self, file_id: bytes) -> None:
+        """After the commit that forgot the file: stop fetching it, delete its chunks."""
+        self.core.remove(file_id)
+        self._rows.pop(file_id, None)
+        self._settled.pop(file_id, None)
+        self.store.remove(file_id)
 
     def describe(self, message_id: bytes, blob: bytes) -> dict[str, Any]:
         """The ``attachment`` of an API message."""
@@ -392,7 +410,9 @@ class AttachmentService:
         """Every chunk is verified and written: the file is complete for the user and
         its peers at once; the database says so once the file is fsynced (a crash in
         between leaves a download whose chunks all verify on restart)."""
-        row = self._rows[file_id]
+        row = self._rows.get(file_id)
+        if row is None:
+            return   # forgotten (its message deleted) since
         try:
             head = self.store.plain_chunk(file_id, row.key, row.hashes, row.size,
                                           0)[:SNIFF_BYTES]
@@ -412,7 +432,7 @@ class AttachmentService:
         self._finished[file_id] = self.core.stats(file_id)
         self._settled.pop(file_id, None)
         self.core.remove(file_id)
-        if self._closed:
+        if self._closed or file_id not in self._rows:
             return
         with atomic(self.conn):
             set_state(self.conn, file_id, state, row.size if reason is None else 0,
@@ -429,7 +449,9 @@ class AttachmentService:
 
     def _resume_later(self, file_id: bytes) -> None:
         async def resume() -> None:
-            row = self._rows[file_id]
+            row = self._rows.get(file_id)
+            if row is None:
+                return
             held = await asyncio.to_thread(self.store.verified_chunks, file_id, row.hashes,
                                            row.size)
             if file_id not in self.core and not self._closed:

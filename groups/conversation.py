@@ -26,7 +26,7 @@ from enum import Enum
 
 import msgpack
 
-from groups import conversation_clock
+from groups import chat_actions, conversation_clock
 from groups.conversation_events import (
     AcceptSenderKey,
     Announce,
@@ -202,13 +202,17 @@ class Conversations:
         if conv.kind == ConversationKind.DIRECT and not conv.visible:
             effects.append(RevealDirect(origin))
         file = content.file
+        expires = chat_actions.expires_at(content.sent_at, content.expires, now)
         row = ChatRow(message_id, conv.topic, origin, seq,
                       conversation_clock.receive_value(content.lamport, now), content.sent_at,
-                      content.text, None if file is None else pack_file(file), False)
-        return [*effects,
-                SetClock(conv.topic, conversation_clock.observe(clock, content.lamport, now)),
-                StoreText(row, file),
-                OweReceipt(message_id, conv.topic, ReceiptKind.DELIVERED)]
+                      content.text, None if file is None else pack_file(file), False,
+                      content.reply_to or None, expires_at=expires)
+        clock_effect = SetClock(conv.topic, conversation_clock.observe(clock, content.lamport,
+                                                                       now))
+        receipt = OweReceipt(message_id, conv.topic, ReceiptKind.DELIVERED)
+        if expires is not None and expires <= int(now * 1000):
+            return [*effects, clock_effect, receipt]   # arrived after its time: never shown
+        return [*effects, clock_effect, StoreText(row, file), receipt]
 
     def receive_receipts(self, topic: bytes, origin: str, content: Receipts,
                          ours: frozenset[bytes]) -> list[Effect]:
@@ -381,25 +385,42 @@ class Conversations:
         return effects
 
     def send_text(self, conv: Conversation | None, text: str, file: FileRef | None,
-                  clock: int, now: float) -> OutgoingText:
-        """Check a text our user sends and give it its ordering value."""
+                  clock: int, now: float, reply_to: bytes = b"",
+                  reply_target: ChatRow | None = None) -> OutgoingText:
+        """Check a text our user sends and give it its ordering value (a reply's after
+        its target's, as the clock has seen the target) and the conversation's timer.
+        A reply names a message of this conversation that is here (``reply_target``)."""
         if not isinstance(text, str) or len(text.encode()) > MAX_TEXT_BYTES:
             raise Unsendable(f"a message holds at most {MAX_TEXT_BYTES} bytes of text",
                              "text_too_long")
         if not text.strip() and file is None:
             raise Unsendable("a message needs text or a file", "empty_message")
+        conv = self.sendable(conv)
+        if reply_to and (reply_target is None or reply_target.topic != conv.topic
+                         or reply_target.deleted):
+            raise NotFound("the message you reply to is not in this conversation")
+        value = conversation_clock.tick(clock, now)
+        content = Text(value, int(now * 1000), text, file, reply_to, conv.timer)
+        if conv.kind == ConversationKind.GROUP:
+            return OutgoingText(content, self.recipients_of(conv), (SetClock(conv.topic, value),))
+        peer = conv.peer or ""
+        return OutgoingText(content, (peer,), (SetClock(conv.topic, value), RevealDirect(peer)))
+
+    def sendable(self, conv: Conversation | None) -> Conversation:
+        """The conversation, if our user may still send to it (else NotFound or
+        PermissionDenied)."""
         if conv is None:
             raise NotFound("no such conversation")
         if conv.left_at is not None or (conv.kind == ConversationKind.GROUP
                                         and not self.is_member(conv.topic, self.me)):
             raise PermissionDenied("you are no longer in this group", "not_member")
-        value = conversation_clock.tick(clock, now)
-        content = Text(value, int(now * 1000), text, file)
+        return conv
+
+    def recipients_of(self, conv: Conversation) -> tuple[str, ...]:
+        """Who must receive what we send in ``conv``."""
         if conv.kind == ConversationKind.GROUP:
-            return OutgoingText(content, tuple(self.recipients(conv.topic)),
-                                (SetClock(conv.topic, value),))
-        peer = conv.peer or ""
-        return OutgoingText(content, (peer,), (SetClock(conv.topic, value), RevealDirect(peer)))
+            return tuple(self.recipients(conv.topic))
+        return (conv.peer or "",)
 
     def seal(self, topic: bytes, key_due: bool) -> list[Effect]:
         """Before encrypting to the group: a key due by age or use is rotated first

@@ -19,10 +19,13 @@ from groups.messages import FileRef
 __all__ = [
     "AcceptSenderKey",
     "Announce",
+    "Changed",
     "ChatRow",
     "Conversation",
     "ConversationKind",
+    "DeleteText",
     "DeliveryState",
+    "EditText",
     "Effect",
     "FailDeliveries",
     "ForgetSenderKeys",
@@ -37,11 +40,14 @@ __all__ = [
     "PairwiseKind",
     "PublishOp",
     "ReceiptKind",
+    "RemoveMessage",
     "Resync",
     "RevealDirect",
     "RotateSenderKey",
     "SetClock",
     "SetDelivery",
+    "SetReaction",
+    "SetTimer",
     "StartGroup",
     "StoreOp",
     "StoreText",
@@ -95,6 +101,8 @@ class Conversation:
     joined_at: int
     left_at: int | None
     visible: bool
+    timer: int = 0          # disappearing messages: seconds (0: off) for what we send
+    muted: bool = False
 
 
 @dataclass(frozen=True)
@@ -108,6 +116,12 @@ class ChatRow:
     text: str
     file: bytes | None
     seen: bool
+    reply_to: bytes | None = None
+    edited_at: int | None = None   # ms, the sender's clock, of the edit shown
+    edits: int = 0
+    action_seq: int = 0            # mesh seq of the newest edit or delete applied
+    deleted: bool = False
+    expires_at: int | None = None  # ms: disappears then (on every member's node)
 
 
 # Effects: group state ------------------------------------------------------------------
@@ -253,6 +267,56 @@ class FailDeliveries:
     reason: str
 
 
+@dataclass(frozen=True)
+class SetReaction:
+    """``member``'s reaction to a message ("" takes it back), carried by mesh ``seq``."""
+
+    message_id: bytes
+    member: str
+    emoji: str
+    seq: int
+
+
+@dataclass(frozen=True)
+class EditText:
+    message_id: bytes
+    text: str
+    edited_at: int
+    seq: int
+
+
+@dataclass(frozen=True)
+class DeleteText:
+    """Deleted for everyone: the text, file (chunks on disk too) and reactions go; a
+    tombstone row stays so that the chat can say so."""
+
+    message_id: bytes
+    seq: int
+
+
+@dataclass(frozen=True)
+class RemoveMessage:
+    """A disappearing message's time is up: nothing of it stays (row, reactions,
+    index, file chunks)."""
+
+    message_id: bytes
+    topic: bytes
+
+
+@dataclass(frozen=True)
+class SetTimer:
+    topic: bytes
+    seconds: int
+    order: int          # the ordering value of the change (the newest wins)
+
+
+@dataclass(frozen=True)
+class Changed:
+    """A message's reactions, text or state changed: show it again."""
+
+    message_id: bytes
+
+
 # Effects: the user ------------------------------------------------------------------------
 
 
@@ -273,4 +337,5 @@ class JoinSettled:
 Effect = (StartGroup | StoreOp | PublishOp | MarkLeft | Announce | LeaveTopic | Resync
           | MakeSenderKey | RotateSenderKey | ForgetSenderKeys | AcceptSenderKey | OpenDirect
           | RevealDirect | OwePairwise | SetClock | StoreText | OweReceipt | SetDelivery
-          | FailDeliveries | Notify | JoinSettled)
+          | FailDeliveries | Notify | JoinSettled | SetReaction | EditText | DeleteText
+          | RemoveMessage | SetTimer | Changed)

@@ -21,7 +21,10 @@ from groups.conversation import Conversations
 from groups.conversation_events import (
     AcceptSenderKey,
     Announce,
+    Changed,
     ChatRow,
+    DeleteText,
+    EditText,
     Effect,
     FailDeliveries,
     ForgetSenderKeys,
@@ -35,11 +38,14 @@ from groups.conversation_events import (
     OweReceipt,
     PairwiseKind,
     PublishOp,
+    RemoveMessage,
     Resync,
     RevealDirect,
     RotateSenderKey,
     SetClock,
     SetDelivery,
+    SetReaction,
+    SetTimer,
     StartGroup,
     StoreOp,
     StoreText,
@@ -86,6 +92,13 @@ class AttachmentHooks(Protocol):
 
     def describe(self, message_id: bytes, file: bytes) -> dict[str, Any]:
         """The API's ``attachment`` of a message whose stored FileRef is ``file``."""
+
+    def forget(self, message_id: bytes, file: bytes) -> bytes | None:
+        """The message was deleted or disappeared (inside the transaction): the file
+        id whose chunks ``drop`` deletes after the commit, if any."""
+
+    def drop(self, file_id: bytes) -> None:
+        """After the commit: stop fetching the file and delete its chunks on disk."""
 
 
 class ConversationIO:
@@ -210,6 +223,22 @@ class ConversationIO:
                     self.events.publish(event, data)
                 case JoinSettled(topic, refused):
                     self._settle_join(topic, refused)
+                case SetReaction(message_id, member, emoji, seq):
+                    history.set_reaction(conn, message_id, member, emoji, seq)
+                case EditText(message_id, text, edited_at, seq):
+                    history.edit_message(conn, message_id, text, edited_at, seq)
+                case DeleteText(message_id, seq):
+                    self._forget_file(message_id, history.delete_message(conn, message_id, seq))
+                case RemoveMessage(message_id, topic):
+                    self._forget_file(message_id, history.remove_message(conn, message_id))
+                    self.events.publish("message_removed", {"message_id": message_id.hex(),
+                                                            "conversation": topic.hex()})
+                case SetTimer(topic, seconds, order):
+                    history.set_timer(conn, topic, seconds, order)
+                case Changed(message_id):
+                    changed = history.chat_message(conn, message_id)
+                    if changed is not None:
+                        self.events.publish("message", self.describe(changed))
         for message_id in delivered:
             row = history.chat_message(conn, message_id)
             if row is not None:
@@ -220,6 +249,16 @@ class ConversationIO:
             if file is not None and self.attachments is not None:
                 self.attachments.announced(row.message_id, row.topic, row.sender, file)
             self.events.publish("message", self.describe(row))
+
+    def _forget_file(self, message_id: bytes, file: bytes | None) -> None:
+        """A deleted or vanished message's file: its chunks go once the change is
+        committed (a rollback keeps them)."""
+        if file is None or self.attachments is None:
+            return
+        file_id = self.attachments.forget(message_id, file)
+        if file_id is not None:
+            hooks = self.attachments
+            self._after_flush.append(lambda: hooks.drop(file_id))
 
     def _settle_join(self, topic: bytes, refused: tuple[str, str] | None) -> None:
         future = self.joins.pop(topic, None)
@@ -307,10 +346,26 @@ class ConversationIO:
             else self.attachments.describe(row.message_id, row.file),
             "sent_at": row.sent_at, "lamport": row.lamport, "seen": row.seen,
             "status": {m: s["state"] for m, s in states.items()} if row.sender == self.me
-            else {}}
+            else {},
+            "cursor": history.cursor_of(row),
+            "reply_to": None if row.reply_to is None else self._quote(row),
+            "reactions": history.reactions(self.conn, row.message_id),
+            "edited_at": row.edited_at, "deleted": row.deleted,
+            "expires_at": row.expires_at}
         if reasons:
             out["errors"] = reasons
         return out
+
+    def _quote(self, row: ChatRow) -> dict[str, Any]:
+        """What a reply shows of its original: ``available`` False when this node does
+        not have it (sent before we joined, deleted, disappeared)."""
+        reply_to = row.reply_to or b""
+        original = history.chat_message(self.conn, reply_to)
+        if original is None or original.topic != row.topic or original.deleted:
+            return {"message_id": reply_to.hex(), "available": False}
+        return {"message_id": reply_to.hex(), "available": True, "sender": original.sender,
+                "text": original.text[:200],
+                "file_name": None if original.file is None else history.file_name(original.file)}
 
     def delivery_event(self, row: ChatRow) -> None:
         self.events.publish("delivery", {"message_id": row.message_id.hex(),

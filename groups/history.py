@@ -12,6 +12,8 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable
 
+import msgpack
+
 from groups.conversation_clock import MAX_ORDER
 from groups.conversation_events import ChatRow, Conversation
 from groups.errors import Unsendable
@@ -22,15 +24,20 @@ __all__ = [
     "ChatRow",
     "Conversation",
     "Mailbox",
+    "Position",
     "add_conversation",
     "add_op",
     "chat_message",
     "chat_messages",
     "conversation",
     "conversations",
+    "cursor_of",
+    "delete_message",
     "deliveries",
     "due_receipts",
+    "edit_message",
     "fail_deliveries",
+    "file_name",
     "insert_chat_message",
     "load_ops",
     "mark_left",
@@ -41,13 +48,25 @@ __all__ = [
     "owe_pairwise",
     "owe_receipt",
     "owed_pairwise",
+    "owes_pairwise",
     "own_messages",
     "pairwise_waits",
+    "parse_cursor",
+    "reactions",
+    "remove_message",
+    "search",
     "set_delivery",
+    "set_muted",
     "set_order_clock",
+    "set_reaction",
+    "set_timer",
     "settle_pairwise",
     "settle_receipts",
+    "soonest_expiring",
+    "timer_order",
     "undecrypted",
+    "unread_count",
+    "unseen_up_to",
 ]
 
 MAX_SEQ = MAX_ORDER   # a peer's mesh seq beyond it is refused; ours refuses to pass it
@@ -134,7 +153,11 @@ class Mailbox:
 # Conversations -----------------------------------------------------------------------
 
 
-_CONV_COLUMNS = "topic, kind, peer, name, joined_at, left_at, visible"
+_CONV_COLUMNS = "topic, kind, peer, name, joined_at, left_at, visible, timer, muted"
+
+
+def _conversation(row: tuple) -> Conversation:
+    return Conversation(*row[:6], bool(row[6]), row[7], bool(row[8]))
 
 
 def add_conversation(conn: sqlite3.Connection, topic: bytes, kind: str, name: str, now: float,
@@ -149,13 +172,13 @@ def add_conversation(conn: sqlite3.Connection, topic: bytes, kind: str, name: st
 def conversation(conn: sqlite3.Connection, topic: bytes) -> Conversation | None:
     row = conn.execute(f"SELECT {_CONV_COLUMNS} FROM conversations "  # noqa: S608
                        "WHERE topic = ?", (topic,)).fetchone()
-    return Conversation(*row[:6], bool(row[6])) if row else None
+    return _conversation(row) if row else None
 
 
 def conversations(conn: sqlite3.Connection) -> list[Conversation]:
     rows = conn.execute(f"SELECT {_CONV_COLUMNS} FROM conversations "  # noqa: S608
                         "ORDER BY joined_at")
-    return [Conversation(*row[:6], bool(row[6])) for row in rows]
+    return [_conversation(row) for row in rows]
 
 
 def mark_left(conn: sqlite3.Connection, topic: bytes, now: float) -> None:
@@ -200,31 +223,190 @@ def load_ops(conn: sqlite3.Connection, topic: bytes) -> list[bytes]:
 # Chat messages, deliveries, receipts -----------------------------------------------------
 
 
-_CHAT_COLUMNS = "message_id, topic, sender, seq, lamport, sent_at, text, file, seen"
+_CHAT_COLUMNS = ("message_id, topic, sender, seq, lamport, sent_at, text, file, seen, "
+                 "reply_to, edited_at, edits, action_seq, deleted, expires_at")
+
+
+def _chat_row(r: tuple) -> ChatRow:
+    return ChatRow(*r[:8], bool(r[8]), r[9], r[10], r[11], r[12], bool(r[13]), r[14])
 
 
 def insert_chat_message(conn: sqlite3.Connection, row: ChatRow) -> bool:
     cur = conn.execute(f"INSERT OR IGNORE INTO chat_messages ({_CHAT_COLUMNS}) "  # noqa: S608
-                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        (row.message_id, row.topic, row.sender, row.seq, row.lamport,
-                        row.sent_at, row.text, row.file, int(row.seen)))
-    return cur.rowcount == 1
+                        row.sent_at, row.text, row.file, int(row.seen), row.reply_to,
+                        row.edited_at, row.edits, row.action_seq, int(row.deleted),
+                        row.expires_at))
+    if cur.rowcount != 1:
+        return False
+    _index(conn, row.message_id, row.topic, row.text, row.file)
+    return True
+
+
+def _index(conn: sqlite3.Connection, message_id: bytes, topic: bytes, text: str,
+           file: bytes | None) -> None:
+    """(Re)index what a message shows: its text and its file's name."""
+    conn.execute("DELETE FROM chat_search WHERE message_id = ?", (message_id,))
+    body = " ".join(part for part in (text, file_name(file)) if part)
+    if body:
+        conn.execute("INSERT INTO chat_search (body, message_id, topic) VALUES (?, ?, ?)",
+                     (body, message_id, topic))
+
+
+def file_name(file: bytes | None) -> str:
+    if file is None:
+        return ""
+    try:
+        name = msgpack.unpackb(file, raw=False).get("name", "")
+    except (ValueError, TypeError, AttributeError, msgpack.UnpackException):
+        return ""
+    return name if isinstance(name, str) else ""
+
+
+def cursor_of(row: ChatRow) -> str:
+    """The message's place in display order as the API's paging cursor."""
+    return f"{row.lamport}.{row.sender}.{row.seq}"
+
+
+def parse_cursor(raw: str) -> Position | None:
+    parts = raw.split(".")
+    if len(parts) != 3 or not all(p.isdigit() and len(p) <= 16 for p in parts) \
+            or len(parts[1]) != 15:
+        return None
+    return int(parts[0]), parts[1], int(parts[2])
 
 
 def chat_message(conn: sqlite3.Connection, message_id: bytes) -> ChatRow | None:
     row = conn.execute(f"SELECT {_CHAT_COLUMNS} FROM chat_messages "  # noqa: S608
                        "WHERE message_id = ?", (message_id,)).fetchone()
-    return ChatRow(*row[:8], bool(row[8])) if row else None
+    return _chat_row(row) if row else None
+
+
+Position = tuple[int, str, int]
+"""A message's place in display order: (lamport, sender, seq), unique per topic."""
 
 
 def chat_messages(conn: sqlite3.Connection, topic: bytes, limit: int = 200,
-                  before_lamport: int | None = None) -> list[ChatRow]:
-    """The last ``limit`` messages of a conversation in display order."""
-    bound = before_lamport if before_lamport is not None else MAX_ORDER + 1
+                  before: Position | None = None) -> list[ChatRow]:
+    """The last ``limit`` messages of a conversation before ``before`` (None: the
+    newest), in display order. Keyset paging on the display order: a page never skips
+    or repeats a stored message, however many share a value."""
+    lamport, sender, seq = before if before is not None else (MAX_ORDER + 1, "", 0)
     rows = conn.execute(f"SELECT {_CHAT_COLUMNS} FROM chat_messages "  # noqa: S608
-                        "WHERE topic = ? AND lamport < ? ORDER BY lamport DESC, sender DESC, "
-                        "seq DESC LIMIT ?", (topic, bound, limit)).fetchall()
-    return [ChatRow(*r[:8], bool(r[8])) for r in reversed(rows)]
+                        "WHERE topic = ? AND (lamport, sender, seq) < (?, ?, ?) "
+                        "ORDER BY lamport DESC, sender DESC, seq DESC LIMIT ?",
+                        (topic, lamport, sender, seq, limit)).fetchall()
+    return [_chat_row(r) for r in reversed(rows)]
+
+
+def unseen_up_to(conn: sqlite3.Connection, topic: bytes, me: str,
+                 upto: Position) -> list[bytes]:
+    """Others' messages not yet seen, at or before ``upto`` in display order."""
+    return [r[0] for r in conn.execute(
+        "SELECT message_id FROM chat_messages WHERE topic = ? AND seen = 0 AND sender != ? "
+        "AND (lamport, sender, seq) <= (?, ?, ?)", (topic, me, *upto))]
+
+
+# Reactions, edits, deletes, disappearing messages, search --------------------------------
+
+
+def set_reaction(conn: sqlite3.Connection, message_id: bytes, member: str, emoji: str,
+                 seq: int) -> bool:
+    """``member``'s reaction ("" removes it), unless a newer one (seq) is stored."""
+    row = conn.execute("SELECT seq FROM reactions WHERE message_id = ? AND member = ?",
+                       (message_id, member)).fetchone()
+    if row is not None and row[0] >= seq:
+        return False
+    conn.execute("INSERT INTO reactions (message_id, member, emoji, seq) VALUES (?, ?, ?, ?) "
+                 "ON CONFLICT (message_id, member) DO UPDATE SET emoji = excluded.emoji, "
+                 "seq = excluded.seq", (message_id, member, emoji, seq))
+    return True
+
+
+def reactions(conn: sqlite3.Connection, message_id: bytes) -> dict[str, list[str]]:
+    """emoji -> the members who reacted with it."""
+    out: dict[str, list[str]] = {}
+    for emoji, member in conn.execute("SELECT emoji, member FROM reactions WHERE "
+                                      "message_id = ? AND emoji != '' ORDER BY member",
+                                      (message_id,)):
+        out.setdefault(emoji, []).append(member)
+    return out
+
+
+def edit_message(conn: sqlite3.Connection, message_id: bytes, text: str, edited_at: int,
+                 seq: int) -> bool:
+    """Show ``text`` instead, unless a newer edit or the delete (seq) was applied."""
+    cur = conn.execute("UPDATE chat_messages SET text = ?, edited_at = ?, edits = edits + 1, "
+                       "action_seq = ? WHERE message_id = ? AND action_seq < ? AND deleted = 0",
+                       (text, edited_at, seq, message_id, seq))
+    if not cur.rowcount:
+        return False
+    row = chat_message(conn, message_id)
+    if row is not None:
+        _index(conn, message_id, row.topic, text, row.file)
+    return True
+
+
+def delete_message(conn: sqlite3.Connection, message_id: bytes, seq: int) -> bytes | None:
+    """Deleted for everyone: a tombstone without text, file or reactions stays. Returns
+    the stored file reference (its chunks go too), or None."""
+    row = chat_message(conn, message_id)
+    if row is None or row.deleted:
+        return None
+    conn.execute("UPDATE chat_messages SET text = '', file = NULL, reply_to = NULL, "
+                 "deleted = 1, action_seq = ? WHERE message_id = ?", (seq, message_id))
+    conn.execute("DELETE FROM reactions WHERE message_id = ?", (message_id,))
+    conn.execute("DELETE FROM chat_search WHERE message_id = ?", (message_id,))
+    return row.file
+
+
+def remove_message(conn: sqlite3.Connection, message_id: bytes) -> bytes | None:
+    """Nothing of the message stays; returns its file reference (chunks go too)."""
+    row = chat_message(conn, message_id)
+    if row is None:
+        return None
+    for table in ("reactions", "deliveries", "receipts_due", "chat_search"):
+        conn.execute(f"DELETE FROM {table} WHERE message_id = ?", (message_id,))  # noqa: S608
+    conn.execute("DELETE FROM chat_messages WHERE message_id = ?", (message_id,))
+    return row.file
+
+
+def soonest_expiring(conn: sqlite3.Connection, limit: int = 500) -> list[ChatRow]:
+    rows = conn.execute(f"SELECT {_CHAT_COLUMNS} FROM chat_messages "  # noqa: S608
+                        "WHERE expires_at IS NOT NULL ORDER BY expires_at LIMIT ?", (limit,))
+    return [_chat_row(r) for r in rows]
+
+
+def timer_order(conn: sqlite3.Connection, topic: bytes) -> int:
+    return conn.execute("SELECT timer_order FROM conversations WHERE topic = ?",
+                        (topic,)).fetchone()[0]
+
+
+def set_timer(conn: sqlite3.Connection, topic: bytes, seconds: int, order: int) -> None:
+    conn.execute("UPDATE conversations SET timer = ?, timer_order = ? WHERE topic = ?",
+                 (seconds, order, topic))
+
+
+def set_muted(conn: sqlite3.Connection, topic: bytes, muted: bool) -> None:
+    conn.execute("UPDATE conversations SET muted = ? WHERE topic = ?", (int(muted), topic))
+
+
+def search(conn: sqlite3.Connection, terms: list[str], topics: list[bytes],
+           limit: int) -> list[tuple[ChatRow, str]]:
+    """Messages of ``topics`` whose text or file name has every term (as a word prefix),
+    best match first, each with a snippet (matches in [brackets])."""
+    if not terms or not topics:
+        return []
+    query = " ".join('"' + term.replace('"', '""') + '"*' for term in terms)
+    marks = ",".join("?" * len(topics))
+    rows = conn.execute(
+        f"SELECT c.{_CHAT_COLUMNS.replace(', ', ', c.')}, "  # noqa: S608
+        "snippet(chat_search, 0, '[', ']', '…', 12) FROM chat_search s "
+        "JOIN chat_messages c ON c.message_id = s.message_id "
+        f"WHERE chat_search MATCH ? AND s.topic IN ({marks}) ORDER BY rank LIMIT ?",
+        (query, *topics, limit)).fetchall()
+    return [(_chat_row(r[:15]), r[15]) for r in rows]
 
 
 def unread_count(conn: sqlite3.Connection, topic: bytes, me: str) -> int:

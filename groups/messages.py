@@ -25,28 +25,39 @@ from groups.conversation_clock import MAX_ORDER
 from groups.errors import BadContent, Unsendable
 
 __all__ = [
+    "CHAT_ACTIONS",
     "DIRECT_CONTENTS",
     "GROUP_CONTENTS",
+    "MAX_EDITS",
+    "MAX_EMOJI_BYTES",
     "MAX_FILE_CHUNKS",
     "MAX_FILE_SIZE",
     "MAX_INT",
     "MAX_TEXT_BYTES",
+    "MAX_TIMER",
     "Content",
+    "Delete",
+    "Edit",
     "Envelope",
     "EnvelopeKind",
     "FileRef",
     "JoinRefused",
     "JoinRequest",
     "OpNotice",
+    "Reaction",
     "Receipts",
     "SenderKey",
     "Text",
+    "Timer",
     "Welcome",
     "decode_content",
     "direct_topic",
 ]
 
 MAX_TEXT_BYTES = 64 * 1024
+MAX_EMOJI_BYTES = 32                # one emoji, however many code points it joins
+MAX_EDITS = 10                      # per message, as Signal
+MAX_TIMER = 28 * 24 * 3600          # disappearing messages: at most 4 weeks (seconds)
 MAX_FILE_SIZE = 26_214_400          # 25 MiB per attachment
 FILE_CHUNK_SIZE = 256 * 1024        # groups.crypto.ATTACHMENT_CHUNK_SIZE
 MAX_FILE_CHUNKS = MAX_FILE_SIZE // FILE_CHUNK_SIZE   # 100
@@ -99,12 +110,15 @@ _TYPES: dict[str, type[Content]] = {}
 @dataclass(frozen=True)
 class Content:
     """Base of the plaintexts. ``LIMITS`` bounds bytes/str lengths, list sizes and
-    integers (MAX_INT unless it says less); ``ITEM_LEN`` gives the exact length of each
-    item of a list of byte strings."""
+    integers (MAX_INT unless it says less); ``ITEM_LEN`` gives the exact length of a
+    byte string, or of each item of a list of byte strings. ``OPTIONAL`` fields are
+    left out of the wire form while they hold their default, so a content without them
+    encodes exactly as it did before they existed (older nodes still read it)."""
 
     TYPE: ClassVar[str]
     LIMITS: ClassVar[dict[str, int]] = {}
     ITEM_LEN: ClassVar[dict[str, int]] = {}
+    OPTIONAL: ClassVar[frozenset[str]] = frozenset()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -116,6 +130,8 @@ class Content:
         body = {"t": self.TYPE}
         for f in fields(self):
             value = getattr(self, f.name)
+            if f.name in self.OPTIONAL and value == f.default:
+                continue
             body[f.name] = value.to_msgpack() if isinstance(value, FileRef) else (
                 list(value) if isinstance(value, tuple) else value)
         try:
@@ -138,11 +154,16 @@ def decode_content(data: bytes, allowed: tuple[type[Content], ...]) -> Content:
     if cls is None or cls not in allowed:
         raise BadContent(f"content type {obj.get('t')!r} is not allowed here")
     names = {f.name: f for f in fields(cls)}
-    if set(obj) != {"t", *names}:
+    required = {"t", *names} - cls.OPTIONAL
+    if not required <= set(obj) <= {"t", *names}:
         raise BadContent(f"{cls.TYPE} content has wrong fields")
     values = {}
     for name in names:
+        if name not in obj:
+            continue   # an optional field left out: its default
         value = obj[name]
+        if name in cls.OPTIONAL and value == names[name].default:
+            raise BadContent(f"{cls.TYPE}.{name} is sent only when it is not the default")
         hint = cls.__annotations__[name]
         values[name] = _check(value, hint, cls.LIMITS.get(name), cls.ITEM_LEN.get(name),
                               f"{cls.TYPE}.{name}")
@@ -161,6 +182,8 @@ def _check(value: Any, hint: str, limit: int | None, item_len: int | None,
         size = len(value.encode()) if hint == "str" else len(value)
         if limit is not None and size > limit:
             raise BadContent(f"{where} is longer than {limit} bytes")
+        if item_len is not None and size != item_len:
+            raise BadContent(f"{where} must be {item_len} bytes")
     elif hint == "tuple[bytes, ...]":
         if type(value) is not list or any(type(v) is not bytes or len(v) > 4096
                                           or (item_len and len(v) != item_len)
@@ -212,14 +235,68 @@ class FileRef:
 
 @dataclass(frozen=True)
 class Text(Content):
-    """A chat message: text, optionally with a file (then ``text`` is its caption)."""
+    """A chat message: text, optionally with a file (then ``text`` is its caption),
+    optionally a reply to ``reply_to`` (a message id) and disappearing ``expires``
+    seconds after it was sent (the conversation's timer when its sender sent it)."""
 
     TYPE = "text"
-    LIMITS = {"text": MAX_TEXT_BYTES, "sent_at": MAX_SENT_AT}
+    LIMITS = {"text": MAX_TEXT_BYTES, "sent_at": MAX_SENT_AT, "reply_to": 32,
+              "expires": MAX_TIMER}
+    ITEM_LEN = {"reply_to": 32}
+    OPTIONAL = frozenset({"reply_to", "expires"})
     lamport: int      # the ordering value (groups.conversation_clock)
     sent_at: int      # milliseconds since the epoch, as the sender's clock says
     text: str
     file: FileRef | None = None
+    reply_to: bytes = b""
+    expires: int = 0
+
+
+@dataclass(frozen=True)
+class Reaction(Content):
+    """The sender's reaction to ``target`` (one per member and message: a later one
+    replaces it, ``emoji`` "" takes it back)."""
+
+    TYPE = "react"
+    LIMITS = {"target": 32, "emoji": MAX_EMOJI_BYTES}
+    ITEM_LEN = {"target": 32}
+    target: bytes
+    emoji: str
+
+
+@dataclass(frozen=True)
+class Edit(Content):
+    """New text for one of the sender's own messages (groups/chat_actions.py: limits)."""
+
+    TYPE = "edit"
+    LIMITS = {"target": 32, "sent_at": MAX_SENT_AT, "text": MAX_TEXT_BYTES}
+    ITEM_LEN = {"target": 32}
+    target: bytes
+    sent_at: int
+    text: str
+
+
+@dataclass(frozen=True)
+class Delete(Content):
+    """Delete one of the sender's own messages for everyone."""
+
+    TYPE = "delete"
+    LIMITS = {"target": 32, "sent_at": MAX_SENT_AT}
+    ITEM_LEN = {"target": 32}
+    target: bytes
+    sent_at: int
+
+
+@dataclass(frozen=True)
+class Timer(Content):
+    """The conversation's disappearing-messages timer (seconds, 0: off), set by any
+    member; the newest by ordering value wins."""
+
+    TYPE = "timer"
+    LIMITS = {"sent_at": MAX_SENT_AT, "seconds": MAX_TIMER}
+    lamport: int
+    sent_at: int
+    seconds: int
 
 
 @dataclass(frozen=True)
@@ -283,5 +360,7 @@ class OpNotice(Content):
     ops: tuple[bytes, ...]
 
 
-GROUP_CONTENTS = (Text, Receipts)
-DIRECT_CONTENTS = (Text, Receipts, SenderKey, Welcome, JoinRequest, JoinRefused, OpNotice)
+CHAT_ACTIONS = (Reaction, Edit, Delete, Timer)
+GROUP_CONTENTS = (Text, Receipts, *CHAT_ACTIONS)
+DIRECT_CONTENTS = (Text, Receipts, SenderKey, Welcome, JoinRequest, JoinRefused, OpNotice,
+                   *CHAT_ACTIONS)

@@ -23,10 +23,11 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
 
-from groups import history
+from groups import chat_actions, conversation_clock, history
 from groups.conversation import Check, Conversations, pack_file
 from groups.conversation_events import (
     ChatRow,
+    Conversation,
     ConversationKind,
     DeliveryState,
     Effect,
@@ -52,15 +53,19 @@ from groups.messages import (
     DIRECT_CONTENTS,
     GROUP_CONTENTS,
     Content,
+    Delete,
+    Edit,
     Envelope,
     EnvelopeKind,
     FileRef,
     JoinRefused,
     JoinRequest,
     OpNotice,
+    Reaction,
     Receipts,
     SenderKey,
     Text,
+    Timer,
     Welcome,
     decode_content,
 )
@@ -235,6 +240,17 @@ class Messenger:
                 return []
             return core.receive_text(conv, origin, message.msg_id, message.seq, content,
                                      history.order_clock(self.conn, message.topic), now)
+        if isinstance(content, Reaction | Edit | Delete | Timer):
+            conv = history.conversation(self.conn, message.topic)
+            if conv is None:
+                return []
+            if isinstance(content, Timer):
+                return chat_actions.receive_timer(
+                    conv, origin, content, history.timer_order(self.conn, conv.topic),
+                    history.order_clock(self.conn, conv.topic), now)
+            return chat_actions.receive_action(conv, origin, message.seq,
+                                               history.chat_message(self.conn, content.target),
+                                               content)
         if isinstance(content, Receipts):
             ours = history.own_messages(self.conn, message.topic, self.me,
                                         content.delivered + content.read)
@@ -254,24 +270,25 @@ class Messenger:
 
     # -- sending ---------------------------------------------------------------------------
 
-    def send_text(self, topic: bytes, text: str, file: FileRef | None = None) -> bytes:
-        """Send a chat message; returns its id once it is committed."""
+    def send_text(self, topic: bytes, text: str, file: FileRef | None = None,
+                  reply_to: bytes = b"") -> bytes:
+        """Send a chat message (a reply to ``reply_to``, a message of this conversation,
+        if given); returns its id once it is committed."""
         conv = history.conversation(self.conn, topic)
         now = self.clock()
         with atomic(self.conn):
             out = self.core.send_text(conv, text, file,
-                                      history.order_clock(self.conn, topic) if conv else 0, now)
+                                      history.order_clock(self.conn, topic) if conv else 0, now,
+                                      reply_to, history.chat_message(self.conn, reply_to)
+                                      if reply_to else None)
             self.io.apply(out.effects)
-            plaintext = out.content.encode()
-            if conv is not None and conv.kind == ConversationKind.GROUP:
-                envelope = Envelope(EnvelopeKind.SEALED, self.io.seal_group(topic, plaintext))
-            else:
-                envelope = Envelope(EnvelopeKind.PAIRWISE,
-                                    self.crypto.encrypt(out.recipients[0], plaintext))
-            message = self.io.publish_own(topic, envelope)
-            row = ChatRow(message.msg_id, topic, self.me, message.seq, out.content.lamport,
-                          out.content.sent_at, text, None if file is None else pack_file(file),
-                          True)
+            content = out.content
+            message = self._publish(self.core.sendable(conv), content.encode())
+            row = ChatRow(message.msg_id, topic, self.me, message.seq, content.lamport,
+                          content.sent_at, text, None if file is None else pack_file(file),
+                          True, reply_to or None,
+                          expires_at=chat_actions.expires_at(content.sent_at, content.expires,
+                                                             now))
             history.insert_chat_message(self.conn, row)
             if file is not None and self.attachments is not None:
                 self.attachments.announced(message.msg_id, topic, self.me, file)
@@ -282,16 +299,77 @@ class Messenger:
         self.events.publish("message", self.describe(row))
         return message.msg_id
 
+    def _publish(self, conv: Conversation, plaintext: bytes) -> Message:
+        """Encrypt a content for the conversation and commit it as our mesh message
+        (inside the caller's transaction)."""
+        if conv.kind == ConversationKind.GROUP:
+            envelope = Envelope(EnvelopeKind.SEALED, self.io.seal_group(conv.topic, plaintext))
+        else:
+            envelope = Envelope(EnvelopeKind.PAIRWISE,
+                                self.crypto.encrypt(conv.peer or "", plaintext))
+        return self.io.publish_own(conv.topic, envelope)
+
+    def react(self, topic: bytes, message_id: bytes, emoji: str) -> None:
+        """Our user's reaction to a message ("" takes it back)."""
+        self._act(topic, Reaction(message_id, emoji))
+
+    def edit(self, topic: bytes, message_id: bytes, text: str) -> None:
+        self._act(topic, Edit(message_id, int(self.clock() * 1000), text))
+
+    def delete(self, topic: bytes, message_id: bytes) -> None:
+        """Delete one of our messages for everyone."""
+        self._act(topic, Delete(message_id, int(self.clock() * 1000)))
+
+    def _act(self, topic: bytes, action: Reaction | Edit | Delete) -> None:
+        """Refused (typed error, nothing sent or stored) by the rule every member applies
+        on receipt (groups/chat_actions.py); else sent, and applied here the same way."""
+        with atomic(self.conn):
+            conv = self.core.sendable(history.conversation(self.conn, topic))
+            target = history.chat_message(self.conn, action.target)
+            chat_actions.raise_problem(chat_actions.problem(conv, self.me, target, action))
+            message = self._publish(conv, action.encode())
+            self.io.apply(chat_actions.receive_action(conv, self.me, message.seq, target,
+                                                      action))
+        self.io.flush()
+
+    def set_timer(self, topic: bytes, seconds: int) -> None:
+        """Set the conversation's disappearing-messages timer for every member."""
+        if type(seconds) is not int or not chat_actions.check_timer(seconds):
+            chat_actions.raise_problem("bad_timer")
+        now = self.clock()
+        with atomic(self.conn):
+            conv = self.core.sendable(history.conversation(self.conn, topic))
+            clock = history.order_clock(self.conn, topic)
+            content = Timer(conversation_clock.tick(clock, now), int(now * 1000), seconds)
+            self._publish(conv, content.encode())
+            self.io.apply(chat_actions.receive_timer(
+                conv, self.me, content, history.timer_order(self.conn, topic), clock, now))
+        self.io.flush()
+
+    def sweep_expired(self) -> int:
+        """Remove the disappearing messages whose time is up (attachments too); returns
+        how many went. The node calls it periodically."""
+        with atomic(self.conn):
+            effects = chat_actions.expired(history.soonest_expiring(self.conn), self.clock())
+            self.io.apply(effects)
+        self.io.flush()
+        return len(effects)
+
+    def set_muted(self, topic: bytes, muted: bool) -> None:
+        """Mute a conversation on this node (no notifications; nothing is sent)."""
+        if history.conversation(self.conn, topic) is None:
+            raise NotFound("no such conversation")
+        with atomic(self.conn):
+            history.set_muted(self.conn, topic, muted)
+
     def mark_read(self, topic: bytes, message_id: bytes) -> int:
         """Our user saw ``message_id`` and everything before it; returns how many were new."""
         target = history.chat_message(self.conn, message_id)
         if target is None or target.topic != topic:
             raise NotFound("no such message in this conversation")
         with atomic(self.conn):
-            rows = [r for r in history.chat_messages(self.conn, topic, limit=10_000,
-                                                     before_lamport=target.lamport + 1)
-                    if r.sender != self.me and not r.seen]
-            fresh = history.mark_seen(self.conn, [r.message_id for r in rows])
+            fresh = history.mark_seen(self.conn, history.unseen_up_to(
+                self.conn, topic, self.me, (target.lamport, target.sender, target.seq)))
             for msg_id in fresh:
                 history.owe_receipt(self.conn, msg_id, topic, "read")
         self.io.outbox_wakeup.set()
@@ -436,7 +514,19 @@ class Messenger:
         return self.io.describe(row)
 
     def messages(self, topic: bytes, limit: int = 200) -> list[dict[str, Any]]:
+        """The newest ``limit`` messages, in display order."""
+        return self.page(topic, limit)[0]
+
+    def page(self, topic: bytes, limit: int = 200,
+             before: history.Position | None = None) -> tuple[list[dict[str, Any]],
+                                                              str | None]:
+        """A page of ``limit`` messages before ``before`` (None: the newest), and the
+        cursor of the page before it (None: this page reaches the first message)."""
         if history.conversation(self.conn, topic) is None:
             raise NotFound("no such conversation")
-        return [self.describe(row) for row in history.chat_messages(self.conn, topic, limit)]
+        rows = history.chat_messages(self.conn, topic, limit + 1, before)
+        more = len(rows) > limit
+        rows = rows[1:] if more else rows
+        return ([self.describe(row) for row in rows],
+                history.cursor_of(rows[0]) if more else None)
 

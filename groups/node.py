@@ -66,6 +66,7 @@ log = logging.getLogger("parley.node")
 DHT_CONTACTS_FILE = "dht-contacts.json"
 DHT_CONTACTS_SAVE_INTERVAL = 60.0
 REGISTER_RETRY = (2.0, 120.0)
+DISAPPEAR_SWEEP = 1.0   # seconds between sweeps for disappearing messages
 
 
 @dataclass(frozen=True)
@@ -209,7 +210,8 @@ class Node:
         self._tasks = [asyncio.ensure_future(self._register_loop(self._prekeys)),
                        asyncio.ensure_future(self.messenger.run_outbox(self._stop)),
                        asyncio.ensure_future(self._refresh_loop()),
-                       asyncio.ensure_future(self.presence.run(self._stop))]
+                       asyncio.ensure_future(self.presence.run(self._stop)),
+                       asyncio.ensure_future(self._disappear_loop())]
         if self.dht is not None:
             self._tasks.append(asyncio.ensure_future(self._dht_loop()))
         log.info("node %s up: mesh %s", display_user_id(self.user_id), ", ".join(endpoints))
@@ -308,6 +310,16 @@ class Node:
             if not self._stop.is_set():
                 await self.messenger.refresh_unreachable(
                     set(self.runtime.links()), every=self.config.refresh_interval * 5)
+
+    async def _disappear_loop(self) -> None:
+        """Disappearing messages go within a second of their time, attachments too
+        (the rule, with time as a parameter, is groups.chat_actions.expired)."""
+        while not self._stop.is_set():
+            removed = self.messenger.sweep_expired()
+            if removed:
+                log.info("disappearing messages: %d removed", removed)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), DISAPPEAR_SWEEP)
 
     async def _dht_loop(self) -> None:
         """Join the DHT (through configured contacts and the bootstrap's DHT node) and

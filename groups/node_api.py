@@ -150,7 +150,7 @@ class NodeApi:
                 continue
             rows = history.chat_messages(conn, conv.topic, limit=1)
             out.append({"id": conv.topic.hex(), "kind": conv.kind, "name": conv.name,
-                        "peer": conv.peer,
+                        "peer": conv.peer, "muted": conv.muted, "timer": conv.timer,
                         "unread": history.unread_count(conn, conv.topic, self.user_id),
                         "last_message": self._messenger.describe(rows[-1]) if rows else None})
         return out
@@ -197,11 +197,50 @@ class NodeApi:
 
     # -- messages (both kinds of conversation, by topic) -------------------------------------
 
-    def messages(self, topic: bytes) -> list[dict[str, Any]]:
-        return self._messenger.messages(topic)
+    def messages(self, topic: bytes, limit: int = 200,
+                 before: str | None = None) -> dict[str, Any]:
+        """A page of messages in display order and the cursor of the page before it
+        (None: none). ``before``: a cursor from an earlier answer (NotFound if bad)."""
+        position = None if before is None else history.parse_cursor(before)
+        if before is not None and position is None:
+            raise NotFound("no such cursor")
+        messages, older = self._messenger.page(topic, limit, position)
+        return {"messages": messages, "before": older}
 
-    def send_text(self, topic: bytes, text: str, file: FileRef | None = None) -> bytes:
-        return self._messenger.send_text(topic, text, file)
+    def send_text(self, topic: bytes, text: str, file: FileRef | None = None,
+                  reply_to: bytes = b"") -> bytes:
+        return self._messenger.send_text(topic, text, file, reply_to)
+
+    def react(self, topic: bytes, message_id: bytes, emoji: str) -> None:
+        self._messenger.react(topic, message_id, emoji)
+
+    def edit(self, topic: bytes, message_id: bytes, text: str) -> None:
+        self._messenger.edit(topic, message_id, text)
+
+    def delete(self, topic: bytes, message_id: bytes) -> None:
+        self._messenger.delete(topic, message_id)
+
+    def set_timer(self, topic: bytes, seconds: int) -> None:
+        self._messenger.set_timer(topic, seconds)
+
+    def set_muted(self, topic: bytes, muted: bool) -> None:
+        self._messenger.set_muted(topic, muted)
+
+    def message(self, topic: bytes, message_id: bytes) -> dict[str, Any]:
+        row = history.chat_message(self._node.conn, message_id)
+        if row is None or row.topic != topic:
+            raise NotFound("no such message in this conversation")
+        return self._messenger.describe(row)
+
+    def search(self, query: str, limit: int = 50) -> list[dict[str, Any]]:
+        """Messages of the conversations shown whose text or file name has every word
+        of ``query`` (as a word prefix), best first, each with a snippet."""
+        conn = self._node.conn
+        topics = [c.topic for c in history.conversations(conn)
+                  if c.visible and c.left_at is None]
+        terms = query.split()[:16]
+        return [{"message": self._messenger.describe(row), "snippet": snippet}
+                for row, snippet in history.search(conn, terms, topics, limit)]
 
     def mark_read(self, topic: bytes, message_id: bytes) -> int:
         return self._messenger.mark_read(topic, message_id)

@@ -272,7 +272,39 @@ UPDATE conversations SET lamport = (
 WHERE typeof(lamport) != 'integer' OR lamport NOT BETWEEN 0 AND 9007199254740991;
 """
 
-MIGRATIONS: list[str] = [_V1_KEYS, _V2_MESSENGER, _V3_ATTACHMENTS, _V4_ORDER_REPAIR]
+# Chat features (issue 16; groups/chat_actions.py): replies, edits, deletes for everyone,
+# disappearing messages (``expires_at``, ms), one reaction per member and message, the
+# conversation's timer and mute, and a full-text index of what is shown (text and file
+# name; edits update it, deletes and disappearing remove it). ``action_seq``: the mesh
+# seq of the newest edit or delete applied, so that a late older one changes nothing.
+_CHAT_FEATURES = """
+ALTER TABLE chat_messages ADD COLUMN reply_to BLOB;
+ALTER TABLE chat_messages ADD COLUMN edited_at INTEGER;
+ALTER TABLE chat_messages ADD COLUMN edits INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE chat_messages ADD COLUMN action_seq INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE chat_messages ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE chat_messages ADD COLUMN expires_at INTEGER;
+CREATE INDEX chat_messages_expiry ON chat_messages (expires_at) WHERE expires_at IS NOT NULL;
+ALTER TABLE conversations ADD COLUMN timer INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE conversations ADD COLUMN timer_order INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE conversations ADD COLUMN muted INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE reactions (
+    message_id BLOB NOT NULL REFERENCES chat_messages (message_id),
+    member     TEXT NOT NULL,
+    emoji      TEXT NOT NULL,
+    seq        INTEGER NOT NULL,          -- the mesh seq that carried it (newest wins)
+    PRIMARY KEY (message_id, member)
+);
+CREATE VIRTUAL TABLE chat_search USING fts5 (
+    body, message_id UNINDEXED, topic UNINDEXED, tokenize = 'unicode61 remove_diacritics 2');
+INSERT INTO chat_search (body, message_id, topic)
+    SELECT c.text || COALESCE(' ' || (SELECT a.name FROM attachments a
+                                       WHERE a.message_id = c.message_id LIMIT 1), ''),
+           c.message_id, c.topic FROM chat_messages c;
+"""
+
+MIGRATIONS: list[str] = [_V1_KEYS, _V2_MESSENGER, _V3_ATTACHMENTS, _V4_ORDER_REPAIR,
+                         _CHAT_FEATURES]
 
 def open_store(path: str | PathLike[str]) -> sqlite3.Connection:
     """Open (create, migrate) the node database at ``path`` (or ``":memory:"``)."""

@@ -18,6 +18,7 @@ from mesh.errors import FormatError, PassphraseError
 from mesh.identity import parse_user_id
 from mesh.jsonapi import ApiError, check_fields
 from webapp.bluetooth_api import bluetooth_routes
+from webapp.chat_api import chat_routes, page_args, reply_to_arg
 from webapp.files import AttachmentMixin, UploadMixin
 from webapp.node_handler import NodeHandler
 from webapp.server import API_PREFIX, Route
@@ -68,7 +69,7 @@ class ContactsHandler(NodeHandler):
 class ChatMessagesHandler(UploadMixin, NodeHandler):
     def get(self, raw_id: str) -> None:
         topic = self.node.chat_topic(_user_id(raw_id))
-        self.send_json(200, {"messages": self.node.messages(topic)})
+        self.send_json(200, self.node.messages(topic, *page_args(self)))
 
     async def post(self, raw_id: str) -> None:
         user_id = _user_id(raw_id)
@@ -78,8 +79,9 @@ class ChatMessagesHandler(UploadMixin, NodeHandler):
             self.send_json(201, await self.send_upload(
                 topic, upload, lambda text, ref: self.node.send_direct(user_id, text, ref)))
             return
-        text = self.text_field()
-        message_id = await self.node.send_direct(user_id, text)
+        text, reply_to = self.text_field(), reply_to_arg(self.json_body())
+        topic = await self.node.open_chat(user_id)
+        message_id = self.node.send_text(topic, text, None, reply_to)
         self.send_json(201, {"message_id": message_id.hex()})
 
 
@@ -153,7 +155,7 @@ class AdminsHandler(NodeHandler):
 class GroupMessagesHandler(UploadMixin, NodeHandler):
     def get(self, raw_id: str) -> None:
         group_id = self.node.group_topic(_group_id(raw_id))
-        self.send_json(200, {"messages": self.node.messages(group_id)})
+        self.send_json(200, self.node.messages(group_id, *page_args(self)))
 
     async def post(self, raw_id: str) -> None:
         group_id = _group_id(raw_id)
@@ -163,7 +165,8 @@ class GroupMessagesHandler(UploadMixin, NodeHandler):
             self.send_json(201, await self.send_upload(
                 group_id, upload, lambda text, ref: self.node.send_text(group_id, text, ref)))
             return
-        message_id = self.node.send_text(group_id, self.text_field())
+        message_id = self.node.send_text(group_id, self.text_field(),
+                                         None, reply_to_arg(self.json_body()))
         self.send_json(201, {"message_id": message_id.hex()})
 
 
@@ -303,6 +306,7 @@ def api_routes(node: NodeApi) -> list[Route]:
         (p + r"/attachments/([^/]+)", AttachmentHandler),
         (p + r"/attachments/([^/]+)/info", AttachmentInfoHandler),
         (p + "/transfers", TransfersHandler),
+        *chat_routes(),
         *bluetooth_routes(),
     ]
     return [(pattern, handler, {"node": node}) for pattern, handler in routes]

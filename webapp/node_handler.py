@@ -35,6 +35,7 @@ from webapp.server import UiApiHandler
 __all__ = ["NodeHandler", "to_api_error"]
 
 _STATUS_OF_REASON = {"text_too_long": 413, "empty_message": 400, "bad_name": 400,
+                     "bad_emoji": 400, "bad_timer": 400,
                      "invite_malformed": 400, "file_too_large": 413, "empty_file": 400,
                      "bad_file_name": 400}
 
@@ -94,7 +95,7 @@ class NodeHandler(UiApiHandler):
 
     def text_field(self) -> str:
         body = self.json_body()
-        check_fields(body, {"text"})
+        check_fields(body, {"text"}, {"reply_to"})
         if not isinstance(body["text"], str):
             raise ApiError(400, "bad_request", "text must be a string")
         return body["text"]
