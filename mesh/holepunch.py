@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 from mesh import wire
 from mesh.bluetooth import open_stream_link
+from mesh.errors import LocalError
 from mesh.transport import LinkConnection, Transport
 
 __all__ = ["MAX_ATTEMPTS", "STREAM_KEEPALIVE", "Dial", "Failed", "HolePuncher", "PunchCore",
@@ -245,8 +246,10 @@ class HolePuncher:
         peer = conn.peer_id or ""
         self.results[peer] = "hole_punched"
         log.info("hole punch with %s: connected to %s", peer, sock.getpeername())
-        with contextlib.suppress(Exception):
+        try:
             await open_stream_link(sock, lambda t: self._adopt(t, core.initiator, peer))
+        except (OSError, LocalError) as exc:  # refused by the manager, or the socket died
+            log.info("hole-punched connection to %s not used: %s", peer, exc)
 
     async def _connect_any(self, addrs: tuple[tuple[str, int], ...]) -> socket.socket | None:
         loop = asyncio.get_running_loop()

@@ -80,6 +80,8 @@ class RelayLimits:
     reserve_burst: int = 10
 
     def __post_init__(self) -> None:
+        if self.reservation_ttl < 1:
+            raise ValueError("reservation_ttl is sent in whole seconds: at least 1")
         if self.circuit_burst < 300 * 1024:
             raise ValueError("circuit_burst must hold one whole attachment chunk message")
 

@@ -36,7 +36,7 @@ from mesh.relay import (
     relay_base,
 )
 from mesh.transport import LinkConnection, Transport
-from mesh.websocket import accept_from
+from mesh.websocket import accept_from, close_late_connection
 
 __all__ = ["RelayClient", "RelayStatus"]
 
@@ -122,7 +122,7 @@ class RelayClient:
         except RelayRefused as exc:
             reason, state = exc.reason, "refused"
             log.info("relay %s refused the reservation: %s (%s)", url, exc.reason, exc)
-        except (RemoteError, OSError, TimeoutError) as exc:
+        except (RemoteError, WebSocketError, OSError, TimeoutError) as exc:
             reason, state = getattr(exc, "reason", type(exc).__name__), "down"
             log.info("relay %s unavailable: %s", url, reason)
         finally:
@@ -138,10 +138,15 @@ class RelayClient:
         reserve_url = base + RELAY_PATH
         request = HTTPRequest(reserve_url, connect_timeout=self.connect_timeout,
                               request_timeout=self.connect_timeout)
-        try:
-            ws = await websocket_connect(request, max_message_size=MAX_CONTROL_MESSAGE,
-                                         ping_interval=20.0, ping_timeout=20.0)
-        except (HTTPClientError, WebSocketError, ValueError) as exc:
+        future = asyncio.ensure_future(websocket_connect(
+            request, max_message_size=MAX_CONTROL_MESSAGE, ping_interval=20.0,
+            ping_timeout=20.0))
+        try:  # shielded: Tornado logs an error when a pending connect is cancelled
+            ws = await asyncio.shield(future)
+        except asyncio.CancelledError:
+            future.add_done_callback(close_late_connection)
+            raise
+        except (HTTPClientError, WebSocketError, ValueError, OSError) as exc:
             raise DialError(f"cannot reach relay {base}: {exc}") from None
         try:
             challenge = await self._read(ws, self.connect_timeout)

@@ -52,6 +52,7 @@ __all__ = [
     "MeshHandler",
     "MeshServer",
     "accept_from",
+    "close_late_connection",
     "dial",
     "mesh_routes",
     "mesh_settings",
@@ -269,7 +270,7 @@ async def _open_link(url: str, attach: Callable[[Transport], LinkConnection | No
     try:
         ws = await asyncio.shield(future)
     except asyncio.CancelledError:
-        future.add_done_callback(_close_late_connection)
+        future.add_done_callback(close_late_connection)
         raise
     except (HTTPClientError, WebSocketError, TimeoutError, ValueError,
             *_WRITE_ERRORS) as exc:
@@ -301,7 +302,7 @@ def _size_send_buffer(sock: socket.socket | None) -> None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
 
 
-def _close_late_connection(future: asyncio.Future[WebSocketClientConnection]) -> None:
+def close_late_connection(future: asyncio.Future[WebSocketClientConnection]) -> None:
     """A dial cancelled while connecting must not leak the socket it later opens."""
     if not future.cancelled() and future.exception() is None:
         future.result().close()

@@ -263,3 +263,15 @@ async def test_a_flood_of_reservation_attempts_is_refused(relay_server):
         ws.close()
     assert answers == ["challenge"] * 3 + ["refused"] * 2
     assert relay.service.relay.reservations == {}
+
+
+async def test_reservations_are_renewed_before_they_expire(relay_server, reserving):
+    relay = relay_server(RelayLimits(reservation_ttl=2.0))  # renewed after 1.5 s
+    alice = reserving([relay.url])
+    await wait_for(lambda: alice.client.addresses)
+    first = relay.service.relay.reservations[alice.node.user_id].expires
+    await wait_for(lambda: relay.service.relay.reservations.get(alice.node.user_id)
+                   is not None and relay.service.relay.reservations[
+                       alice.node.user_id].expires > first + 1.0, within=5.0)
+    assert alice.client.status[relay.url].state == "reserved"
+    assert alice.published == [(relay_address(relay.url, alice.node.user_id),)]
