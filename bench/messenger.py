@@ -163,28 +163,30 @@ def pct(values: list[float], p: float) -> float:
 
 async def measure(count: int, latency_count: int) -> tuple[list[str], list[float]]:
     """Table rows, and the CPU milliseconds per burst message of each node process."""
-    base = Path(tempfile.mkdtemp(prefix="parley-bench-messenger-"))
-    procs, nodes, group = await start_group(base, NODES)
-    rows, cpu = [], []
-    try:
-        for name, run in (("plain WebSocket relay (baseline)", relay_run),
-                          ("Parley group, 5 nodes", None)):
-            if run is None:
-                before = [cpu_seconds(n.popen.pid) for n in nodes]
-                burst_s, _ = await messenger_run(nodes[0], group, count, sequential=False)
-                await asyncio.sleep(0.5)  # the last receipts' commits
-                cpu = [(cpu_seconds(n.popen.pid) - b) * 1000 / count
-                       for n, b in zip(nodes, before, strict=True)]
-                _, lat = await messenger_run(nodes[0], group, latency_count, sequential=True)
-            else:
-                burst_s, _ = await run(count, sequential=False)
-                _, lat = await run(latency_count, sequential=True)
-            rows.append(f"| {name} | {count / burst_s:,.0f} | {statistics.median(lat):.1f} | "
-                        f"{pct(lat, 99):.1f} |")
-    finally:
-        for proc in procs:
-            proc.terminate()
-            proc.wait()
+    with tempfile.TemporaryDirectory(prefix="parley-bench-messenger-") as tmp:
+        procs, nodes, group = await start_group(Path(tmp), NODES)
+        rows, cpu = [], []
+        try:
+            for name, run in (("plain WebSocket relay (baseline)", relay_run),
+                              ("Parley group, 5 nodes", None)):
+                if run is None:
+                    before = [cpu_seconds(n.popen.pid) for n in nodes]
+                    burst_s, _ = await messenger_run(nodes[0], group, count,
+                                                     sequential=False)
+                    await asyncio.sleep(0.5)  # the last receipts' commits
+                    cpu = [(cpu_seconds(n.popen.pid) - b) * 1000 / count
+                           for n, b in zip(nodes, before, strict=True)]
+                    _, lat = await messenger_run(nodes[0], group, latency_count,
+                                                 sequential=True)
+                else:
+                    burst_s, _ = await run(count, sequential=False)
+                    _, lat = await run(latency_count, sequential=True)
+                rows.append(f"| {name} | {count / burst_s:,.0f} | "
+                            f"{statistics.median(lat):.1f} | {pct(lat, 99):.1f} |")
+        finally:
+            for proc in procs:
+                proc.terminate()
+                proc.wait()
     return rows, cpu
 
 
