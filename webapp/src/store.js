@@ -206,8 +206,10 @@ function onEvent(event) {
       break;
     }
     case "join_refused":
-      // A join the user is waiting for on the join screen shows its error there.
-      if (joinsInFlight === 0) {
+      // A join the user is waiting for on the join screen shows its error there, and
+      // so do the other members' refusals of it that come in just after (an invite
+      // names backups, and each answers).
+      if (joinsInFlight === 0 && Date.now() - joinRefusedShownAt > LATE_REFUSALS_MS) {
         notify(`Joining the group was refused. ${describeCode(data.reason)}`);
       }
       break;
@@ -382,6 +384,8 @@ export function makeInvite(groupId) {
 }
 
 let joinsInFlight = 0;
+let joinRefusedShownAt = 0;
+const LATE_REFUSALS_MS = 30000;
 
 /** POST /join: {group_id, joined} (joined false: the inviter did not answer in time). */
 export async function joinGroup(invite) {
@@ -390,6 +394,9 @@ export async function joinGroup(invite) {
     const reply = await post("/join", { invite });
     await loadConversations().catch(() => {});
     return reply;
+  } catch (err) {
+    joinRefusedShownAt = Date.now(); // the join screen shows it
+    throw err;
   } finally {
     joinsInFlight -= 1;
   }
