@@ -26,7 +26,7 @@ __all__ = ["BURST", "HEARTBEAT", "RATE", "TYPING_EVERY", "TYPING_TTL", "Online",
 
 TYPING = "typing"
 ONLINE = "online"
-TYPING_EVERY = 3.0
+TYPING_EVERY = 2.0    # below the app's 2.5 s repeat, so each repeat goes out
 TYPING_TTL = 6.0
 HEARTBEAT = 60.0     # "online" is repeated this often: last seen is that fresh
 RATE = 4.0

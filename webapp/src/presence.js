@@ -7,7 +7,7 @@ import { formatTime } from "./format.js";
 
 /** A typing indicator lasts this long without a repeat (the node's TYPING_TTL). */
 const TYPING_TTL_MS = 6000;
-/** While the user types, the node is told again this often (it sends at most every 3 s). */
+/** While the user types, the node is told again this often (it passes on at most one every 2 s). */
 const TYPING_REPEAT_MS = 2500;
 
 export const presence = reactive({
