@@ -17,6 +17,12 @@ What one member can make us do is bounded (issue 15, finding 2):
 - a token bucket per member (MemberBudget), charged in verify_group_message, the gossip
   validate hook, with the work a message asks for: a member over its budget gets
   Throttled, which the hook turns into "not yet valid", so the message comes again later.
+
+Each message's signature is checked once on a member (issue 13: the second check was
+~18% of a receiver's CPU): verify_group_message remembers the exact signed header and
+the key it verified against (VerifiedHeaders, in memory, bounded), and decrypt_group,
+called moments later for the same message, skips the check only for a header and key
+byte-for-byte equal to a remembered pair; anything else is verified again.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import hashlib
 import hmac
 import os
 import sqlite3
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from axolotl.ecc.djbec import DjbECPrivateKey
@@ -59,6 +66,7 @@ __all__ = [
     "GroupMessageInfo",
     "MemberBudget",
     "SenderKeys",
+    "VerifiedHeaders",
 ]
 
 GROUP_ID_LEN = 16
@@ -72,6 +80,10 @@ MAX_SENDER_KEY_STATES = 5  # states kept per (group, member), as libsignal
 MEMBER_RATE = 50.0     # per second, sustained
 MEMBER_BURST = 1000.0  # at once (a backlog after being offline, a file announced ...)
 CHAIN_STEPS_PER_MESSAGE = 256
+# Headers verified but not yet decrypted that we remember: the validate hook and the
+# commit of one loop pass are a few hundred messages apart at most; one forgotten is
+# simply verified again.
+VERIFIED_HEADERS_MAX = 1024
 
 _GROUP_VERSION = 0x01
 _GROUP_HEADER_MAX = 512  # a SenderKeyMessage around a 64-byte inner block is ~180 bytes
@@ -114,6 +126,37 @@ class MemberBudget:
         return allowed
 
 
+class VerifiedHeaders:
+    """Signed headers whose signature we checked, each with the key that checked it.
+
+    A signature's validity is a function of (key, signed bytes) alone, so a pair seen
+    valid once needs no second look. Bounded: the oldest pair goes first; ``take``
+    forgets a pair when it is used (each message is decrypted once).
+    """
+
+    def __init__(self, limit: int = VERIFIED_HEADERS_MAX) -> None:
+        if limit < 1:
+            raise CryptoUsageError("limit must be >= 1")
+        self.limit = limit
+        self._pairs: OrderedDict[tuple[bytes, bytes], None] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._pairs)
+
+    def add(self, signing_key: bytes, header: bytes) -> None:
+        self._pairs[(signing_key, header)] = None
+        self._pairs.move_to_end((signing_key, header))
+        while len(self._pairs) > self.limit:
+            self._pairs.popitem(last=False)
+
+    def take(self, signing_key: bytes, header: bytes) -> bool:
+        """True (and forgotten) if this exact header was verified with this exact key."""
+        if (signing_key, header) not in self._pairs:
+            return False
+        del self._pairs[(signing_key, header)]
+        return True
+
+
 @dataclass(frozen=True)
 class GroupMessageInfo:
     """What a verified group message claims: which sender key and which position."""
@@ -144,6 +187,7 @@ class SenderKeys(CryptoBase):
     def __init__(self, conn: sqlite3.Connection, identity: KeyPair, *, now: float) -> None:
         super().__init__(conn, identity, now=now)
         self.member_budget = MemberBudget()
+        self.verified_headers = VerifiedHeaders()
 
     # Our own key
 
@@ -280,7 +324,8 @@ class SenderKeys(CryptoBase):
         decrypt can check, so decrypt_group stays the final word. After the signature
         (so nobody can spend another member's budget), the message costs 1, plus the
         chain steps it will make decrypt_group derive; Throttled if the member has not
-        that much left (nothing is charged then).
+        that much left (nothing is charged then). The verified header is remembered
+        (verified_headers) so that decrypt_group need not check it again.
         """
         _body, message = self._parse(group_id, data)
         info = store.sender_key_info(self._conn, group_id, sender_id, message.getKeyId())
@@ -288,6 +333,7 @@ class SenderKeys(CryptoBase):
             raise UnknownKey("no sender key with this id from this member")
         with mapped():
             message.verifySignature(public_key(info.signing_key))
+        self.verified_headers.add(info.signing_key, message.serialize())
         steps = max(0, message.getIteration() - info.iteration)
         if not self.member_budget.take(sender_id, 1 + steps / CHAIN_STEPS_PER_MESSAGE, now):
             raise Throttled(f"{sender_id} is over its rate of group messages")
@@ -304,8 +350,9 @@ class SenderKeys(CryptoBase):
             if blob is None:
                 raise UnknownKey("no sender key with this id from this member")
             chain = SenderChain.decode(blob)
-            with mapped():
-                message.verifySignature(public_key(chain.signing_public))
+            if not self.verified_headers.take(chain.signing_public, message.serialize()):
+                with mapped():
+                    message.verifySignature(public_key(chain.signing_public))
             ahead = message.getIteration() > chain.iteration
             seed, moved = chain.seed_for(message.getIteration(), keep=self._skipped_room(
                 group_id, sender_id, chain) if ahead else MAX_SKIPPED_KEYS)
