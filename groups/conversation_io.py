@@ -238,7 +238,7 @@ class ConversationIO:
                 case Changed(message_id):
                     changed = history.chat_message(conn, message_id)
                     if changed is not None:
-                        self.events.publish("message", self.describe(changed))
+                        self.events.publish("message_changed", self.describe(changed))
         for message_id in delivered:
             row = history.chat_message(conn, message_id)
             if row is not None:

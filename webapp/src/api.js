@@ -45,6 +45,11 @@ const FRIENDLY = {
   empty_file: "That file is empty: there is nothing to send.",
   internal_error: "Your node hit an unexpected error (its log has the details).",
   unsupported_media_type: "Your node did not accept that upload (is it older than this app?).",
+  not_yours: "You can only edit or delete your own messages.",
+  too_late: "Messages can be edited or deleted for everyone only within 24 hours of sending them.",
+  too_many_edits: "A message can be edited at most 10 times.",
+  deleted: "That message was deleted.",
+  bad_emoji: "A reaction is one emoji.",
 };
 
 /** A sentence for a bare error code (an event's `reason`): never the raw code. */
@@ -120,6 +125,8 @@ export async function request(method, path, body) {
 export const get = (path) => request("GET", path);
 export const post = (path, body = {}) => request("POST", path, body);
 export const del = (path, body) => request("DELETE", path, body);
+export const put = (path, body) => request("PUT", path, body);
+export const patch = (path, body) => request("PATCH", path, body);
 
 /**
  * Multipart upload (field `file`, optional `text`) with progress: fetch() cannot report

@@ -6,6 +6,7 @@ import { reactive } from "vue";
 import { ApiError, MAX_FILE_BYTES, del, describeCode, describeError, get, post, upload } from "./api.js";
 import { connectEvents } from "./events.js";
 import { formatBytes } from "./format.js";
+import { notifyMessage, timerLine } from "./chat.js";
 import { onPresence, onTyping } from "./presence.js";
 
 /** localStorage key prefix: the welcome screen was shown for this identity. */
@@ -24,6 +25,8 @@ export const state = reactive({
   leftGroups: {}, // group id -> its name: we left or were removed (while this page was open)
   notices: [], // global notices [{key, text, kind}] shown in a live region
   activeConversation: null, // the conversation on screen (marks read while visible)
+  olderCursor: {}, // conversation id -> cursor of the page before the loaded messages, or null
+  timerLines: {}, // conversation id -> [{key, at, text, kind}] timer changes seen live
 });
 
 let noticeKey = 0;
@@ -102,6 +105,21 @@ export function basePath(conv) {
 export async function loadMessages(conv) {
   const reply = await get(`${basePath(conv)}/messages`);
   state.messages[conv.id] = sortMessages(reply.messages || []);
+  state.olderCursor[conv.id] = reply.before || null;
+}
+
+/** The page before the loaded messages (GET …/messages?before=cursor, docs/api.md). */
+export async function loadEarlier(conv) {
+  const cursor = state.olderCursor[conv.id];
+  if (!cursor) {
+    return 0;
+  }
+  const reply = await get(`${basePath(conv)}/messages?before=${encodeURIComponent(cursor)}`);
+  const known = new Set((state.messages[conv.id] || []).map((m) => m.message_id));
+  const older = (reply.messages || []).filter((m) => !known.has(m.message_id));
+  state.messages[conv.id] = sortMessages([...older, ...(state.messages[conv.id] || [])]);
+  state.olderCursor[conv.id] = reply.before || null;
+  return older.length;
 }
 
 export async function loadGroup(groupId) {
@@ -122,7 +140,8 @@ function sortMessages(list) {
 
 // -- events ----------------------------------------------------------------------------
 
-function upsertMessage(message) {
+/** Show a Message (new, or changed: reactions, edit, deleted). */
+export function upsertMessage(message) {
   const list = state.messages[message.conversation];
   if (!list) {
     return; // not loaded: it will be fetched when the conversation opens
@@ -166,11 +185,27 @@ function onEvent(event) {
       reloadAll();
       break;
     case "message":
+      notifyMessage(data);
       upsertMessage(data);
       refreshConversationsSoon();
       if (state.activeConversation === data.conversation) {
         scheduleRead();
       }
+      break;
+    case "message_changed":
+      upsertMessage(data);
+      break;
+    case "message_removed": {
+      const list = state.messages[data.conversation];
+      if (list) {
+        state.messages[data.conversation] = list.filter((m) => m.message_id !== data.message_id);
+      }
+      refreshConversationsSoon();
+      break;
+    }
+    case "timer":
+      timerLine(data);
+      refreshConversationsSoon();
       break;
     case "delivery": {
       const message = findMessage(data.conversation, data.message_id);
