@@ -4,8 +4,13 @@ API's refusals of bad input (nothing stored)."""
 
 from __future__ import annotations
 
-from tests.integration.messenger.conftest import Cluster, eventually
+from tests.integration.attachments.conftest import upload, wait_complete
+from tests.integration.messenger.conftest import Cluster, NodeProc, eventually
 from tests.integration.messenger.test_bad_input import count, refused
+
+
+def chunks(node: NodeProc, attachment_id: str) -> bool:
+    return (node.data_dir / "files" / f"{attachment_id}.chunks").exists()
 
 
 def test_chat_features_between_two_nodes(cluster: Cluster) -> None:
@@ -46,6 +51,33 @@ def test_chat_features_between_two_nodes(cluster: Cluster) -> None:
     for node in (alice, bob):
         eventually(lambda n=node: gone not in {m["message_id"] for m in n.messages(group)},
                    timeout=20, message=f"{node.name}: it disappeared")
+    # A file disappears with its message: chunk files and search entries on both nodes.
+    assert bob.ok("POST", f"{base}/settings", {"timer": 10})["timer"] == 10
+    eventually(lambda: next(c for c in alice.ok("GET", "/api/v1/groups")["groups"]
+                            if c["id"] == group)["timer"] == 10, message="alice has 10 s")
+    status, sent = upload(alice, f"{base}/messages", b"\x89photo" * 40_000,
+                          name="holiday.bin", caption="beach")
+    assert status == 201, sent
+    file_id = sent["attachment"]["id"]
+    wait_complete(bob, file_id)
+    for node in (alice, bob):
+        assert chunks(node, file_id)
+        found = node.ok("GET", "/api/v1/search?q=holiday")["results"]
+        assert [r["message"]["message_id"] for r in found] == [sent["message_id"]]
+    for node in (alice, bob):
+        eventually(lambda n=node: not chunks(n, file_id), timeout=20,
+                   message=f"{node.name}: the file's chunks are deleted")
+        assert node.ok("GET", "/api/v1/search?q=holiday")["results"] == []
+        assert node.call("GET", f"/api/v1/attachments/{file_id}/info")[0] == 404
+    bob.ok("POST", f"{base}/settings", {"timer": 0})
+    # The same features in a 1:1 chat.
+    direct = f"/api/v1/chats/{bob.user_id}/messages"
+    hello = alice.ok("POST", direct, {"text": "just us"})["message_id"]
+    eventually(lambda: bob.call("GET", f"/api/v1/chats/{alice.user_id}/messages/{hello}")[0]
+               == 200, message="bob has the 1:1 message")
+    bob.ok("PUT", f"/api/v1/chats/{alice.user_id}/messages/{hello}/reaction", {"emoji": "🙂"})
+    eventually(lambda: alice.ok("GET", f"{direct}/{hello}")["reactions"]
+               == {"🙂": [bob.user_id]}, message="alice sees the 1:1 reaction")
     # Mute is local.
     assert alice.ok("POST", f"{base}/settings", {"muted": True})["muted"] is True
     assert not next(c for c in bob.ok("GET", "/api/v1/groups")["groups"]

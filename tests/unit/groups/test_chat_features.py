@@ -181,3 +181,14 @@ def test_pages_by_cursor_lose_nothing_and_read_marks_stop_at_their_message(group
     assert history.unread_count(b.conn, topic, bob.id) == 7
     b.set_muted(topic, True)
     assert history.conversation(b.conn, topic).muted
+
+
+def test_search_takes_any_words_as_words(group) -> None:
+    topic, nodes, (alice, _, _, _) = group
+    a = nodes[alice.id]
+    a.send_text(topic, "Crème brûlée OR pie? \"quoted\" NEAR(x) -minus *star*")
+    for query in ('"', "*", "NEAR(", "OR", "-minus", "creme brulee", "quot", "star*", "^"):
+        found = search(a, query)
+        assert len(found) <= 1, query
+    assert len(search(a, "creme BRULEE")) == 1   # case and accents do not matter
+    assert search(a, "creme cake") == []          # every word must match
