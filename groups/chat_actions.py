@@ -132,14 +132,12 @@ def receive_timer(conv: Conversation, origin: str, content: Timer, current_order
     """Any member sets the conversation's timer; the newest change (by ordering value,
     bounded as texts are) wins, so every member ends with the same timer."""
     order = conversation_clock.receive_value(content.lamport, now)
-    effects: list[Effect] = [SetClock(conv.topic, conversation_clock.observe(
-        clock, content.lamport, now))]
-    if order > current_order:
-        effects.append(SetTimer(conv.topic, content.seconds, order))
-    effects.append(Notify("timer", {"conversation": conv.topic.hex(), "by": origin,
-                                    "seconds": content.seconds, "at": content.sent_at,
-                                    "current": order > current_order}))
-    return effects
+    current = order > current_order
+    return [SetClock(conv.topic, conversation_clock.observe(clock, content.lamport, now)),
+            SetTimer(conv.topic, content.seconds, order, origin, content.sent_at, current),
+            Notify("timer", {"conversation": conv.topic.hex(), "by": origin,
+                             "seconds": content.seconds, "at": content.sent_at,
+                             "current": current})]
 
 
 def expires_at(sent_at: int, seconds: int, now: float) -> int | None:

@@ -305,9 +305,14 @@ class RemoveMessage:
 
 @dataclass(frozen=True)
 class SetTimer:
+    """A timer change: kept as a system line; the conversation's timer if ``current``."""
+
     topic: bytes
     seconds: int
     order: int          # the ordering value of the change (the newest wins)
+    author: str
+    sent_at: int
+    current: bool
 
 
 @dataclass(frozen=True)

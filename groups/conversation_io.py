@@ -233,8 +233,11 @@ class ConversationIO:
                     self._forget_file(message_id, history.remove_message(conn, message_id))
                     self.events.publish("message_removed", {"message_id": message_id.hex(),
                                                             "conversation": topic.hex()})
-                case SetTimer(topic, seconds, order):
-                    history.set_timer(conn, topic, seconds, order)
+                case SetTimer(topic, seconds, order, author, sent_at, current):
+                    history.add_timer_change(conn, topic, order, author, seconds,
+                                             sent_at)
+                    if current:
+                        history.set_timer(conn, topic, seconds, order)
                 case Changed(message_id):
                     changed = history.chat_message(conn, message_id)
                     if changed is not None:

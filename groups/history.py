@@ -27,6 +27,7 @@ __all__ = [
     "Position",
     "add_conversation",
     "add_op",
+    "add_timer_change",
     "chat_message",
     "chat_messages",
     "conversation",
@@ -63,6 +64,7 @@ __all__ = [
     "settle_pairwise",
     "settle_receipts",
     "soonest_expiring",
+    "timer_changes",
     "timer_order",
     "undecrypted",
     "unread_count",
@@ -386,6 +388,20 @@ def timer_order(conn: sqlite3.Connection, topic: bytes) -> int:
 def set_timer(conn: sqlite3.Connection, topic: bytes, seconds: int, order: int) -> None:
     conn.execute("UPDATE conversations SET timer = ?, timer_order = ? WHERE topic = ?",
                  (seconds, order, topic))
+
+
+def add_timer_change(conn: sqlite3.Connection, topic: bytes, order: int, author: str,
+                     seconds: int, sent_at: int) -> None:
+    conn.execute("INSERT OR IGNORE INTO timer_changes (topic, ord, author, seconds, sent_at) "
+                 "VALUES (?, ?, ?, ?, ?)", (topic, order, author, seconds, sent_at))
+
+
+def timer_changes(conn: sqlite3.Connection, topic: bytes,
+                  limit: int = 100) -> list[dict[str, object]]:
+    """The newest ``limit`` timer changes, oldest first: {by, seconds, at (ms)}."""
+    rows = conn.execute("SELECT author, seconds, sent_at FROM timer_changes WHERE topic = ? "
+                        "ORDER BY ord DESC LIMIT ?", (topic, limit)).fetchall()
+    return [{"by": by, "seconds": seconds, "at": at} for by, seconds, at in reversed(rows)]
 
 
 def set_muted(conn: sqlite3.Connection, topic: bytes, muted: bool) -> None:

@@ -205,7 +205,8 @@ class NodeApi:
         if before is not None and position is None:
             raise NotFound("no such cursor")
         messages, older = self._messenger.page(topic, limit, position)
-        return {"messages": messages, "before": older}
+        return {"messages": messages, "before": older,
+                "timer_changes": history.timer_changes(self._node.conn, topic)}
 
     def send_text(self, topic: bytes, text: str, file: FileRef | None = None,
                   reply_to: bytes = b"") -> bytes:

@@ -303,8 +303,22 @@ INSERT INTO chat_search (body, message_id, topic)
            c.message_id, c.topic FROM chat_messages c;
 """
 
+# Every disappearing-messages timer change of a conversation (who, to what, when by its
+# sender's clock), kept for the chat's system lines; the newest by ``ord`` (its
+# ordering value) is the conversation's timer.
+_TIMER_CHANGES = """
+CREATE TABLE timer_changes (
+    topic   BLOB NOT NULL REFERENCES conversations (topic),
+    ord     INTEGER NOT NULL,
+    author  TEXT NOT NULL,
+    seconds INTEGER NOT NULL,
+    sent_at INTEGER NOT NULL,
+    PRIMARY KEY (topic, ord, author)
+);
+"""
+
 MIGRATIONS: list[str] = [_V1_KEYS, _V2_MESSENGER, _V3_ATTACHMENTS, _V4_ORDER_REPAIR,
-                         _CHAT_FEATURES]
+                         _CHAT_FEATURES, _TIMER_CHANGES]
 
 def open_store(path: str | PathLike[str]) -> sqlite3.Connection:
     """Open (create, migrate) the node database at ``path`` (or ``":memory:"``)."""

@@ -97,6 +97,9 @@ def test_chat_features_between_two_nodes(
             "disappearing messages to 30 seconds")
     expect(a.get_by_test_id("timer-select")).to_have_value("30")
     a.screenshot(path=str(output_dir / "alice-timer-line.png"))
+    a.reload()   # the lines are the node's, not only what this page saw
+    expect(chat(a).get_by_test_id("system-line").last).to_contain_text(
+        "disappearing messages to 30 seconds")
     bob.ok("POST", f"/api/v1/groups/{group}/settings", {"timer": 5})
     expect(a.get_by_test_id("timer-select")).to_have_value("5")
     send(a, "self-destructing")

@@ -58,14 +58,25 @@ export function snippetParts(snippet) {
       : { text: part, match: false }));
 }
 
-// -- system lines for timer changes seen while the app is open --------------------
+// -- system lines for timer changes (GET …/messages "timer_changes", and live) -----
+
+/** The conversation's timer changes as loaded with its messages. */
+export function setTimerLines(conversation, changes) {
+  state.timerLines[conversation] = [];
+  for (const change of changes) {
+    timerLine({ ...change, conversation });
+  }
+}
 
 export function timerLine(data) {
   const who = state.me && data.by === state.me.id ? "You" : personName(data.by);
   const text = data.seconds ? `${who} set disappearing messages to ${timerName(data.seconds)}`
     : `${who} turned off disappearing messages`;
   const lines = state.timerLines[data.conversation] || (state.timerLines[data.conversation] = []);
-  lines.push({ key: `timer-${data.at}-${data.by}`, at: data.at, text, kind: "timer" });
+  const key = `timer-${data.at}-${data.by}-${data.seconds}`;
+  if (!lines.some((l) => l.key === key)) {
+    lines.push({ key, at: data.at, text, kind: "timer" });
+  }
 }
 
 // -- browser notifications (only when the tab is hidden, never for muted chats) ---

@@ -6,7 +6,7 @@ import { reactive } from "vue";
 import { ApiError, MAX_FILE_BYTES, del, describeCode, describeError, get, post, upload } from "./api.js";
 import { connectEvents } from "./events.js";
 import { formatBytes } from "./format.js";
-import { notifyMessage, timerLine } from "./chat.js";
+import { notifyMessage, setTimerLines, timerLine } from "./chat.js";
 import { onPresence, onTyping } from "./presence.js";
 
 /** localStorage key prefix: the welcome screen was shown for this identity. */
@@ -106,6 +106,7 @@ export async function loadMessages(conv) {
   const reply = await get(`${basePath(conv)}/messages`);
   state.messages[conv.id] = sortMessages(reply.messages || []);
   state.olderCursor[conv.id] = reply.before || null;
+  setTimerLines(conv.id, reply.timer_changes || []);
 }
 
 /** The page before the loaded messages (GET …/messages?before=cursor, docs/api.md). */

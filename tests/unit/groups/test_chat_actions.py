@@ -115,14 +115,14 @@ def test_received_actions_become_effects_and_refused_ones_change_nothing() -> No
 def test_the_newest_timer_wins_on_every_node() -> None:
     newer = Timer(NOW_MS + 10, NOW_MS, 60)
     effects = chat_actions.receive_timer(CONV, BOB, newer, NOW_MS, NOW_MS, NOW)
-    assert SetTimer(TOPIC, 60, NOW_MS + 10) in effects
+    assert SetTimer(TOPIC, 60, NOW_MS + 10, BOB, NOW_MS, True) in effects
     older = chat_actions.receive_timer(CONV, BOB, Timer(NOW_MS - 10, NOW_MS, 5), NOW_MS,
                                        NOW_MS, NOW)
-    assert not any(isinstance(e, SetTimer) for e in older)
+    assert SetTimer(TOPIC, 5, NOW_MS - 10, BOB, NOW_MS, False) in older   # a line only
     # A timer from the far future is bounded like a text's value.
     far = chat_actions.receive_timer(CONV, BOB, Timer(conversation_clock.MAX_ORDER, 0, 5),
                                      0, 0, NOW)
-    assert SetTimer(TOPIC, 5, NOW_MS + conversation_clock.MAX_AHEAD_MS) in far
+    assert SetTimer(TOPIC, 5, NOW_MS + conversation_clock.MAX_AHEAD_MS, BOB, 0, True) in far
     assert chat_actions.check_timer(0) and chat_actions.check_timer(5)
     assert not chat_actions.check_timer(4) and not chat_actions.check_timer(29 * 86400)
 

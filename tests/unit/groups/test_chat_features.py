@@ -159,9 +159,11 @@ def test_disappearing_messages_go_on_every_node_with_their_index(group) -> None:
         ids = [m["message_id"] for m in node.messages(topic)]
         assert ids == [kept.hex()]
         assert search(node, "secret") == [] and rows(node, "reactions") == 0
-    # Off again: later messages stay.
+    # Off again: later messages stay. Every change is kept for the chat's lines.
     a.set_timer(topic, 0)
     assert history.conversation(c.conn, topic).timer == 0
+    assert [(t["by"], t["seconds"]) for t in history.timer_changes(c.conn, topic)] == [
+        (bob.id, 60), (alice.id, 0)]
     with pytest.raises(Unsendable):
         a.set_timer(topic, 3)
 
