@@ -25,6 +25,7 @@ from groups.invites import Invite, qr_svg
 from groups.membership import INVITE_TTL
 from groups.messages import FileRef, direct_topic
 from groups.node import Node
+from mesh.addresses import Kind
 from mesh.identity import display_user_id, identity_is_protected, set_passphrase
 
 __all__ = ["NodeApi"]
@@ -52,10 +53,38 @@ class NodeApi:
                 "registered": node.client is not None and node.registered.is_set(),
                 "storage_bytes": self.storage_bytes(),
                 "bluetooth": self._meetups.summary(),
-                "reachability": node.reachability.to_json(),
+                "reachability": self.reachability(),
                 "dht": None if dht is None else {
                     "joined": node.dht_joined,
                     "peers": dht.routing_table_size() if dht.running else 0}}
+
+    def reachability(self) -> dict[str, Any]:
+        """``me.reachability``: how others reach us (mesh/reachability.py), the mapped
+        address apart, and what LAN discovery and port mapping are doing, so Settings
+        can say it in words (docs/api.md)."""
+        node = self._node
+        mapped = [c.url for c in node.addresses.candidates(Kind.MAPPED)]
+        return {**node.reachability.to_json(), "mapped": mapped,
+                "lan_discovery": self._lan_discovery(), "port_mapping": self._port_mapping()}
+
+    def _lan_discovery(self) -> dict[str, str]:
+        node = self._node
+        if node.lan is not None:
+            return {"state": "on", "reason": ""}
+        return {"state": "off",
+                "reason": "disabled" if not node.config.lan_discovery else "not_on_lan"}
+
+    def _port_mapping(self) -> dict[str, Any]:
+        node, config = self._node, self._node.config
+        mapper = node.portmap
+        if mapper is None:
+            reason = ("disabled" if not config.port_mapping else "advertised" if config.advertise
+                      else "no_bootstrap" if not config.bootstrap else "not_on_lan")
+            return {"state": "off", "reason": reason, "method": "", "address": None,
+                    "problem": ""}
+        state = "mapped" if mapper.url else "failed" if mapper.problem else "trying"
+        return {"state": state, "reason": "", "method": mapper.method, "address": mapper.url,
+                "problem": mapper.problem}
 
     def passphrase_status(self) -> dict[str, Any]:
         return {"protected": identity_is_protected(self._node.data_dir)}

@@ -108,3 +108,5 @@ def test_two_members_without_internet_link_over_mdns_and_chat(lab: Lab) -> None:
     bob_id = found.group(1).replace(" ", "")
     members = alice.api("GET", f"/groups/{group}")[1]["members"]
     assert {m["id"]: m["path"] for m in members}[bob_id] == "lan"
+    reach = alice.api("GET", "/me")[1]["reachability"]
+    assert reach["lan_discovery"] == {"state": "on", "reason": ""}

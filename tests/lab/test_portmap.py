@@ -128,6 +128,11 @@ def test_a_node_behind_a_natpmp_router_publishes_its_mapped_port(lab: Lab) -> No
                            "--no-lan-discovery")
     mapped = f"ws://{ra.ip}:{MESH_PORT}/mesh"
     alice.wait_api("GET", "/me", lambda me: mapped in me["endpoints"], timeout=30)
+    reach = alice.api("GET", "/me")[1]["reachability"]
+    assert reach["mapped"] == [mapped]
+    assert reach["port_mapping"] == {"state": "mapped", "reason": "", "method": "NAT-PMP",
+                                     "address": mapped, "problem": ""}
+    assert reach["lan_discovery"] == {"state": "off", "reason": "disabled"}
     assert f"dnat to {alice_ns.ip}:{MESH_PORT}" in lab.run(
         ra, "nft", "list", "chain", "ip", "nat", "prerouting")
     assert _reaches(lab, srv, (ra.ip, MESH_PORT))
