@@ -29,6 +29,9 @@ export function messagePreview(message) {
     return "No messages yet";
   }
   const who = state.me && message.sender === state.me.id ? "You: " : "";
+  if (message.deleted) {
+    return `${who}Message deleted`;
+  }
   if (message.attachment) {
     const mime = String(message.attachment.mime || "");
     const kind = mime.startsWith("image/") ? "Photo" : mime.startsWith("video/") ? "Video" : "File";
