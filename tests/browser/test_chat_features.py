@@ -31,6 +31,16 @@ def action(page: Page, text: str, name: str) -> None:
     item.get_by_role("button", name=name, exact=True).click()
 
 
+_HIDDEN_TAB_JS = """() => {
+  window.shown = [];
+  window.Notification = class {
+    constructor(title, options) { window.shown.push(`${title}: ${options.body}`); }
+    static get permission() { return "granted"; }
+  };
+  Object.defineProperty(document, "visibilityState", { configurable: true, get: () => "hidden" });
+}"""
+
+
 def test_chat_features_between_two_nodes(
         cluster: Cluster, open_ui: Callable[..., UiPage], output_dir: Path) -> None:
     alice, bob = cluster.add("alice"), cluster.add("bob")
@@ -133,5 +143,17 @@ def test_chat_features_between_two_nodes(
     at = after.index("New messages")
     assert "are you there?" in after[at + 1] and "lunch at one" in after[at + 2]
     a.screenshot(path=str(output_dir / "alice-new-messages-divider.png"))
+
+    # Notifications: only while the tab is hidden, never for a muted chat. (The page's
+    # Notification is replaced by a recorder: headless Chromium shows none.)
+    a.evaluate(_HIDDEN_TAB_JS)
+    bob.send(group, "while muted")
+    expect(message(a, "while muted")).to_be_visible()
+    a.get_by_test_id("mute").click()   # unmute
+    expect(a.get_by_test_id("mute")).to_have_attribute("aria-pressed", "false")
+    bob.send(group, "ping")
+    expect(message(a, "ping")).to_be_visible()
+    eventually(lambda: a.evaluate("window.shown.length") == 1, message="one notification")
+    assert a.evaluate("window.shown")[0].endswith("in Club: ping")
     eventually(lambda: bob.ok("GET", f"/api/v1/groups/{group}/messages")["messages"][-1]
                ["sender"] == bob.user_id, message="bob's list ends with his message")
