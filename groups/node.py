@@ -31,6 +31,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from groups import history, prekeys
 from groups import store as node_store
@@ -54,6 +55,7 @@ from mesh.lookup import Discovery, DiscoveryMode, bootstrap_dht_contact
 from mesh.mdns import LanDiscovery, lan_ipv4_addresses
 from mesh.portmap import PortMapper
 from mesh.reachability import ReachabilityService, probe
+from mesh.relay import is_relay_address
 from mesh.relay_server import RelayService, relay_routes
 from mesh.runtime import MeshHooks, MeshRuntime
 from mesh.transport import LinkConnection
@@ -437,10 +439,12 @@ class Node:
         dht: list[str] = []
         if self.dht is not None and self.dht.running and self.dht.address is not None:
             host, port = self.dht.address
-            if host in ("0.0.0.0", "::"):  # noqa: S104 - an unspecified bind: use loopback
-                host = self.config.mesh_host if self.config.mesh_host not in (
-                    "0.0.0.0", "::") else "127.0.0.1"  # noqa: S104
-            dht = [format_dht_contact(host, port)]
+            hosts = [host]
+            if host in ("0.0.0.0", "::"):  # noqa: S104 - an unspecified bind
+                # Bound everywhere: offer the hosts our published endpoints name (the
+                # invitee may be on another machine), loopback only when there are none.
+                hosts = _endpoint_hosts(endpoints) or ["127.0.0.1"]
+            dht = [format_dht_contact(h, port) for h in hosts[:3]]
             dht += [format_dht_contact(h, p) for h, p in self.dht.contacts(limit=3)]
         return self.config.bootstrap, endpoints, tuple(dict.fromkeys(dht))
 
@@ -552,3 +556,10 @@ class RuntimePort:
     def resync(self, topic: bytes) -> None:
         if topic in self._joined:
             self.runtime.resync(topic)
+
+
+def _endpoint_hosts(endpoints: tuple[str, ...]) -> list[str]:
+    """The hosts of our own listening endpoints, in published order (relay addresses name
+    the relay's host, not ours, so they are left out)."""
+    hosts = [urlsplit(url).hostname for url in endpoints if not is_relay_address(url)]
+    return list(dict.fromkeys(h for h in hosts if h))
