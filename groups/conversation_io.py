@@ -2,9 +2,10 @@
 
 ``ConversationIO`` carries out the effects groups/conversation.py decides, in order,
 inside the caller's transaction (groups.store.atomic), and holds what only exists on
-the running node: our messages committed but not yet handed to the mesh (they go out
-by ``flush()``, only after the commit), the actions that wait for that, background
-lookups, and the futures of joins in progress. It decides nothing itself.
+the running node: our messages committed but not yet handed to the mesh and what must
+wait for the commit too (UI events, leaving a topic, answers to waiting joins), all
+carried out by ``flush()`` after it and dropped by a rollback; background lookups; the
+futures of joins in progress. It decides nothing itself.
 """
 
 from __future__ import annotations
@@ -137,6 +138,12 @@ class ConversationIO:
         for action in actions:
             action()
 
+    def after_commit(self, action: Callable[[], None]) -> None:
+        """Run ``action`` at the next ``flush()``: UI events and answers to waiting joins
+        tell of what was committed, so they wait for the commit (and vanish with a
+        rollback)."""
+        self._after_flush.append(action)
+
     def mark(self) -> tuple[int, int]:
         """Where a commit inside an open ``transaction()`` starts (see discard)."""
         return len(self._unpublished), len(self._after_flush)
@@ -190,9 +197,9 @@ class ConversationIO:
                 case Announce(topic):
                     self.announce(topic)
                 case LeaveTopic(topic):
-                    self._after_flush.append(lambda t=topic: self.mesh.leave_topic(t))
+                    self.after_commit(lambda t=topic: self.mesh.leave_topic(t))
                 case Resync(topic):
-                    self._after_flush.append(lambda t=topic: self.mesh.resync(t))
+                    self.after_commit(lambda t=topic: self.mesh.resync(t))
                 case MakeSenderKey(topic):
                     self.crypto.sender_key_distribution(topic, now=now)
                 case RotateSenderKey(topic):
@@ -220,9 +227,9 @@ class ConversationIO:
                 case FailDeliveries(topic, member, reason):
                     history.fail_deliveries(conn, topic, member, reason)
                 case Notify(event, data):
-                    self.events.publish(event, data)
+                    self.after_commit(lambda e=event, d=data: self.events.publish(e, d))
                 case JoinSettled(topic, refused):
-                    self._settle_join(topic, refused)
+                    self.after_commit(lambda t=topic, r=refused: self._settle_join(t, r))
                 case SetReaction(message_id, member, emoji, seq):
                     history.set_reaction(conn, message_id, member, emoji, seq)
                 case EditText(message_id, text, edited_at, seq):
@@ -231,8 +238,8 @@ class ConversationIO:
                     self._forget_file(message_id, history.delete_message(conn, message_id, seq))
                 case RemoveMessage(message_id, topic):
                     self._forget_file(message_id, history.remove_message(conn, message_id))
-                    self.events.publish("message_removed", {"message_id": message_id.hex(),
-                                                            "conversation": topic.hex()})
+                    removed = {"message_id": message_id.hex(), "conversation": topic.hex()}
+                    self.after_commit(lambda d=removed: self.events.publish("message_removed", d))
                 case SetTimer(topic, seconds, order, author, sent_at, current):
                     history.add_timer_change(conn, topic, order, author, seconds,
                                              sent_at)
@@ -241,17 +248,23 @@ class ConversationIO:
                 case Changed(message_id):
                     changed = history.chat_message(conn, message_id)
                     if changed is not None:
-                        self.events.publish("message_changed", self.describe(changed))
+                        described = self.describe(changed)
+                        self.after_commit(
+                            lambda d=described: self.events.publish("message_changed", d))
         for message_id in delivered:
             row = history.chat_message(conn, message_id)
             if row is not None:
-                self.delivery_event(row)
+                status = self.describe(row)["status"]
+                self.after_commit(lambda r=row, s=status: self.events.publish(
+                    "delivery", {"message_id": r.message_id.hex(), "conversation": r.topic.hex(),
+                                 "status": s}))
 
     def _store_text(self, row: ChatRow, file: FileRef | None) -> None:
         if history.insert_chat_message(self.conn, row):
             if file is not None and self.attachments is not None:
                 self.attachments.announced(row.message_id, row.topic, row.sender, file)
-            self.events.publish("message", self.describe(row))
+            described = self.describe(row)
+            self.after_commit(lambda: self.events.publish("message", described))
 
     def _forget_file(self, message_id: bytes, file: bytes | None) -> None:
         """A deleted or vanished message's file: its chunks go once the change is
@@ -261,7 +274,7 @@ class ConversationIO:
         file_id = self.attachments.forget(message_id, file)
         if file_id is not None:
             hooks = self.attachments
-            self._after_flush.append(lambda: hooks.drop(file_id))
+            self.after_commit(lambda: hooks.drop(file_id))
 
     def _settle_join(self, topic: bytes, refused: tuple[str, str] | None) -> None:
         future = self.joins.pop(topic, None)
@@ -369,8 +382,3 @@ class ConversationIO:
         return {"message_id": reply_to.hex(), "available": True, "sender": original.sender,
                 "text": original.text[:200],
                 "file_name": None if original.file is None else history.file_name(original.file)}
-
-    def delivery_event(self, row: ChatRow) -> None:
-        self.events.publish("delivery", {"message_id": row.message_id.hex(),
-                                         "conversation": row.topic.hex(),
-                                         "status": self.describe(row)["status"]})

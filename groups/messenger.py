@@ -194,6 +194,7 @@ class Messenger:
                   for member, s in history.deliveries(self.conn, msg_id).items()}
         with atomic(self.conn):
             self.io.apply(self.core.hop_acked(msg_id, states))
+        self.io.flush()
 
     # -- processing ----------------------------------------------------------------------
 
@@ -218,7 +219,9 @@ class Messenger:
             return []
         except IdentityChanged as exc:
             history.note_undecrypted(self.conn, message.msg_id, exc.reason)
-            self.events.publish("identity_changed", {"user_id": exc.user_id})
+            user_id = exc.user_id
+            self.io.after_commit(lambda: self.events.publish("identity_changed",
+                                                             {"user_id": user_id}))
             return []
         except DecryptError:
             if envelope.kind is EnvelopeKind.SEALED:

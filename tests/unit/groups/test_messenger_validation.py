@@ -133,3 +133,28 @@ def test_member_over_its_rate_is_refused_for_now_and_accepted_later(group) -> No
     nodes[bob.id].validate(second)
     assert nodes[bob.id].commit(second)
     assert [m["text"] for m in nodes[bob.id].messages(group_id)] == ["one", "two"]
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict]] = []
+
+    def publish(self, event_type: str, data: dict) -> None:
+        self.events.append((event_type, data))
+
+
+def test_ui_events_wait_for_the_commit_and_vanish_with_a_rollback(group) -> None:
+    group_id, nodes, (alice, bob, _, _) = group
+    b = nodes[bob.id]
+    b.io.events = recorder = Recorder()
+    message = sealed(alice, group_id, "rolled back")
+    with pytest.raises(RuntimeError), b.transaction():
+        b.validate(message)
+        assert b.commit(message)
+        assert recorder.events == []  # not while the transaction is open
+        raise RuntimeError("the disk is full")
+    assert recorder.events == [] and not stored(b, message)
+    b.validate(message)
+    assert b.commit(message)
+    assert [(kind, data["text"]) for kind, data in recorder.events] == [("message",
+                                                                          "rolled back")]
