@@ -19,8 +19,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from groups import chat_actions, conversation_clock, history
@@ -78,6 +78,13 @@ __all__ = ["AttachmentHooks", "EventSink", "MeshPort", "Messenger"]
 
 log = logging.getLogger(__name__)
 
+# A peer's ack of one of our messages (its node stored it) only moves the message's
+# pending members to 'sent' (one tick). It is written with the next transaction of
+# received messages (in a burst: the receipts that follow it), or this many seconds
+# later, rather than in a commit (and fsync) of its own: a third of what the sender's
+# node waited on per message (issue 13). An ack not yet written is an ack that came late.
+ACK_WRITE_DELAY = 0.25
+
 
 class Messenger:
     def __init__(self, identity: KeyPair, conn: Any, crypto: Crypto, directory: Directory,
@@ -95,6 +102,8 @@ class Messenger:
         self.mailbox = self.io.mailbox
         self.groups = Membership(self.core, self.io, invite_info)
         self._refreshed: dict[str, float] = {}
+        self._acked: dict[bytes, None] = {}  # our messages a peer stored, not yet written
+        self._acked_timer: asyncio.TimerHandle | None = None
 
     @property
     def clock(self) -> Callable[[], float]:
@@ -163,10 +172,14 @@ class Messenger:
                 # brings it again, when the member's budget has refilled.
                 raise NotYetValid("member over its rate", "throttled") from None
 
-    def transaction(self) -> AbstractContextManager[None]:
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
         """Several ``commit`` calls in one SQLite transaction (mesh.runtime's batched
-        commit hook): one fsync per burst; our publishes go out after it."""
-        return self.io.transaction()
+        commit hook): one fsync per burst; our publishes go out after it. The acks
+        waiting to be written (``acked``) go in it too."""
+        with self.io.transaction():
+            self.write_acked()
+            yield
 
     def commit(self, message: Message) -> bool:
         """Store and process a validated message atomically; False = refuse it (nothing
@@ -186,15 +199,31 @@ class Messenger:
         return True
 
     def acked(self, topic: bytes, msg_id: bytes, peer: str) -> None:
-        """A peer stored one of our messages: members still pending become 'sent'."""
-        row = history.chat_message(self.conn, msg_id)
-        if row is None or row.sender != self.me:
+        """A peer stored one of our messages: members still pending become 'sent',
+        written with the next transaction or after ACK_WRITE_DELAY (write_acked)."""
+        self._acked[msg_id] = None
+        if self._acked_timer is None:
+            self._acked_timer = asyncio.get_running_loop().call_later(ACK_WRITE_DELAY,
+                                                                      self.write_acked)
+
+    def write_acked(self) -> None:
+        """Write the acks ``acked`` queued (inside the caller's transaction, if any);
+        the node calls it once more before it closes its database."""
+        if self._acked_timer is not None:
+            self._acked_timer.cancel()
+            self._acked_timer = None
+        msg_ids, self._acked = list(self._acked), {}
+        if not msg_ids:
             return
-        states = {member: DeliveryState(s["state"])
-                  for member, s in history.deliveries(self.conn, msg_id).items()}
         with atomic(self.conn):
-            self.io.apply(self.core.hop_acked(msg_id, states))
-        self.io.flush()
+            for msg_id in msg_ids:
+                row = history.chat_message(self.conn, msg_id)
+                if row is None or row.sender != self.me:
+                    continue
+                states = {member: DeliveryState(s["state"])
+                          for member, s in history.deliveries(self.conn, msg_id).items()}
+                self.io.apply(self.core.hop_acked(msg_id, states))
+        self.io.flush()  # inside a transaction: at its end
 
     # -- processing ----------------------------------------------------------------------
 

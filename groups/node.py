@@ -243,6 +243,7 @@ class Node:
                 self._save_dht_contacts()
             await self.dht.stop()
         await self.attachments.close()
+        self.messenger.write_acked()
         self.conn.close()
 
     def _next_record_seq(self) -> int:
