@@ -253,8 +253,9 @@ class ConversationIO:
                             lambda d=described: self.events.publish("message_changed", d))
         for message_id in delivered:
             row = history.chat_message(conn, message_id)
-            if row is not None:
-                status = self.describe(row)["status"]
+            if row is not None:  # the states alone: describe() would read reactions too
+                status = {m: s["state"] for m, s in history.deliveries(conn, message_id).items()
+                          } if row.sender == self.me else {}
                 self.after_commit(lambda r=row, s=status: self.events.publish(
                     "delivery", {"message_id": r.message_id.hex(), "conversation": r.topic.hex(),
                                  "status": s}))
