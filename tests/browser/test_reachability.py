@@ -78,6 +78,7 @@ def test_settings_says_how_others_reach_us_and_badges_say_each_path(
     expect(page.get_by_test_id("lan-discovery")).to_have_text(OFF_WORDS["not_on_lan"])
     expect(page.get_by_test_id("port-mapping")).to_have_text(OFF_WORDS["not_on_lan"])
     ui.assert_labelled()
+    card.scroll_into_view_if_needed()
     ui.screenshot(output_dir, "settings-reachability")
     page.set_viewport_size(PHONE)
     card.scroll_into_view_if_needed()
@@ -119,3 +120,38 @@ def test_settings_says_how_others_reach_us_and_badges_say_each_path(
     expect(header_badge).to_have_attribute(
         "title", "Not connected now: messages wait and go out when a link comes up")
     ui.screenshot(output_dir, "chat-header-not-connected-phone")
+
+
+def test_a_relayed_link_and_the_relay_in_settings(
+        cluster: Cluster, open_ui: Callable[..., UiPage], output_dir: Path) -> None:
+    """Two nodes nobody can dial directly (their one direct endpoint goes nowhere) link
+    through the bootstrap's relay: Bob's badge says "Relayed", and Settings lists the
+    relay address and the reservation held there."""
+    behind = ("--advertise", "ws://192.0.2.1:9/mesh", "--relay-via", cluster.bootstrap_url,
+              *LOOPBACK)
+    alice, bob = cluster.add("alice", *behind), cluster.add("bob", *behind)
+    group = alice.create_group("Relayed")
+    bob.join(alice.invite(group))
+    assert eventually(lambda: member_path(alice, group, bob.user_id)) == "relayed"
+
+    ui = open_ui("alice", alice, f"/g/{group}/info", viewport=PHONE)
+    page = ui.page
+    badge = page.get_by_test_id("member-list").get_by_test_id("path-badge")
+    expect(badge).to_have_attribute("data-path", "relayed")
+    expect(badge).to_have_text(f"Relayed{PATH_WORDS['relayed']}")
+    ui.screenshot(output_dir, "member-relayed-phone")
+
+    reach = alice.ok("GET", "/api/v1/me")["reachability"]
+    relay = reach["relay_status"][0]
+    assert relay["state"] == "reserved"
+    page.goto(f"{alice.url}/settings")
+    expect(page.get_by_test_id("reach-state")).to_have_text(headline(reach))
+    page.get_by_text("Addresses and what the node is doing").click()
+    details = page.get_by_test_id("reach-details")
+    expect(details).to_contain_text(f"Relay{urlsplit(reach['relays'][0]).netloc}")
+    expect(details).to_contain_text(f"{urlsplit(relay['relay']).netloc}: holding a reservation")
+    expect(page.get_by_test_id("port-mapping")).to_have_text(
+        "off: the node was given its public address at start")
+    details.scroll_into_view_if_needed()
+    ui.assert_labelled()
+    ui.screenshot(output_dir, "settings-relay-phone")

@@ -93,7 +93,7 @@ export function reachHeadline(reach, bootstrap) {
 const OFF_REASONS = {
   disabled: "off (turned off when the node was started)",
   not_on_lan: "off: the node listens on this computer only (loopback)",
-  advertised: "off: the node was told its address (--advertise)",
+  advertised: "off: the node was given its public address at start",
   no_bootstrap: "off: no bootstrap server to confirm a mapping from outside",
 };
 
