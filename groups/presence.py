@@ -104,6 +104,15 @@ class Presence:
         """A link to someone we share a conversation with came up."""
         return [Send(peer, Signal(b"", ONLINE, True))] if self.share else []
 
+    def answer(self, event: Typing | Online | None) -> list[Send]:
+        """Someone just came online for us: tell them we are here too. Our own "online"
+        may have reached them before they knew us as a member (they dropped it); this
+        repairs that at once instead of at the next heartbeat. It cannot ping-pong:
+        only a change answers, and a repeat is no change."""
+        if isinstance(event, Online) and event.online:
+            return self.linked(event.user)
+        return []
+
     def heartbeat(self, peers: list[str]) -> list[Send]:
         return [s for peer in peers for s in self.linked(peer)]
 

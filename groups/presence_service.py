@@ -83,8 +83,9 @@ class PresenceService:
     # -- the runtime's calls ---------------------------------------------------------------
 
     def on_frame(self, peer: str, frame: Signal) -> None:
-        self._show(self.core.receive(peer, frame, lambda: self._allowed(peer, frame),
-                                     self.clock()))
+        event = self.core.receive(peer, frame, lambda: self._allowed(peer, frame), self.clock())
+        self._show(event)
+        self._send(self.core.answer(event))
 
     def link_up(self, peer: str) -> None:
         if peer in self.people():

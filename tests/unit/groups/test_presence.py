@@ -64,6 +64,22 @@ def test_presence_online_last_seen_and_closed_links() -> None:
     assert p.status(ALICE, linked=False) == {"online": False, "last_seen": 51_000}
 
 
+def test_coming_online_is_answered_once() -> None:
+    """Bob's node dropped Alice's first "online" (it did not know her as a member yet);
+    when Bob's reaches her, she answers, and the answer is not answered again."""
+    alice, bob = Presence(), Presence()
+    dropped = bob.receive(ALICE, online(True), stranger, 1.0)
+    assert dropped is None and bob.answer(dropped) == []
+    event = alice.receive(BOB, online(True), member, 2.0)
+    reply = alice.answer(event)
+    assert [(s.peer, s.frame) for s in reply] == [(BOB, online(True))]
+    back = bob.receive(ALICE, reply[0].frame, member, 2.1)
+    assert back == Online(ALICE, True, 2.1)
+    assert [s.peer for s in bob.answer(back)] == [ALICE]
+    assert alice.answer(alice.receive(BOB, online(True), member, 2.2)) == []  # no change
+    assert alice.answer(alice.receive(BOB, typing(True), member, 2.3)) == []
+
+
 def test_signals_from_whom_they_are_not_for_or_malformed_are_dropped() -> None:
     p = Presence()
     assert p.receive(ALICE, typing(True), stranger, 1.0) is None  # not a member there
