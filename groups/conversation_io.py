@@ -240,6 +240,7 @@ class ConversationIO:
                     self._forget_file(message_id, history.remove_message(conn, message_id))
                     removed = {"message_id": message_id.hex(), "conversation": topic.hex()}
                     self.after_commit(lambda d=removed: self.events.publish("message_removed", d))
+                    self._show_again(history.replies_to(conn, topic, message_id))
                 case SetTimer(topic, seconds, order, author, sent_at, current):
                     history.add_timer_change(conn, topic, order, author, seconds,
                                              sent_at)
@@ -247,10 +248,9 @@ class ConversationIO:
                         history.set_timer(conn, topic, seconds, order)
                 case Changed(message_id):
                     changed = history.chat_message(conn, message_id)
-                    if changed is not None:
-                        described = self.describe(changed)
-                        self.after_commit(
-                            lambda d=described: self.events.publish("message_changed", d))
+                    if changed is not None:   # and the replies that quote it
+                        self._show_again([changed, *history.replies_to(conn, changed.topic,
+                                                                       message_id)])
         for message_id in delivered:
             row = history.chat_message(conn, message_id)
             if row is not None:  # the states alone: describe() would read reactions too
@@ -266,6 +266,12 @@ class ConversationIO:
                 self.attachments.announced(row.message_id, row.topic, row.sender, file)
             described = self.describe(row)
             self.after_commit(lambda: self.events.publish("message", described))
+
+    def _show_again(self, rows: list[ChatRow]) -> None:
+        """These messages changed (or the original they quote did): show them anew."""
+        for row in rows:
+            described = self.describe(row)
+            self.after_commit(lambda d=described: self.events.publish("message_changed", d))
 
     def _forget_file(self, message_id: bytes, file: bytes | None) -> None:
         """A deleted or vanished message's file: its chunks go once the change is

@@ -55,6 +55,7 @@ __all__ = [
     "parse_cursor",
     "reactions",
     "remove_message",
+    "replies_to",
     "search",
     "set_delivery",
     "set_muted",
@@ -300,6 +301,13 @@ def chat_messages(conn: sqlite3.Connection, topic: bytes, limit: int = 200,
                         "ORDER BY lamport DESC, sender DESC, seq DESC LIMIT ?",
                         (topic, lamport, sender, seq, limit)).fetchall()
     return [_chat_row(r) for r in reversed(rows)]
+
+
+def replies_to(conn: sqlite3.Connection, topic: bytes, message_id: bytes) -> list[ChatRow]:
+    """The messages of ``topic`` that reply to ``message_id``."""
+    rows = conn.execute(f"SELECT {_CHAT_COLUMNS} FROM chat_messages "  # noqa: S608
+                        "WHERE topic = ? AND reply_to = ?", (topic, message_id))
+    return [_chat_row(r) for r in rows]
 
 
 def unseen_up_to(conn: sqlite3.Connection, topic: bytes, me: str,

@@ -20,6 +20,16 @@ def group():
     return club()
 
 
+class Recorder:
+    """The UI's event sink, as a list."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict]] = []
+
+    def publish(self, event_type: str, data: dict) -> None:
+        self.events.append((event_type, data))
+
+
 def forge(node: Messenger, topic: bytes, content: Reaction | Edit | Delete) -> None:
     """Send a content the node's own checks would refuse (a modified client)."""
     with atomic(node.conn):
@@ -137,9 +147,15 @@ def test_replies_quote_their_original_or_say_it_is_not_available(group) -> None:
         assert shown(node, topic, reply)["reply_to"] == {
             "message_id": original.hex(), "available": True, "sender": alice.id,
             "text": "who brings the cake?", "file_name": None}
+    seen = Recorder()
+    c.io.events = seen
     a.delete(topic, original)
     assert shown(c, topic, reply)["reply_to"] == {"message_id": original.hex(),
                                                   "available": False}
+    # Carol's app is told of both: the tombstone and the reply whose quote changed.
+    changed = [d for t, d in seen.events if t == "message_changed"]
+    assert [d["message_id"] for d in changed] == [original.hex(), reply.hex()]
+    assert changed[1]["reply_to"]["available"] is False
 
 
 def test_disappearing_messages_go_on_every_node_with_their_index(group) -> None:
