@@ -106,6 +106,11 @@ class NodeApi:
                     total += path.stat().st_size
         return total
 
+    def links(self) -> dict[str, str]:
+        """How each established link travels now, by peer user id (docs/api.md): one
+        cheap answer for every path badge on a screen."""
+        return self._node.runtime.manager.link_paths()
+
     def contacts(self) -> list[dict[str, Any]]:
         paths = self._node.runtime.manager.link_paths()
         return [{"id": uid, "display_id": display_user_id(uid),

@@ -66,6 +66,11 @@ class ContactsHandler(NodeHandler):
         self.send_json(201, contact)
 
 
+class LinksHandler(NodeHandler):
+    def get(self) -> None:
+        self.send_json(200, {"links": self.node.links()})
+
+
 class ChatMessagesHandler(UploadMixin, NodeHandler):
     def get(self, raw_id: str) -> None:
         topic = self.node.chat_topic(_user_id(raw_id))
@@ -289,6 +294,7 @@ def api_routes(node: NodeApi) -> list[Route]:
         (p + "/me", MeHandler),
         (p + "/passphrase", PassphraseHandler),
         (p + "/contacts", ContactsHandler),
+        (p + "/links", LinksHandler),
         (p + f"/chats/{uid}/messages", ChatMessagesHandler),
         (p + f"/chats/{uid}/read", ChatReadHandler),
         (p + "/groups", GroupsHandler),

@@ -100,10 +100,11 @@ def test_settings_says_how_others_reach_us_and_badges_say_each_path(
     ui.assert_labelled()
     ui.screenshot(output_dir, "member-path-badge")
 
-    # The 1:1 chat header: the contact's path from GET /contacts; only the dot at phone width.
+    # The 1:1 chat header (the app asks GET /links; /contacts says the same); only the dot
+    # at phone width.
     contact_path = next(c["path"] for c in alice.ok("GET", "/api/v1/contacts")["contacts"]
                         if c["id"] == bob.user_id)
-    assert contact_path == path
+    assert contact_path == path == alice.ok("GET", "/api/v1/links")["links"][bob.user_id]
     page.goto(f"{alice.url}/c/{bob.user_id}")
     header_badge = page.locator(".view-header").get_by_test_id("path-badge")
     expect(header_badge).to_have_attribute("data-path", path)

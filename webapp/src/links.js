@@ -1,36 +1,27 @@
 // How others reach this node and how each link travels (docs/api.md, "Reachability"),
 // in words: the Settings card, and the path badges of contacts and group members.
 // Paths change while a screen is open (a relayed link is hole-punched, a peer goes
-// offline), so the screens that show them refresh every few seconds.
+// offline), so the screens that show them reload GET /links every few seconds.
 
 import { onBeforeUnmount, onMounted, reactive } from "vue";
 import { get } from "./api.js";
-import { state } from "./store.js";
 
 export const links = reactive({
-  contacts: {}, // user id -> path of our link to that contact (GET /contacts), or null
-  contactsLoaded: false,
+  paths: {}, // user id -> path of our link to them (GET /links); not listed: no link
+  loaded: false,
 });
 
-export async function loadContactPaths() {
-  const reply = await get("/contacts");
-  links.contacts = Object.fromEntries(reply.contacts.map((c) => [c.id, c.path]));
-  links.contactsLoaded = true;
+/** GET /links: one answer for every badge on screen (it never fails for a group we
+ *  just left, as GET /groups/{id} would). */
+export async function loadLinks() {
+  links.paths = (await get("/links")).links || {};
+  links.loaded = true;
 }
 
-/** The path of our link to `userId`: from the contacts, else from a group they are in;
- *  undefined when no answer we have names them (nothing is shown then). */
+/** The path of our link to `userId`, null when there is none; undefined until the
+ *  first answer (nothing is shown then rather than a wrong "Not connected"). */
 export function pathOf(userId) {
-  if (userId in links.contacts) {
-    return links.contacts[userId];
-  }
-  for (const group of Object.values(state.groups)) {
-    const member = (group.members || []).find((m) => m.id === userId);
-    if (member) {
-      return member.path;
-    }
-  }
-  return undefined;
+  return links.loaded ? links.paths[userId] || null : undefined;
 }
 
 /** Call `load` now and every `ms` while the calling component is mounted; a failed

@@ -5,7 +5,7 @@ here the nodes stay on loopback."""
 
 from __future__ import annotations
 
-from tests.integration.messenger.conftest import Cluster
+from tests.integration.messenger.conftest import Cluster, eventually
 
 OFF = {"state": "off", "method": "", "address": None, "problem": ""}
 
@@ -26,3 +26,17 @@ def test_why_lan_discovery_and_port_mapping_are_off(cluster: Cluster) -> None:
     for reach in seen.values():
         assert reach["mapped"] == []
     assert seen["advertised"]["public"] == ["ws://127.0.0.1:9/mesh"]
+
+
+def test_links_say_how_each_link_travels(cluster: Cluster) -> None:
+    alice = cluster.add("alice", "--mesh-host", "127.0.0.1")
+    bob = cluster.add("bob", "--mesh-host", "127.0.0.1")
+    group = alice.create_group("Paths")
+    bob.join(alice.invite(group))
+    links = eventually(lambda: alice.ok("GET", "/api/v1/links")["links"])
+    members = {m["id"]: m["path"] for m in alice.ok("GET", f"/api/v1/groups/{group}")["members"]}
+    assert links == {bob.user_id: members[bob.user_id]}
+    assert links[bob.user_id] in ("lan", "direct")   # loopback: never relayed or punched
+    bob.stop()
+    assert eventually(lambda: alice.ok("GET", "/api/v1/links")["links"] == {},
+                      message="bob's link gone")
