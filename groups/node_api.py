@@ -170,9 +170,6 @@ class NodeApi:
             await self.add_contact(user_id)
         return topic
 
-    async def send_direct(self, user_id: str, text: str, file: FileRef | None = None) -> bytes:
-        return self._messenger.send_text(await self.open_chat(user_id), text, file)
-
     # -- groups ------------------------------------------------------------------------
 
     def conversations(self) -> list[dict[str, Any]]:

@@ -82,7 +82,8 @@ class ChatMessagesHandler(UploadMixin, NodeHandler):
         if upload is not None:
             topic = await self.node.open_chat(user_id)
             self.send_json(201, await self.send_upload(
-                topic, upload, lambda text, ref: self.node.send_direct(user_id, text, ref)))
+                topic, upload,
+                lambda text, ref: self.node.send_text(topic, text, ref, upload.reply_to)))
             return
         text, reply_to = self.text_field(), reply_to_arg(self.json_body())
         topic = await self.node.open_chat(user_id)
@@ -168,7 +169,8 @@ class GroupMessagesHandler(UploadMixin, NodeHandler):
         if upload is not None:
             self.node.group_topic(group_id)  # a group we are in, or 404
             self.send_json(201, await self.send_upload(
-                group_id, upload, lambda text, ref: self.node.send_text(group_id, text, ref)))
+                group_id, upload,
+                lambda text, ref: self.node.send_text(group_id, text, ref, upload.reply_to)))
             return
         message_id = self.node.send_text(group_id, self.text_field(),
                                          None, reply_to_arg(self.json_body()))

@@ -54,12 +54,14 @@ _FILE_CSP = "default-src 'none'; img-src 'self'; media-src 'self'; style-src 'un
 
 @dataclass(frozen=True)
 class Upload:
-    """A received file part, on disk, and the caption that came with it."""
+    """A received file part, on disk, the caption that came with it and the message it
+    replies to (``reply_to``: b"" for none)."""
 
     path: Path
     name: str
     size: int
     caption: str
+    reply_to: bytes = b""
 
 
 class _UploadSink:
@@ -73,6 +75,7 @@ class _UploadSink:
         self.size = 0
         self.name: str | None = None
         self.text = bytearray()
+        self.reply_to = bytearray()
         self._current: str | None = None
         self._seen: set[str] = set()
         self.taken = False
@@ -91,7 +94,7 @@ class _UploadSink:
 
     def _on(self, event: Any) -> None:
         if isinstance(event, PartStart):
-            if event.name not in ("file", "text") or event.name in self._seen:
+            if event.name not in ("file", "text", "reply_to") or event.name in self._seen:
                 raise MultipartError(f"unexpected or repeated field {event.name!r}")
             self._seen.add(event.name)
             self._current = event.name
@@ -109,6 +112,10 @@ class _UploadSink:
                 view = memoryview(event.data)
                 while view:
                     view = view[os.write(self.fd, view):]
+            elif self._current == "reply_to":
+                self.reply_to += event.data
+                if len(self.reply_to) > 64:
+                    self._fail(ApiError(400, "bad_reply_to", "reply_to is a message id"))
             else:
                 self.text += event.data
                 if len(self.text) > MAX_TEXT_BYTES:
@@ -136,7 +143,11 @@ class _UploadSink:
             caption = bytes(self.text).decode("utf-8")
         except UnicodeDecodeError:
             raise ApiError(400, "bad_request", "text must be UTF-8") from None
-        return Upload(self.path, unicodedata.normalize("NFC", self.name), self.size, caption)
+        reply_to = bytes(self.reply_to).decode("ascii", "replace")
+        if reply_to and not re.fullmatch(r"[0-9a-f]{64}", reply_to):
+            raise ApiError(400, "bad_reply_to", "reply_to is a message id (64 hex characters)")
+        return Upload(self.path, unicodedata.normalize("NFC", self.name), self.size, caption,
+                      bytes.fromhex(reply_to))
 
     def discard(self) -> None:
         with contextlib.suppress(OSError):

@@ -132,13 +132,16 @@ export const patch = (path, body) => request("PATCH", path, body);
  * Multipart upload (field `file`, optional `text`) with progress: fetch() cannot report
  * upload progress, XMLHttpRequest can. Returns {promise, abort}.
  */
-export function upload(path, file, text, onProgress) {
+export function upload(path, file, text, onProgress, replyTo = "") {
   const xhr = new XMLHttpRequest();
   const promise = new Promise((resolve, reject) => {
     const form = new FormData();
     form.append("file", file, file.name);
     if (text) {
       form.append("text", text);
+    }
+    if (replyTo) {
+      form.append("reply_to", replyTo);
     }
     xhr.open("POST", API + path);
     xhr.withCredentials = false; // same origin: the cookie goes along anyway

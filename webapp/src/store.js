@@ -379,7 +379,7 @@ export function uploadsKey(conv) {
 }
 
 /** Upload one file (with an optional caption); progress shows in state.uploads. */
-export async function sendFile(conv, file, text) {
+export async function sendFile(conv, file, text, replyTo = "") {
   checkFileSize(file);
   const entry = reactive({ key: ++uploadKey, name: file.name, size: file.size, loaded: 0, error: "" });
   const key = uploadsKey(conv);
@@ -387,7 +387,7 @@ export async function sendFile(conv, file, text) {
   list.push(entry);
   const job = upload(`${basePath(conv)}/messages`, file, text, (loaded) => {
     entry.loaded = loaded;
-  });
+  }, replyTo);
   entry.abort = job.abort;
   try {
     const reply = await job.promise;

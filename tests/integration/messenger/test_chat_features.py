@@ -4,7 +4,7 @@ API's refusals of bad input (nothing stored)."""
 
 from __future__ import annotations
 
-from tests.integration.attachments.conftest import upload, wait_complete
+from tests.integration.attachments.conftest import multipart, upload, wait_complete
 from tests.integration.messenger.conftest import Cluster, NodeProc, eventually
 from tests.integration.messenger.test_bad_input import count, refused
 
@@ -78,6 +78,24 @@ def test_chat_features_between_two_nodes(cluster: Cluster) -> None:
     bob.ok("PUT", f"/api/v1/chats/{alice.user_id}/messages/{hello}/reaction", {"emoji": "🙂"})
     eventually(lambda: alice.ok("GET", f"{direct}/{hello}")["reactions"]
                == {"🙂": [bob.user_id]}, message="alice sees the 1:1 reaction")
+    # A file can be a reply too (multipart field reply_to); a bad one stores nothing.
+    body, kind = multipart({"file": ("map.png", b"png" * 100), "text": (None, b"here"),
+                            "reply_to": (None, hello.encode())})
+    status, sent = bob.call("POST", f"/api/v1/chats/{alice.user_id}/messages", raw=body,
+                            headers={"Content-Type": kind})
+    assert status == 201, sent
+    eventually(lambda: alice.call("GET", f"{direct}/{sent['message_id']}")[0] == 200,
+               message="alice has the file reply")
+    quote = alice.ok("GET", f"{direct}/{sent['message_id']}")["reply_to"]
+    assert (quote["available"], quote["text"]) == (True, "just us")
+    before = count(bob, "attachments")
+    body, kind = multipart({"file": ("x.bin", b"x"), "reply_to": (None, b"f" * 64)})
+    assert bob.call("POST", f"/api/v1/chats/{alice.user_id}/messages", raw=body,
+                    headers={"Content-Type": kind})[1]["error"] == "not_found"
+    body, kind = multipart({"file": ("x.bin", b"x"), "reply_to": (None, b"nope")})
+    assert bob.call("POST", f"/api/v1/chats/{alice.user_id}/messages", raw=body,
+                    headers={"Content-Type": kind})[1]["error"] == "bad_reply_to"
+    assert count(bob, "attachments") == before
     # Mute is local.
     assert alice.ok("POST", f"{base}/settings", {"muted": True})["muted"] is True
     assert not next(c for c in bob.ok("GET", "/api/v1/groups")["groups"]
