@@ -25,6 +25,7 @@ from groups.conversation_events import (
     DeleteText,
     EditText,
     Effect,
+    HoldAction,
     Notify,
     RemoveMessage,
     SetClock,
@@ -34,15 +35,18 @@ from groups.conversation_events import (
 from groups.errors import NotFound, PermissionDenied, Unsendable
 from groups.messages import MAX_EDITS, MAX_TEXT_BYTES, MAX_TIMER, Delete, Edit, Reaction, Timer
 
-__all__ = ["DELETE_WINDOW_MS", "EDIT_WINDOW_MS", "MIN_TIMER", "check_emoji", "check_timer",
-           "expired", "expires_at", "problem", "raise_problem", "receive_action",
-           "receive_timer"]
+__all__ = ["DELETE_WINDOW_MS", "EDIT_WINDOW_MS", "HOLD_SECONDS", "MIN_TIMER", "HeldActions",
+           "check_emoji", "check_timer", "expired", "expires_at", "problem", "raise_problem",
+           "receive_action", "receive_timer"]
 
 log = logging.getLogger(__name__)
 
 EDIT_WINDOW_MS = 24 * 3600 * 1000
 DELETE_WINDOW_MS = 24 * 3600 * 1000
 MIN_TIMER = 5   # seconds; 0 turns disappearing messages off
+HOLD_SECONDS = 600.0   # a held action whose target has not come by then is dropped
+HOLD_MAX = 1024
+HOLD_PER_MEMBER = 64
 
 _ERRORS: dict[str, tuple[type[PermissionDenied], str]] = {
     "unknown_target": (NotFound, "no such message in this conversation"),
@@ -115,6 +119,10 @@ def receive_action(conv: Conversation, origin: str, seq: int, target: ChatRow | 
     ``seq``. Refused ones change nothing; an older one of the same sender arriving after
     a newer one (``seq``) changes nothing either (the adapter compares stored seqs)."""
     reason = problem(conv, origin, target, action)
+    if reason == "unknown_target":
+        # Perhaps on its way still: anti-entropy brings each origin's messages in its own
+        # order, so a reaction can come before what it reacts to.
+        return [HoldAction(conv.topic, origin, seq, action)]
     if reason is not None or target is None:
         log.info("ignored a %s from %s: %s", action.TYPE, origin, reason)
         return []
@@ -125,6 +133,41 @@ def receive_action(conv: Conversation, origin: str, seq: int, target: ChatRow | 
     else:
         effect = DeleteText(target.message_id, seq)
     return [effect, Changed(target.message_id)]
+
+
+class HeldActions:
+    """Reactions, edits and deletes whose target has not arrived yet, in memory only:
+    nothing of them is stored, they go after HOLD_SECONDS or with a restart, and a
+    member can hold at most HOLD_PER_MEMBER of them (HOLD_MAX in all): a forged one for
+    a message that never comes costs little and lands nowhere."""
+
+    def __init__(self) -> None:
+        self._held: dict[bytes, list[tuple[float, HoldAction]]] = {}
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self._held.values())
+
+    def hold(self, target: bytes, held: HoldAction, now: float) -> bool:
+        self._prune(now)
+        mine = sum(1 for v in self._held.values() for _, h in v if h.origin == held.origin)
+        if len(self) >= HOLD_MAX or mine >= HOLD_PER_MEMBER:
+            log.info("dropped a %s from %s for a message not here", held.action.TYPE,
+                     held.origin)
+            return False
+        self._held.setdefault(target, []).append((now + HOLD_SECONDS, held))
+        return True
+
+    def release(self, target: bytes, now: float) -> list[HoldAction]:
+        """The target arrived: what was held for it (oldest first), no longer held."""
+        return [h for until, h in self._held.pop(target, []) if until > now]
+
+    def _prune(self, now: float) -> None:
+        for target in list(self._held):
+            kept = [(until, h) for until, h in self._held[target] if until > now]
+            if kept:
+                self._held[target] = kept
+            else:
+                del self._held[target]
 
 
 def receive_timer(conv: Conversation, origin: str, content: Timer, current_order: int,

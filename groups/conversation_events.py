@@ -14,7 +14,7 @@ from enum import StrEnum
 from typing import Any
 
 from groups.group import Op
-from groups.messages import FileRef
+from groups.messages import Delete, Edit, FileRef, Reaction
 
 __all__ = [
     "AcceptSenderKey",
@@ -29,6 +29,7 @@ __all__ = [
     "Effect",
     "FailDeliveries",
     "ForgetSenderKeys",
+    "HoldAction",
     "JoinSettled",
     "LeaveTopic",
     "MakeSenderKey",
@@ -295,6 +296,17 @@ class DeleteText:
 
 
 @dataclass(frozen=True)
+class HoldAction:
+    """A member's reaction, edit or delete whose target is not here (yet): kept in
+    memory only, for a while, and applied if the target arrives (chat_actions.Held)."""
+
+    topic: bytes
+    origin: str
+    seq: int
+    action: Reaction | Edit | Delete
+
+
+@dataclass(frozen=True)
 class RemoveMessage:
     """A disappearing message's time is up: nothing of it stays (row, reactions,
     index, file chunks)."""
@@ -343,4 +355,4 @@ Effect = (StartGroup | StoreOp | PublishOp | MarkLeft | Announce | LeaveTopic | 
           | MakeSenderKey | RotateSenderKey | ForgetSenderKeys | AcceptSenderKey | OpenDirect
           | RevealDirect | OwePairwise | SetClock | StoreText | OweReceipt | SetDelivery
           | FailDeliveries | Notify | JoinSettled | SetReaction | EditText | DeleteText
-          | RemoveMessage | SetTimer | Changed)
+          | HoldAction | RemoveMessage | SetTimer | Changed)

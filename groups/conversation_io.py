@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
 
-from groups import history
+from groups import chat_actions, history
 from groups.conversation import Conversations
 from groups.conversation_events import (
     AcceptSenderKey,
@@ -29,6 +29,7 @@ from groups.conversation_events import (
     Effect,
     FailDeliveries,
     ForgetSenderKeys,
+    HoldAction,
     JoinSettled,
     LeaveTopic,
     MakeSenderKey,
@@ -115,6 +116,7 @@ class ConversationIO:
         self.events = events
         self.clock = clock
         self.mailbox = Mailbox(conn)
+        self.held = chat_actions.HeldActions()
         self.attachments: AttachmentHooks | None = None
         self.outbox_wakeup = asyncio.Event()
         self.joins: dict[bytes, asyncio.Future[bytes]] = {}
@@ -236,6 +238,8 @@ class ConversationIO:
                     history.edit_message(conn, message_id, text, edited_at, seq)
                 case DeleteText(message_id, seq):
                     self._forget_file(message_id, history.delete_message(conn, message_id, seq))
+                case HoldAction() as held:
+                    self.held.hold(held.action.target, held, now)
                 case RemoveMessage(message_id, topic):
                     self._forget_file(message_id, history.remove_message(conn, message_id))
                     removed = {"message_id": message_id.hex(), "conversation": topic.hex()}
@@ -266,6 +270,11 @@ class ConversationIO:
                 self.attachments.announced(row.message_id, row.topic, row.sender, file)
             described = self.describe(row)
             self.after_commit(lambda: self.events.publish("message", described))
+            conv = history.conversation(self.conn, row.topic)
+            for held in self.held.release(row.message_id, self.clock()):
+                if conv is not None:   # the reactions or edits that came before it
+                    self.apply(chat_actions.receive_action(conv, held.origin, held.seq, row,
+                                                           held.action))
 
     def _show_again(self, rows: list[ChatRow]) -> None:
         """These messages changed (or the original they quote did): show them anew."""

@@ -14,6 +14,7 @@ from groups.conversation_events import (
     Conversation,
     DeleteText,
     EditText,
+    HoldAction,
     RemoveMessage,
     SetReaction,
     SetTimer,
@@ -109,7 +110,30 @@ def test_received_actions_become_effects_and_refused_ones_change_nothing() -> No
     assert chat_actions.receive_action(CONV, BOB, 10, target,
                                        Edit(b"m" * 32, NOW_MS, "forged")) == []
     assert chat_actions.receive_action(CONV, BOB, 11, target, Delete(b"m" * 32, NOW_MS)) == []
-    assert chat_actions.receive_action(CONV, BOB, 12, None, Reaction(b"x" * 32, "👍")) == []
+    # A target not here (yet) is held in memory, never stored (HeldActions below).
+    early = Reaction(b"x" * 32, "👍")
+    assert chat_actions.receive_action(CONV, BOB, 12, None, early) == [
+        HoldAction(TOPIC, BOB, 12, early)]
+
+
+def test_held_actions_are_bounded_and_expire() -> None:
+    held = chat_actions.HeldActions()
+    first = HoldAction(TOPIC, BOB, 1, Reaction(b"x" * 32, "👍"))
+    assert held.hold(b"x" * 32, first, NOW)
+    assert held.release(b"y" * 32, NOW) == []
+    assert held.release(b"x" * 32, NOW) == [first]
+    assert held.release(b"x" * 32, NOW) == []            # released once
+    held.hold(b"x" * 32, first, NOW)
+    assert held.release(b"x" * 32, NOW + chat_actions.HOLD_SECONDS) == []   # expired
+    # One member fills its share, the others still have theirs.
+    for i in range(chat_actions.HOLD_PER_MEMBER):
+        assert held.hold(i.to_bytes(32, "big"), HoldAction(TOPIC, BOB, i, first.action), NOW)
+    assert not held.hold(b"z" * 32, first, NOW)
+    assert held.hold(b"z" * 32, HoldAction(TOPIC, ALICE, 1, first.action), NOW)
+    assert len(held) == chat_actions.HOLD_PER_MEMBER + 1
+    held.hold(b"w" * 32, HoldAction(TOPIC, ALICE, 2, first.action),
+              NOW + chat_actions.HOLD_SECONDS + 1)       # the others expired meanwhile
+    assert len(held) == 1
 
 
 def test_the_newest_timer_wins_on_every_node() -> None:

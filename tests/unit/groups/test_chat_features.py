@@ -104,6 +104,22 @@ def test_forged_edits_deletes_and_reactions_to_unknown_messages_change_nothing(g
         assert [r["message"]["text"] for r in search(node, "plan")] == ["the plan"]
 
 
+def test_a_reaction_that_comes_before_its_message_is_applied_when_it_arrives(group) -> None:
+    topic, nodes, (alice, bob, carol, _) = group
+    a, b, c = nodes[alice.id], nodes[bob.id], nodes[carol.id]
+    bus = next(iter(nodes.values())).mesh.bus
+    away = bus.topics[carol.id].pop(topic)               # carol is offline...
+    mid = a.send_text(topic, "cake?")
+    bus.topics[carol.id][topic] = away
+    b.react(topic, mid, "🎂")                             # ...and hears bob first
+    assert rows(c, "reactions") == 0 and len(c.io.held) == 1
+    late = a.mailbox.get(mid)
+    c.validate(late)
+    assert c.commit(late)
+    assert shown(c, topic, mid)["reactions"] == {"🎂": [bob.id]}
+    assert len(c.io.held) == 0
+
+
 def search(node: Messenger, query: str) -> list[dict]:
     topics = [c.topic for c in history.conversations(node.conn)]
     return [{"message": node.describe(row), "snippet": snippet}
