@@ -290,8 +290,10 @@ async def _serve_demo(args: argparse.Namespace) -> None:
         config = NodeConfig(data_dir=base / name, bootstrap=server.url,
                             mesh_port=ports[f"{name}-mesh"])
         apps[name] = await App.start(config, ui_port=ports[f"{name}-ui"])
-    for app in apps.values():
+    for name, app in apps.items():
         await app.node.registered.wait()
+        if app.api.profiles()["me"]["name"] is None:  # first start: names, not numbers
+            app.api.set_profile(name.title(), None)
     alice = apps["alice"].api
     groups = [c for c in alice.conversations() if c["name"] == "Demo"]
     group_id = bytes.fromhex(groups[0]["id"]) if groups else alice.create_group("Demo")

@@ -88,6 +88,7 @@ class PairwiseKind(StrEnum):
     JOIN = "join"
     WELCOME = "welcome"
     JOIN_REFUSED = "join-no"
+    PROFILE = "profile"      # our display name and avatar (groups/profiles.py)
 
 
 # Rows -----------------------------------------------------------------------------

@@ -28,11 +28,13 @@ __all__ = [
     "CHAT_ACTIONS",
     "DIRECT_CONTENTS",
     "GROUP_CONTENTS",
+    "MAX_AVATAR_BYTES",
     "MAX_EDITS",
     "MAX_EMOJI_BYTES",
     "MAX_FILE_CHUNKS",
     "MAX_FILE_SIZE",
     "MAX_INT",
+    "MAX_PROFILE_NAME_BYTES",
     "MAX_TEXT_BYTES",
     "MAX_TIMER",
     "Content",
@@ -44,6 +46,7 @@ __all__ = [
     "JoinRefused",
     "JoinRequest",
     "OpNotice",
+    "Profile",
     "Reaction",
     "Receipts",
     "SenderKey",
@@ -58,6 +61,8 @@ MAX_TEXT_BYTES = 64 * 1024
 MAX_EMOJI_BYTES = 32                # one emoji, however many code points it joins
 MAX_EDITS = 10                      # per message, as Signal
 MAX_TIMER = 28 * 24 * 3600          # disappearing messages: at most 4 weeks (seconds)
+MAX_PROFILE_NAME_BYTES = 64
+MAX_AVATAR_BYTES = 32 * 1024
 MAX_FILE_SIZE = 26_214_400          # 25 MiB per attachment
 FILE_CHUNK_SIZE = 256 * 1024        # groups.crypto.ATTACHMENT_CHUNK_SIZE
 MAX_FILE_CHUNKS = MAX_FILE_SIZE // FILE_CHUNK_SIZE   # 100
@@ -360,7 +365,19 @@ class OpNotice(Content):
     ops: tuple[bytes, ...]
 
 
+@dataclass(frozen=True)
+class Profile(Content):
+    """The sender's display name and avatar (``b""``: none), pairwise only; a higher
+    ``version`` replaces a lower one (groups/profiles.py checks the rest)."""
+
+    TYPE = "profile"
+    LIMITS = {"name": MAX_PROFILE_NAME_BYTES, "avatar": MAX_AVATAR_BYTES}
+    version: int
+    name: str
+    avatar: bytes
+
+
 CHAT_ACTIONS = (Reaction, Edit, Delete, Timer)
 GROUP_CONTENTS = (Text, Receipts, *CHAT_ACTIONS)
 DIRECT_CONTENTS = (Text, Receipts, SenderKey, Welcome, JoinRequest, JoinRefused, OpNotice,
-                   *CHAT_ACTIONS)
+                   *CHAT_ACTIONS, Profile)

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from groups import chat_actions, conversation_clock, history
+from groups import chat_actions, conversation_clock, history, profiles
 from groups.conversation import Check, Conversations, pack_file
 from groups.conversation_events import (
     ChatRow,
@@ -61,6 +61,7 @@ from groups.messages import (
     JoinRefused,
     JoinRequest,
     OpNotice,
+    Profile,
     Reaction,
     Receipts,
     SenderKey,
@@ -298,7 +299,42 @@ class Messenger:
             return core.receive_join_refused(origin, content)
         if isinstance(content, OpNotice):
             return core.receive_op_notice(origin, content)
+        if isinstance(content, Profile):
+            self._receive_profile(message, content)
         return []
+
+    # -- profiles (groups/profiles.py) -------------------------------------------------------
+
+    def _receive_profile(self, message: Message, content: Profile) -> None:
+        """Keep the profile of anyone whose 1:1 topic is ours, hidden ones too: a peer
+        who adds us sends it before their first message, which is when we would want to
+        show their name (ours goes only to people we chat with: share_profile). One that
+        breaks the rules of groups/profiles.py stores nothing."""
+        if message.origin not in self.peers_of_interest():
+            return
+        try:
+            changed = profiles.receive_profile(self.conn, message.origin, content,
+                                               int(self.clock() * 1000))
+        except BadContent:
+            history.note_undecrypted(self.conn, message.msg_id, "bad_content")
+            return
+        if changed:  # told once committed, like every UI event (ConversationIO)
+            self.io.after_commit(
+                lambda who=message.origin: self.events.publish("profile", {"user_id": who}))
+
+    def share_profile(self) -> int:
+        """Owe our current profile to everyone we chat with who has not been sent it
+        (a new member, a new contact, everyone after a change); run before every outbox
+        pass. Returns how many were owed it now."""
+        mine = profiles.own_content(self.conn, self.me)
+        if mine is None:
+            return 0
+        due = profiles.unshared(self.conn, self.me, self.peers_of_interest(hidden=False))
+        with atomic(self.conn):
+            for peer in due:
+                self.io.queue_pairwise(peer, PairwiseKind.PROFILE, content=mine.encode())
+                profiles.mark_shared(self.conn, peer, mine.version)
+        return len(due)
 
     # -- sending ---------------------------------------------------------------------------
 
@@ -452,6 +488,7 @@ class Messenger:
             wait = pacer.wait(loop.time())
             if wait > 0:
                 await asyncio.sleep(wait)
+            self.share_profile()
             wakeup.clear()
             pacer.started(loop.time())
             pending = await self._send_outbox()
@@ -497,15 +534,17 @@ class Messenger:
 
     # -- records of peers we cannot reach ---------------------------------------------
 
-    def peers_of_interest(self) -> set[str]:
-        """Everyone we share a conversation with (group members, 1:1 peers)."""
+    def peers_of_interest(self, *, hidden: bool = True) -> set[str]:
+        """Everyone we share a conversation with (group members, 1:1 peers); with
+        ``hidden=False`` not the peers of hidden 1:1 topics, which any node that merely
+        linked to us gets (for pairwise messages), so not a chat of ours."""
         users: set[str] = set()
         for conv in history.conversations(self.conn):
             if conv.left_at is not None:
                 continue
             if conv.kind == ConversationKind.GROUP:
                 users |= set(self.core.members(conv.topic))
-            elif conv.peer:
+            elif conv.peer and (hidden or conv.visible):
                 users.add(conv.peer)
         users.discard(self.me)
         return users

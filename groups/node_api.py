@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from groups import history
+from groups import history, profiles
 from groups import store as node_store
 from groups.attachment_rows import AttachmentRow
 from groups.crypto import safety_number, safety_number_qr
@@ -152,6 +152,53 @@ class NodeApi:
                                    "key_mismatch")
         self._node.directory.set_verified(user_id, identity_key, verified)
         return self.safety(user_id)
+
+    # -- profiles and nicknames (groups/profiles.py) ----------------------------------------
+
+    def profiles(self) -> dict[str, Any]:
+        """Our profile and what we know of everyone else's: the name they chose, our
+        nickname for them, whether they have an avatar (its version), and ``lookalike``:
+        someone else whose shown name reads like theirs (ours included)."""
+        conn = self._node.conn
+        rows, nicks = profiles.load_profiles(conn), profiles.nicknames(conn)
+        shown = {user: nicks.get(user) or row.name for user, row in rows.items()}
+        shown.update(nicks)
+        since = {user: row.named_at for user, row in rows.items()}
+        since.update(dict.fromkeys([*nicks, self.user_id], -1))  # first by definition
+        marked = profiles.lookalikes(shown, since)
+        mine = rows.get(self.user_id)
+        people = {}
+        for user in sorted((set(rows) | set(nicks)) - {self.user_id}):
+            row = rows.get(user)
+            people[user] = {"name": row.name if row else None, "nickname": nicks.get(user),
+                            "avatar": row.version if row and row.avatar else None,
+                            "lookalike": marked.get(user)}
+        return {"me": {"name": mine.name if mine else None,
+                       "avatar": mine.version if mine and mine.avatar else None},
+                "people": people}
+
+    def set_profile(self, name: str, avatar: bytes | None) -> dict[str, Any]:
+        """Check and keep our profile (``avatar`` None: keep ours, ``b""``: none); every
+        contact and group member is sent it."""
+        with node_store.atomic(self._node.conn):
+            profiles.set_own_profile(self._node.conn, self.user_id, name, avatar,
+                                     int(time.time() * 1000))
+            self._messenger.share_profile()
+        self._messenger.events.publish("profile", {"user_id": self.user_id})
+        return self.profiles()["me"]
+
+    def avatar(self, user_id: str) -> tuple[bytes, str]:
+        row = profiles.load_profiles(self._node.conn).get(user_id)
+        if row is None or not row.avatar:
+            raise NotFound("no avatar for this user")
+        return row.avatar, row.avatar_mime
+
+    def set_nickname(self, user_id: str, nickname: str) -> str:
+        """Our own name for someone (never shared); "" removes it."""
+        with node_store.atomic(self._node.conn):
+            kept = profiles.set_nickname(self._node.conn, user_id, nickname)
+        self._messenger.events.publish("profile", {"user_id": user_id})
+        return kept
 
     # -- 1:1 chats -----------------------------------------------------------------------
 

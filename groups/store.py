@@ -317,8 +317,30 @@ CREATE TABLE timer_changes (
 );
 """
 
+# Version 7: profiles (groups/profiles.py): the newest profile each user sent us (ours
+# too) and since when (our clock) it has held its name, our nicknames for people, and up
+# to which version each peer has been sent ours.
+_PROFILES = """
+CREATE TABLE profiles (
+    user_id     TEXT PRIMARY KEY,
+    name        TEXT NOT NULL,
+    avatar      BLOB,
+    avatar_mime TEXT,
+    version     INTEGER NOT NULL,
+    named_at    INTEGER NOT NULL
+);
+CREATE TABLE nicknames (
+    user_id  TEXT PRIMARY KEY,
+    nickname TEXT NOT NULL
+);
+CREATE TABLE profile_shared (
+    user_id TEXT PRIMARY KEY,
+    version INTEGER NOT NULL
+);
+"""
+
 MIGRATIONS: list[str] = [_V1_KEYS, _V2_MESSENGER, _V3_ATTACHMENTS, _V4_ORDER_REPAIR,
-                         _CHAT_FEATURES, _TIMER_CHANGES]
+                         _CHAT_FEATURES, _TIMER_CHANGES, _PROFILES]
 
 def open_store(path: str | PathLike[str]) -> sqlite3.Connection:
     """Open (create, migrate) the node database at ``path`` (or ``":memory:"``)."""

@@ -21,6 +21,7 @@ from webapp.bluetooth_api import bluetooth_routes
 from webapp.chat_api import chat_routes, page_args, reply_to_arg
 from webapp.files import AttachmentMixin, UploadMixin
 from webapp.node_handler import NodeHandler
+from webapp.profiles_api import profile_routes
 from webapp.server import API_PREFIX, Route
 
 __all__ = ["api_routes"]
@@ -316,6 +317,7 @@ def api_routes(node: NodeApi) -> list[Route]:
         (p + "/transfers", TransfersHandler),
         *chat_routes(),
         *bluetooth_routes(),
+        *profile_routes(),
     ]
     return [(pattern, handler, {"node": node}) for pattern, handler in routes]
 

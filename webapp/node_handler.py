@@ -37,7 +37,8 @@ __all__ = ["NodeHandler", "to_api_error"]
 _STATUS_OF_REASON = {"text_too_long": 413, "empty_message": 400, "bad_name": 400,
                      "bad_emoji": 400, "bad_timer": 400,
                      "invite_malformed": 400, "file_too_large": 413, "empty_file": 400,
-                     "bad_file_name": 400}
+                     "bad_file_name": 400, "bad_nickname": 400, "bad_avatar": 400,
+                     "avatar_too_large": 413}
 
 
 def to_api_error(exc: Exception) -> ApiError:

@@ -58,6 +58,8 @@ def bubble(page: Page, text: str):
 def test_alice_and_bob_chat_in_a_group(cluster: Cluster, open_ui: Callable[..., UiPage],
                                        output_dir: Path, tmp_path: Path) -> None:
     alice_node, bob_node = cluster.add("alice"), cluster.add("bob")
+    for node, name in ((alice_node, "Alice"), (bob_node, "Bob")):  # Settings: test_names.py
+        node.ok("PUT", "/api/v1/profile", {"name": name})
     alice, bob = open_ui("alice", alice_node), open_ui("bob", bob_node)
     a, b = alice.page, bob.page
 
@@ -162,6 +164,10 @@ def test_alice_and_bob_chat_in_a_group(cluster: Cluster, open_ui: Callable[..., 
 
     alice.assert_labelled()
     bob.assert_labelled()
+
+    # Each sees the other's name on their messages, not a number.
+    expect(bubble(a, "I'll bring the map.").locator(".sender")).to_have_text("Bob")
+    expect(bubble(b, "Meet at the station at 9?").locator(".sender")).to_have_text("Alice")
 
     # Screenshots of both windows (the fixture saves the final state as well).
     alice.screenshot(output_dir, "chat")

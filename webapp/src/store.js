@@ -3,10 +3,13 @@
 // and api.js talk to the node.
 
 import { reactive } from "vue";
-import { ApiError, MAX_FILE_BYTES, del, describeCode, describeError, get, post, upload } from "./api.js";
+import {
+  ApiError, MAX_FILE_BYTES, del, describeCode, describeError, get, post, request, upload,
+} from "./api.js";
 import { connectEvents } from "./events.js";
 import { formatBytes } from "./format.js";
 import { notifyMessage, setTimerLines, timerLine } from "./chat.js";
+import { personName } from "./names.js";
 import { onPresence, onTyping } from "./presence.js";
 
 /** localStorage key prefix: the welcome screen was shown for this identity. */
@@ -27,6 +30,8 @@ export const state = reactive({
   activeConversation: null, // the conversation on screen (marks read while visible)
   olderCursor: {}, // conversation id -> cursor of the page before the loaded messages, or null
   timerLines: {}, // conversation id -> [{key, at, text, kind}] timer changes seen live
+  // GET /profiles: our profile and everyone's names {name, nickname, avatar, lookalike}
+  profiles: { me: { name: null, avatar: null }, people: {} },
 });
 
 let noticeKey = 0;
@@ -62,6 +67,34 @@ export async function loadMe() {
   } catch (err) {
     state.meError = describeError(err);
   }
+}
+
+export async function loadProfiles() {
+  state.profiles = await get("/profiles");
+}
+
+let profilesTimer = null;
+
+function refreshProfilesSoon() {
+  if (profilesTimer === null) {
+    profilesTimer = window.setTimeout(() => {
+      profilesTimer = null;
+      loadProfiles().catch(() => {});
+    }, 100);
+  }
+}
+
+/** Our display name and avatar (base64 of a picture of at most 32 KB, or null). */
+export async function saveProfile(name, avatar) {
+  state.profiles.me = await request("PUT", "/profile", { name, avatar });
+  refreshProfilesSoon();
+}
+
+/** Our own name for someone, never shared; "" removes it. */
+export async function setNickname(userId, nickname) {
+  const reply = await request("PUT", `/nicknames/${userId}`, { nickname });
+  await loadProfiles();
+  return reply.nickname;
 }
 
 export async function loadConversations() {
@@ -251,7 +284,10 @@ function onEvent(event) {
       break;
     case "identity_changed":
       state.identityChanged[data.user_id] = Date.now();
-      notify(`The safety number of ${data.user_id} changed. Compare it with them before you trust new messages.`);
+      notify(`The safety number of ${personName(data.user_id)} changed. Compare it with them before you trust new messages.`);
+      break;
+    case "profile":
+      refreshProfilesSoon();
       break;
     case "typing":
       onTyping(data);
@@ -267,6 +303,7 @@ function onEvent(event) {
 async function reloadAll() {
   await Promise.all([
     loadMe(),
+    loadProfiles().catch(() => {}),
     loadConversations().catch((err) => notify(describeError(err))),
     ...Object.keys(state.messages).map((id) => {
       const conv = conversationById(id);

@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import run
+from tests.integration.messenger.conftest import eventually
 
 USERS = re.compile(r"Parley node (alice|bob|carol) ([0-9 ]{19}): "
                    r"open (http://127\.0\.0\.1:\d+)/#token=(\S+)")
@@ -66,6 +67,13 @@ def test_a_restarted_demo_keeps_its_ports_and_sessions(run_py, tmp_path: Path) -
     assert len(demo) == 1
     status, info, _ = call(url, f"/api/v1/groups/{demo[0]['id']}", token=second["alice"][2])
     assert {m["id"] for m in info["members"]} == {second[u][0] for u in run.DEMO_USERS}
+    # The users are called by their names (set at the first start, kept).
+    def names() -> set[str | None]:
+        profiles = call(url, "/api/v1/profiles", token=second["alice"][2])[1]
+        people = profiles["people"]
+        return {profiles["me"]["name"],
+                *((people.get(second[u][0]) or {}).get("name") for u in ("bob", "carol"))}
+    eventually(lambda: names() == {"Alice", "Bob", "Carol"}, message="Alice knows the names")
     proc.stop(signal.SIGINT)
 
 
