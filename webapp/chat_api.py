@@ -49,7 +49,7 @@ def page_args(handler: NodeHandler) -> tuple[int, str | None]:
 
 
 class ConversationHandler(NodeHandler):
-    body_limit = 96 * 1024   # an edit's text (64 KiB of UTF-8 in JSON) and some
+    """Handlers of one conversation's routes (the body limit of a send, for an edit)."""
 
     def topic(self, kind: str, raw_id: str) -> bytes:
         if kind == "groups":
