@@ -120,6 +120,11 @@ def test_chat_features_between_two_nodes(cluster: Cluster) -> None:
         404, "not_found")
     assert refused(alice, "POST", f"{base}/messages", {"text": "re", "reply_to": "zz"}) == (
         400, "bad_reply_to")
+    assert refused(bob, "PATCH", f"{base}/messages/{reply['message_id']}",
+                   {"text": "\n" * (64 * 1024 + 1)}) == (413, "text_too_long")
+    assert refused(bob, "PUT", f"{base}/messages/{reply['message_id']}/reaction",
+                   {"emoji": "👍" * 9}) == (400, "bad_emoji")
+    assert bob.ok("GET", f"{base}/messages/{reply['message_id']}")["text"] == "yes"
     assert refused(alice, "POST", f"{base}/settings", {"timer": 1}) == (400, "bad_timer")
     assert refused(alice, "POST", f"{base}/settings", {"timer": "1h"}) == (400, "bad_timer")
     assert refused(alice, "GET", f"{base}/messages?limit=0") == (400, "bad_limit")
