@@ -109,10 +109,10 @@ class _Kademlia(Server):
         self.storage = owner.storage  # Server does `storage or ...`: an empty one is falsy
         self.owner = owner
 
-    def _create_protocol(self) -> ParleyProtocol:
+    def _create_protocol(self, sock: socket.socket) -> ParleyProtocol:
         return ParleyProtocol(self.node, self.storage, self.ksize,
                               rpc_timeout=self.owner.config.rpc_timeout, spawn=self.owner.spawn,
-                              guard=ReplyGuard(self.owner.config.guard))
+                              guard=ReplyGuard(self.owner.config.guard), sock=sock)
 
     def refresh_table(self, interval: int = 3600) -> None:
         """DhtNode runs its own refresh loop (tracked, with our crawler)."""
@@ -198,7 +198,7 @@ class DhtNode:
         loop = asyncio.get_running_loop()
         self._sock = sock
         self.address = sock.getsockname()[:2]
-        protocol = self._kad._create_protocol()
+        protocol = self._kad._create_protocol(sock)
         self._kad.protocol = protocol
 
         async def open_endpoint() -> None:

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
+import socket
+import time
 from collections.abc import AsyncIterator
 
+import msgpack
 import pytest
 import umsgpack
+from kademlia.node import Node
 
 from mesh.dht import DhtConfig, DhtNode, dht_digest
 from mesh.dht_records import MAX_VALUE_BYTES
@@ -121,6 +126,37 @@ async def test_the_largest_record_travels_well_under_the_rpc_limit(
     assert len(value) <= MAX_VALUE_BYTES and 21 + len(request) < 8192 // 2
     assert await twenty[2].publish(record) == 20
     assert await twenty[17].lookup(record.user_id) == record
+
+
+async def test_replies_waiting_in_the_socket_when_the_loop_wakes_late_count(
+        net: DhtNet) -> None:
+    """asyncio reads one datagram per loop pass and runs the timers that fell due in the
+    pass that reads the first: a node busy past the reply timeout (verifying twenty
+    STOREs of the largest record on a loaded machine did it) used to count one reply
+    and call the others silent. Three peers answer at once; the loop then blocks."""
+    node = (await net.add(1, join=False))[0]
+    protocol = node._kad.protocol
+    peers = []
+    for _ in range(3):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(2)
+        peers.append(sock)
+    try:
+        calls = [asyncio.ensure_future(protocol.call_ping(Node(os.urandom(20),
+                                                                *s.getsockname())))
+                 for s in peers]
+        await asyncio.sleep(0)  # the pings go out
+        for sock in peers:
+            request, addr = sock.recvfrom(9000)
+            sock.sendto(b"\x01" + request[1:21] + msgpack.packb(os.urandom(20)), addr)
+        time.sleep(net.config.rpc_timeout + 0.1)  # noqa: ASYNC251 - the busy loop itself
+        results = await asyncio.gather(*calls)
+    finally:
+        for sock in peers:
+            sock.close()
+    assert [ok for ok, _ in results] == [True, True, True]
+    assert node.routing_table_size() == 3
 
 
 class _Client(asyncio.DatagramProtocol):
