@@ -22,6 +22,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 from mesh.encoding import b64e
 from mesh.errors import DiscoveryRefused, DiscoveryUnavailable, FormatError, RecordError
+from mesh.httpfetch import fetch
 from mesh.identity import KeyPair, PreKey, Record, parse_user_id
 
 __all__ = [
@@ -220,7 +221,7 @@ class DiscoveryClient:
                               request_timeout=self.timeout, connect_timeout=self.timeout,
                               follow_redirects=False)
         try:
-            response = await self._http.fetch(request)
+            response = await fetch(self._http, request)
         except HTTPClientError as exc:
             if exc.response is None or exc.code >= 500 or exc.code < 400:
                 raise DiscoveryUnavailable(f"{self.base_url}: {exc}") from None

@@ -27,6 +27,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 from mesh.addresses import AddressBook, Kind, endpoint_url, is_lan_ip
 from mesh.errors import ReachabilityError, RemoteError
+from mesh.httpfetch import fetch
 from mesh.identity import KeyPair
 from mesh.relay_client import RelayClient
 from mesh.transport import LinkConnection, Transport
@@ -123,23 +124,13 @@ async def probe(bootstrap: str, mesh_port: int, *,
                           body=json.dumps({"port": mesh_port}),
                           headers={"Content-Type": "application/json"},
                           connect_timeout=within, request_timeout=within)
-    future = asyncio.ensure_future(client.fetch(request))
-    try:  # shielded: Tornado logs an error when a pending fetch is cancelled
-        response = await asyncio.shield(future)
+    try:
+        response = await fetch(client, request)
         obj = json.loads(response.body)
-    except asyncio.CancelledError:
-        future.add_done_callback(_discard)
-        raise
     except (HTTPClientError, OSError, ValueError) as exc:
         raise RemoteError(f"cannot ask {bootstrap} for a dial-back: {exc}",
                           "unreachable") from None
     return parse_dialback(obj, mesh_port)
-
-
-def _discard(future: asyncio.Future[Any]) -> None:
-    """Collect the outcome of a fetch nobody waits for any more."""
-    if not future.cancelled():
-        future.exception()
 
 
 def publish(book: AddressBook, result: DialBack, path: str = "/mesh") -> None:

@@ -25,6 +25,7 @@ from defusedxml import DefusedXmlException
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 from mesh.errors import PortMapError
+from mesh.httpfetch import fetch
 
 __all__ = ["Igd", "discover", "parse_description", "parse_search_response",
            "parse_soap_response", "search_request", "soap_request"]
@@ -159,8 +160,8 @@ class Igd:
         request = HTTPRequest(self.control, method="POST", headers=headers, body=body,
                               connect_timeout=HTTP_TIMEOUT, request_timeout=HTTP_TIMEOUT)
         try:
-            response = await AsyncHTTPClient(max_body_size=MAX_BODY).fetch(
-                request, raise_error=False)
+            response = await fetch(AsyncHTTPClient(max_body_size=MAX_BODY), request,
+                                   raise_error=False)
         except (HTTPClientError, OSError) as exc:
             raise PortMapError(f"UPnP {action} failed: {exc}", "no_answer") from None
         return parse_soap_response(response.body or b"", action)
@@ -200,8 +201,8 @@ async def discover(gateway: str, *, wait: float = SEARCH_WAIT,
     finally:
         transport.close()
     try:
-        response = await AsyncHTTPClient(max_body_size=MAX_BODY).fetch(
-            location, connect_timeout=HTTP_TIMEOUT, request_timeout=HTTP_TIMEOUT)
+        response = await fetch(AsyncHTTPClient(max_body_size=MAX_BODY), location,
+                               connect_timeout=HTTP_TIMEOUT, request_timeout=HTTP_TIMEOUT)
     except (HTTPClientError, OSError) as exc:
         raise PortMapError(f"cannot read {location}: {exc}", "no_answer") from None
     service, control = parse_description(response.body, location)
