@@ -8,6 +8,10 @@ anyone outside can open a connection to it.
   It only ever dials the address the request came from, so it cannot be aimed at a
   third party; the connection is closed at once and carries no bytes.
 
+"The client" is the address the API handlers use (ApiHandler.client_ip): behind a
+``--trusted-proxy`` the address the proxy names, which is then also the one dialed back.
+The proxy does not tell the client's source port, so /v1/observed answers port 0 there.
+
 Both are rate-limited like the rest of the API and store nothing; bootstrap/openapi.py
 documents them.
 """
@@ -27,10 +31,13 @@ DIALBACK_TIMEOUT = 3.0
 
 
 def _client(handler: ApiHandler) -> tuple[str, int]:
+    """The client's address and, when the connection is its own (no proxy named it),
+    its source port; else port 0."""
     address = handler.request.connection.context.address  # type: ignore[union-attr]
-    if isinstance(address, tuple) and len(address) >= 2:
-        return handler.request.remote_ip or str(address[0]), int(address[1])
-    return handler.request.remote_ip or "", 0
+    if isinstance(address, tuple) and len(address) >= 2 \
+            and handler.client_ip == handler.request.remote_ip:
+        return handler.client_ip, int(address[1])
+    return handler.client_ip, 0
 
 
 class ObservedHandler(ApiHandler):

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import socket
+from dataclasses import replace
 
 import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
+from bootstrap.server import start_bootstrap
 from mesh.addresses import AddressBook, Kind
 from mesh.errors import ReachabilityError
 from mesh.reachability import ReachabilityService, probe
@@ -15,6 +17,8 @@ from mesh.relay import relay_address
 from mesh.relay_client import RelayClient
 from mesh.transport import LinkAcceptor
 from mesh.websocket import dial
+from tests.conftest import GENEROUS
+from tests.integration.bootstrap.test_api import raw
 from tests.integration.mesh.conftest import wait_for
 from tests.unit.mesh.test_link_helpers import make_node
 
@@ -110,3 +114,33 @@ async def test_reachability_service_keeps_relay_candidates_and_reports(bootstrap
         await service.close()
         await acceptor.close_all()
         listener.close()
+
+
+async def test_behind_a_trusted_proxy_the_named_client_is_observed_and_dialed(
+        tmp_path) -> None:
+    """The proxy (127.0.0.5) names the client 127.0.0.2: that is the observed address
+    (port unknown: 0) and the one dialed back; the same header from anyone else is
+    ignored."""
+    config = replace(GENEROUS, trusted_proxies=("127.0.0.5",))
+    server = start_bootstrap("127.0.0.1", 0, tmp_path / "b.db", config)
+    listener = socket.create_server(("127.0.0.2", 0))  # nothing on 127.0.0.1 at this port
+    port = listener.getsockname()[1]
+    named = {"X-Real-IP": "127.0.0.2", "Content-Type": "application/json"}
+    try:
+        async def ask(path: str, source: str, body: bytes | None = None) -> dict:
+            response = await raw(server.url, "POST" if body else "GET", path, body,
+                                 headers=named, source=source)
+            assert response.code == 200
+            return json.loads(response.body)
+
+        assert await ask("/v1/observed", "127.0.0.5") == {"address": "127.0.0.2", "port": 0}
+        dial = json.dumps({"port": port}).encode()
+        assert await ask("/v1/dialback", "127.0.0.5", dial) == {
+            "address": "127.0.0.2", "port": port, "reachable": True, "detail": "connected"}
+        seen = await ask("/v1/observed", "127.0.0.1")
+        assert seen["address"] == "127.0.0.1" and seen["port"] > 0
+        assert await ask("/v1/dialback", "127.0.0.1", dial) == {
+            "address": "127.0.0.1", "port": port, "reachable": False, "detail": "refused"}
+    finally:
+        listener.close()
+        await server.stop()
