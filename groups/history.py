@@ -243,18 +243,23 @@ def insert_chat_message(conn: sqlite3.Connection, row: ChatRow) -> bool:
                         row.expires_at))
     if cur.rowcount != 1:
         return False
-    _index(conn, row.message_id, row.topic, row.text, row.file)
+    _index(conn, cur.lastrowid or 0, row.message_id, row.topic, row.text, row.file)
     return True
 
 
-def _index(conn: sqlite3.Connection, message_id: bytes, topic: bytes, text: str,
+# A message's search entry has the rowid of its chat_messages row (schema v7): found
+# without a scan (message_id is UNINDEXED in the FTS5 table).
+_UNINDEX = "DELETE FROM chat_search WHERE rowid = (SELECT rowid FROM chat_messages " \
+           "WHERE message_id = ?)"
+
+
+def _index(conn: sqlite3.Connection, rowid: int, message_id: bytes, topic: bytes, text: str,
            file: bytes | None) -> None:
-    """(Re)index what a message shows: its text and its file's name."""
-    conn.execute("DELETE FROM chat_search WHERE message_id = ?", (message_id,))
+    """Index what a new message shows: its text and its file's name."""
     body = " ".join(part for part in (text, file_name(file)) if part)
     if body:
-        conn.execute("INSERT INTO chat_search (body, message_id, topic) VALUES (?, ?, ?)",
-                     (body, message_id, topic))
+        conn.execute("INSERT INTO chat_search (rowid, body, message_id, topic) "
+                     "VALUES (?, ?, ?, ?)", (rowid, body, message_id, topic))
 
 
 def file_name(file: bytes | None) -> str:
@@ -352,9 +357,10 @@ def edit_message(conn: sqlite3.Connection, message_id: bytes, text: str, edited_
                        (text, edited_at, seq, message_id, seq))
     if not cur.rowcount:
         return False
-    row = chat_message(conn, message_id)
-    if row is not None:
-        _index(conn, message_id, row.topic, text, row.file)
+    row = conn.execute("SELECT rowid, topic, file FROM chat_messages WHERE message_id = ?",
+                       (message_id,)).fetchone()
+    conn.execute(_UNINDEX, (message_id,))
+    _index(conn, row[0], message_id, row[1], text, row[2])
     return True
 
 
@@ -367,7 +373,7 @@ def delete_message(conn: sqlite3.Connection, message_id: bytes, seq: int) -> byt
     conn.execute("UPDATE chat_messages SET text = '', file = NULL, reply_to = NULL, "
                  "deleted = 1, action_seq = ? WHERE message_id = ?", (seq, message_id))
     conn.execute("DELETE FROM reactions WHERE message_id = ?", (message_id,))
-    conn.execute("DELETE FROM chat_search WHERE message_id = ?", (message_id,))
+    conn.execute(_UNINDEX, (message_id,))
     return row.file
 
 
@@ -376,7 +382,8 @@ def remove_message(conn: sqlite3.Connection, message_id: bytes) -> bytes | None:
     row = chat_message(conn, message_id)
     if row is None:
         return None
-    for table in ("reactions", "deliveries", "receipts_due", "chat_search"):
+    conn.execute(_UNINDEX, (message_id,))
+    for table in ("reactions", "deliveries", "receipts_due"):
         conn.execute(f"DELETE FROM {table} WHERE message_id = ?", (message_id,))  # noqa: S608
     conn.execute("DELETE FROM chat_messages WHERE message_id = ?", (message_id,))
     return row.file
@@ -427,7 +434,7 @@ def search(conn: sqlite3.Connection, terms: list[str], topics: list[bytes],
     rows = conn.execute(
         f"SELECT c.{_CHAT_COLUMNS.replace(', ', ', c.')}, "  # noqa: S608
         "snippet(chat_search, 0, '[', ']', '…', 12) FROM chat_search s "
-        "JOIN chat_messages c ON c.message_id = s.message_id "
+        "JOIN chat_messages c ON c.rowid = s.rowid "
         f"WHERE chat_search MATCH ? AND s.topic IN ({marks}) ORDER BY rank LIMIT ?",
         (query, *topics, limit)).fetchall()
     return [(_chat_row(r[:15]), r[15]) for r in rows]
