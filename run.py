@@ -26,7 +26,7 @@ from groups.meetups import parse_attachment_limit
 from groups.node import NodeConfig
 from mesh import malloc
 from mesh.errors import KeyFileError, PortInUse
-from mesh.identity import display_user_id, identity_is_protected
+from mesh.identity import KeyPair, display_user_id, identity_is_protected, load_or_create_identity
 from webapp.app import App
 
 DEFAULT_BOOTSTRAP_PORT = 8470
@@ -156,7 +156,8 @@ def _bluetooth_limit(text: str) -> int | None:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _node_config(args: argparse.Namespace, bootstrap: str) -> NodeConfig:
+def _node_config(args: argparse.Namespace, bootstrap: str,
+                 identity: KeyPair | None = None) -> NodeConfig:
     return NodeConfig(data_dir=Path(args.data_dir), bootstrap=bootstrap,
                       mesh_port=None if args.no_mesh else args.mesh_port,
                       mesh_host=args.mesh_host, advertise=tuple(args.advertise),
@@ -168,7 +169,7 @@ def _node_config(args: argparse.Namespace, bootstrap: str) -> NodeConfig:
                       lan_discovery=not args.no_lan_discovery,
                       port_mapping=not args.no_port_mapping,
                       bluetooth_attachments=args.bluetooth_attachments,
-                      passphrase=_passphrase(args))
+                      passphrase=None if identity else _passphrase(args), identity=identity)
 
 
 def _passphrase(args: argparse.Namespace) -> bytes | None:
@@ -245,11 +246,13 @@ def _private_dir(path: Path) -> Path:
 
 async def _serve_all(args: argparse.Namespace) -> None:
     data_dir = _private_dir(Path(args.data_dir))
+    # The passphrase first: a wrong one must not leave a started bootstrap's database.
+    identity = await asyncio.to_thread(load_or_create_identity, data_dir, _passphrase(args))
     server = start_bootstrap("127.0.0.1", args.bootstrap_port, data_dir / "bootstrap.db",
                              dht_port=None if args.no_dht else args.bootstrap_port)
     print(f"Parley bootstrap listening on {server.url}", flush=True)
     try:
-        app = await App.start(_node_config(args, args.bootstrap or server.url),
+        app = await App.start(_node_config(args, args.bootstrap or server.url, identity),
                               ui_port=args.ui_port)
         stop = _stop_on_signal()
         _announce(app)

@@ -85,6 +85,9 @@ class NodeConfig:
     dht_port: int | None = 0          # UDP port of our DHT node; None: no DHT (--no-dht)
     # Unlocks (or, for a key stored without one, protects) the identity key file.
     passphrase: bytes | None = field(default=None, repr=False)
+    # The identity already read with that passphrase (run.py all checks it before it
+    # starts its bootstrap); None: Node.start reads it.
+    identity: KeyPair | None = field(default=None, repr=False)
     discovery: str = "auto"           # auto (bootstrap, then DHT) | dht | bootstrap
     dht_contacts: tuple[str, ...] = ()  # "ip:port" of DHT nodes to join through
     bluetooth: bool = False           # advertise, scan and link over Bluetooth RFCOMM
@@ -162,7 +165,7 @@ class Node:
         """Build and start a node; ``events`` hears what the UI shows (new messages,
         receipts, transfers)."""
         data_dir = Path(config.data_dir)
-        identity = load_or_create_identity(data_dir, config.passphrase)
+        identity = config.identity or load_or_create_identity(data_dir, config.passphrase)
         conn = node_store.open_store(data_dir / "node.db")
         dht = None
         try:
