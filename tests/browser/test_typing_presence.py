@@ -1,6 +1,7 @@
 """Typing indicators and presence in the chat header (issue 16), between two nodes in
-Chromium: "online", "… is typing…" while the other types (gone when the message is
-sent), and the opt-out in Settings, after which the other sees "last seen"."""
+Chromium: "online" (header, member list), "… is typing…" while the other types (gone
+when the message is sent), and the opt-out in Settings, after which the other sees
+"last seen"."""
 
 from __future__ import annotations
 
@@ -37,6 +38,12 @@ def test_typing_and_presence_in_the_header(
     box.press("Enter")
     expect(b.locator(".message", has_text="on my way")).to_be_visible()
     expect(subtitle).to_have_text("2 members, 1 online")
+
+    # Group info says who is online.
+    b.get_by_role("link", name="Group info").click()
+    row = b.get_by_test_id("member-list").locator("li", has_text=grouped(alice.user_id))
+    expect(row.get_by_test_id("member-presence")).to_have_text("online")
+    b.screenshot(path=str(output_dir / "bob-group-info-online.png"))
 
     # The 1:1 chat says "online"; when Alice stops sharing, "last seen" instead.
     b.goto(b.url.split("/g/")[0] + f"/c/{alice.user_id}")
