@@ -12,7 +12,6 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from .conftest import Cluster, UiPage, eventually
-from .test_chat_story import grouped
 
 pytestmark = pytest.mark.browser
 
@@ -30,6 +29,8 @@ def chat(page: Page):
 def test_system_lines_and_a_removed_member_rejoining(
         cluster: Cluster, open_ui: Callable[..., UiPage], output_dir: Path) -> None:
     alice, bob, carol = cluster.add("alice"), cluster.add("bob"), cluster.add("carol")
+    for node, name in ((alice, "Alice"), (bob, "Bob"), (carol, "Carol")):
+        node.ok("PUT", "/api/v1/profile", {"name": name})
     group = alice.create_group("Trip")
     bob.join(alice.invite(group))
     alice.send(group, "before carol came")
@@ -40,7 +41,7 @@ def test_system_lines_and_a_removed_member_rejoining(
     # Carol joined late: her chat says where her history starts, not "No messages yet".
     c = open_ui("carol", carol, f"/g/{group}").page
     expect(lines(c).first).to_have_text(HISTORY_START)
-    expect(lines(c).last).to_have_text(f"{grouped(alice.user_id)} made you an admin")
+    expect(lines(c).last).to_have_text("Alice made you an admin")  # names, not numbers
     expect(chat(c).get_by_text("No messages yet")).to_have_count(0)
     expect(chat(c).get_by_text("before carol came")).to_have_count(0)
     c.screenshot(path=str(output_dir / "carol-history-start.png"))
@@ -86,7 +87,7 @@ def test_system_lines_and_a_removed_member_rejoining(
 
     # Alice's chat tells the whole story, between the messages, in order.
     a = open_ui("alice", alice, f"/g/{group}").page
-    who_b, who_c = grouped(bob.user_id), grouped(carol.user_id)
+    who_b, who_c = "Bob", "Carol"
     expect(lines(a)).to_have_text(["You created the group", f"{who_b} joined", f"{who_c} joined",
                                    f"You made {who_c} an admin", f"You removed {who_b}",
                                    f"{who_b} joined"])
