@@ -50,6 +50,8 @@ const FRIENDLY = {
   too_many_edits: "A message can be edited at most 10 times.",
   deleted: "That message was deleted.",
   bad_emoji: "A reaction is one emoji.",
+  wrong_passphrase: "That is not your current passphrase: nothing was changed.",
+  bad_passphrase: "A passphrase has 1 to 1024 characters.",
 };
 
 /** A sentence for a bare error code (an event's `reason`): never the raw code. */
