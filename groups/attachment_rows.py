@@ -1,4 +1,4 @@
-"""The attachments table (schema version 3 in groups/store.py): one row per announced
+"""The attachments table (schema version 3 in groups/schema.py): one row per announced
 file. Plain repository functions, connection first; callers group writes with
 groups.store.atomic. Which chunks are held is not here: it is what is on disk and
 matches the hashes (groups/filestore.py).

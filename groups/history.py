@@ -1,5 +1,5 @@
 """Repository functions for the messenger's tables (schema versions 2 and 4 in
-groups/store.py).
+groups/schema.py).
 
 ``Mailbox`` is the SQLite implementation of mesh.gossip_state.MessageStore: every mesh
 message a node commits, in any of its topics, so that it can serve them to others.

@@ -127,7 +127,7 @@ def lookalikes(names: dict[str, str], since: dict[str, int]) -> dict[str, str]:
     return marked
 
 
-# -- storage (tables of groups/store.py, version 7) -----------------------------------------
+# -- storage (tables of groups/schema.py, version 7) ----------------------------------------
 
 
 def load_profiles(conn: sqlite3.Connection) -> dict[str, ProfileRow]:

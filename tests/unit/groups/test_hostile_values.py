@@ -20,7 +20,8 @@ from groups import conversation_clock, history
 from groups.errors import BadContent, Unsendable
 from groups.group import MAX_OPS, Op, OpKind, _sign
 from groups.messages import MAX_INT, MAX_SENT_AT, Envelope, EnvelopeKind, Text, decode_content
-from groups.store import MIGRATIONS, open_store
+from groups.schema import MIGRATIONS
+from groups.store import open_store
 from mesh.db import open_db
 from mesh.errors import RemoteError
 from mesh.gossip_state import Message

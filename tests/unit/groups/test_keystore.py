@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from groups import prekeys, store
+from groups import prekeys, schema, store
 from groups.errors import CryptoUsageError, UnknownKey
 from mesh.identity import LAST_RESORT_PREKEY_ID, verify
 from tests.unit.groups.helpers import NOW, make_user
@@ -16,7 +16,7 @@ def test_schema_version_and_reopen(tmp_path) -> None:
     path = tmp_path / "node.db"
     conn = store.open_store(path)
     assert conn.execute("SELECT version FROM schema_version").fetchone()[0] == len(
-        store.MIGRATIONS)
+        schema.MIGRATIONS)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     store.save_identity(conn, "1" * 15, b"\x05" + bytes(32), NOW)
     conn.close()
