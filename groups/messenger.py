@@ -7,7 +7,8 @@ can never leave a message stored but unprocessed), and ``acked`` (a peer committ
 of ours). The API calls the rest. The rules live in the sans-IO conversation core
 (groups/conversation.py); this module decrypts, feeds the core, and has its effects
 carried out (groups/conversation_io.py) in the same transaction. Group actions of our
-user are in groups/membership.py.
+user are in groups/membership.py; who we share conversations with, and keeping their
+records fresh, in groups/peers.py.
 
 Accepted means committed: every send stores the message (and its per-member delivery
 states) in SQLite before it returns, and the mesh then carries it until each member's
@@ -70,6 +71,7 @@ from groups.messages import (
     Welcome,
     decode_content,
 )
+from groups.peers import PeerRecords
 from groups.store import atomic
 from mesh.errors import InvalidMessage, MeshError, NotYetValid, RemoteError
 from mesh.gossip_state import Message
@@ -102,7 +104,7 @@ class Messenger:
         self.io = ConversationIO(self.core, conn, crypto, directory, mesh, events, clock)
         self.mailbox = self.io.mailbox
         self.groups = Membership(self.core, self.io, invite_info)
-        self._refreshed: dict[str, float] = {}
+        self.peers = PeerRecords(self.me, conn, self.core, self.io, directory)
         self._acked: dict[bytes, None] = {}  # our messages a peer stored, not yet written
         self._acked_timer: asyncio.TimerHandle | None = None
 
@@ -310,7 +312,7 @@ class Messenger:
         who adds us sends it before their first message, which is when we would want to
         show their name (ours goes only to people we chat with: share_profile). One that
         breaks the rules of groups/profiles.py stores nothing."""
-        if message.origin not in self.peers_of_interest():
+        if message.origin not in self.peers.of_interest():
             return
         try:
             changed = profiles.receive_profile(self.conn, message.origin, content,
@@ -329,7 +331,7 @@ class Messenger:
         mine = profiles.own_content(self.conn, self.me)
         if mine is None:
             return 0
-        due = profiles.unshared(self.conn, self.me, self.peers_of_interest(hidden=False))
+        due = profiles.unshared(self.conn, self.me, self.peers.of_interest(hidden=False))
         with atomic(self.conn):
             for peer in due:
                 self.io.queue_pairwise(peer, PairwiseKind.PROFILE, content=mine.encode())
@@ -509,7 +511,7 @@ class Messenger:
                 known = self.directory.record(peer) is not None
                 await self.directory.ensure_session(peer, self.clock())
                 if not known and self.directory.record(peer) is not None:
-                    self._announce_peer(peer)  # now we know where to reach them
+                    self.peers.announce(peer)  # now we know where to reach them
                 with atomic(self.conn):
                     if content is not None and self.core.pairwise_due(
                             PairwiseKind(kind), topic, peer):
@@ -531,53 +533,6 @@ class Messenger:
         """Stop keeping (and serving) mesh messages older than ``max_age`` seconds."""
         with atomic(self.conn):
             return self.mailbox.retire_older_than(self.clock() - max_age, self.me)
-
-    # -- records of peers we cannot reach ---------------------------------------------
-
-    def peers_of_interest(self, *, hidden: bool = True) -> set[str]:
-        """Everyone we share a conversation with (group members, 1:1 peers); with
-        ``hidden=False`` not the peers of hidden 1:1 topics, which any node that merely
-        linked to us gets (for pairwise messages), so not a chat of ours."""
-        users: set[str] = set()
-        for conv in history.conversations(self.conn):
-            if conv.left_at is not None:
-                continue
-            if conv.kind == ConversationKind.GROUP:
-                users |= set(self.core.members(conv.topic))
-            elif conv.peer and (hidden or conv.visible):
-                users.add(conv.peer)
-        users.discard(self.me)
-        return users
-
-    async def refresh_unreachable(self, linked: set[str], *, every: float = 300.0) -> int:
-        """Look up again the records of peers we have no link to (each at most once per
-        ``every`` seconds): their endpoints may have changed. Topics that include a peer
-        whose record got newer are announced again. Returns how many records changed."""
-        now = self.clock()
-        changed = 0
-        for user in sorted(self.peers_of_interest() - linked):
-            if now - self._refreshed.get(user, -every) < every:
-                continue
-            self._refreshed[user] = now
-            before = self.directory.record(user)
-            try:
-                record = await self.directory.refresh(user, now)
-            except MeshError as exc:
-                log.info("record of %s not refreshed: %s", user, exc)
-                continue
-            if before is None or record.seq > before.seq:
-                changed += 1
-                self._announce_peer(user)
-        return changed
-
-    def _announce_peer(self, user: str) -> None:
-        for conv in history.conversations(self.conn):
-            if conv.left_at is not None:
-                continue
-            if conv.kind == ConversationKind.GROUP and self.core.is_member(conv.topic, user):
-                self.io.announce(conv.topic)
-            elif conv.peer == user:
-                self.announce_direct(conv.topic, user)
 
     # -- queries -----------------------------------------------------------------------
 

@@ -314,7 +314,7 @@ class Node:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), self.config.refresh_interval)
             if not self._stop.is_set():
-                await self.messenger.refresh_unreachable(
+                await self.messenger.peers.refresh_unreachable(
                     set(self.runtime.links()), every=self.config.refresh_interval * 5)
 
     async def _disappear_loop(self) -> None:
@@ -494,7 +494,7 @@ class Node:
 
     def _lan_peers(self) -> dict[str, bytes]:
         peers = {}
-        for user in self.messenger.peers_of_interest():
+        for user in self.messenger.peers.of_interest():
             record = self.directory.record(user)
             if record is not None:
                 peers[user] = record.identity_key
