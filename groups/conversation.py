@@ -402,7 +402,8 @@ class Conversations:
         value = conversation_clock.tick(clock, now)
         content = Text(value, int(now * 1000), text, file, reply_to, conv.timer)
         if conv.kind == ConversationKind.GROUP:
-            return OutgoingText(content, self.recipients_of(conv), (SetClock(conv.topic, value),))
+            return OutgoingText(content, tuple(self.recipients(conv.topic)),
+                                (SetClock(conv.topic, value),))
         peer = conv.peer or ""
         return OutgoingText(content, (peer,), (SetClock(conv.topic, value), RevealDirect(peer)))
 
@@ -415,12 +416,6 @@ class Conversations:
                                         and not self.is_member(conv.topic, self.me)):
             raise PermissionDenied("you are no longer in this group", "not_member")
         return conv
-
-    def recipients_of(self, conv: Conversation) -> tuple[str, ...]:
-        """Who must receive what we send in ``conv``."""
-        if conv.kind == ConversationKind.GROUP:
-            return tuple(self.recipients(conv.topic))
-        return (conv.peer or "",)
 
     def seal(self, topic: bytes, key_due: bool) -> list[Effect]:
         """Before encrypting to the group: a key due by age or use is rotated first

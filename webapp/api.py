@@ -9,16 +9,22 @@ webapp.server.UiApiHandler (Host, Origin, token, content type, body size) runs f
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from groups.invites import Invite, qr_svg
 from groups.membership import INVITE_TTL
 from groups.node_api import NodeApi
-from mesh.errors import FormatError, PassphraseError
-from mesh.identity import parse_user_id
+from mesh.errors import PassphraseError
 from mesh.jsonapi import ApiError, check_fields
 from webapp.bluetooth_api import bluetooth_routes
-from webapp.chat_api import chat_routes, page_args, reply_to_arg
+from webapp.chat_api import (
+    ConversationHandler,
+    chat_routes,
+    group_id_arg,
+    message_id_arg,
+    page_args,
+    reply_to_arg,
+    user_id_arg,
+)
 from webapp.files import AttachmentMixin, UploadMixin
 from webapp.node_handler import NodeHandler
 from webapp.profiles_api import profile_routes
@@ -26,30 +32,9 @@ from webapp.server import API_PREFIX, Route
 
 __all__ = ["api_routes"]
 
-_GROUP_ID = re.compile(r"^[0-9a-f]{32}$")
-_MESSAGE_ID = re.compile(r"^[0-9a-f]{64}$")
 MIN_INVITE_TTL = 1
 MAX_INVITE_TTL = 30 * 24 * 3600.0
 MAX_PASSPHRASE = 1024
-def _group_id(raw: str) -> bytes:
-    if not _GROUP_ID.match(raw):
-        raise ApiError(400, "bad_group_id", "a group id is 32 hexadecimal characters")
-    return bytes.fromhex(raw)
-
-
-def _message_id(raw: Any) -> bytes:
-    if not isinstance(raw, str) or not _MESSAGE_ID.match(raw):
-        raise ApiError(400, "bad_message_id", "a message id is 64 hexadecimal characters")
-    return bytes.fromhex(raw)
-
-
-def _user_id(raw: Any) -> str:
-    try:
-        return parse_user_id(raw)
-    except FormatError:
-        raise ApiError(400, "bad_user_id", "a user id is 15 digits") from None
-
-
 class MeHandler(NodeHandler):
     def get(self) -> None:
         me = self.node.me()
@@ -63,7 +48,7 @@ class ContactsHandler(NodeHandler):
     async def post(self) -> None:
         body = self.json_body()
         check_fields(body, {"id"})
-        contact = await self.node.add_contact(_user_id(body["id"]))
+        contact = await self.node.add_contact(user_id_arg(body["id"]))
         self.send_json(201, contact)
 
 
@@ -74,11 +59,11 @@ class LinksHandler(NodeHandler):
 
 class ChatMessagesHandler(UploadMixin, NodeHandler):
     def get(self, raw_id: str) -> None:
-        topic = self.node.chat_topic(_user_id(raw_id))
+        topic = self.node.chat_topic(user_id_arg(raw_id))
         self.send_json(200, self.node.messages(topic, *page_args(self)))
 
     async def post(self, raw_id: str) -> None:
-        user_id = _user_id(raw_id)
+        user_id = user_id_arg(raw_id)
         upload = self.upload()
         if upload is not None:
             topic = await self.node.open_chat(user_id)
@@ -94,13 +79,13 @@ class ChatMessagesHandler(UploadMixin, NodeHandler):
 
 class ChatReadHandler(NodeHandler):
     def post(self, raw_id: str) -> None:
-        topic = self.node.chat_topic(_user_id(raw_id))
+        topic = self.node.chat_topic(user_id_arg(raw_id))
         self._read(topic)
 
     def _read(self, topic: bytes) -> None:
         body = self.json_body()
         check_fields(body, {"message_id"})
-        count = self.node.mark_read(topic, _message_id(body["message_id"]))
+        count = self.node.mark_read(topic, message_id_arg(body["message_id"]))
         self.send_json(200, {"marked": count})
 
 
@@ -120,7 +105,7 @@ class GroupsHandler(NodeHandler):
 
 class GroupHandler(NodeHandler):
     def get(self, raw_id: str) -> None:
-        self.send_json(200, self.node.group_info(_group_id(raw_id)))
+        self.send_json(200, self.node.group_info(group_id_arg(raw_id)))
 
 
 class InvitesHandler(NodeHandler):
@@ -131,7 +116,7 @@ class InvitesHandler(NodeHandler):
         if type(ttl) not in (int, float) or not MIN_INVITE_TTL <= ttl <= MAX_INVITE_TTL:
             raise ApiError(400, "bad_ttl", f"ttl is {MIN_INVITE_TTL} to {MAX_INVITE_TTL:.0f} "
                                            "seconds")
-        invite = self.node.invite(_group_id(raw_id), ttl)
+        invite = self.node.invite(group_id_arg(raw_id), ttl)
         link = invite.to_link()
         self.send_json(201, {"invite": link, "expires": invite.expires, "qr_svg": qr_svg(link)})
 
@@ -147,7 +132,7 @@ class JoinHandler(NodeHandler):
 
 class MemberHandler(NodeHandler):
     def delete(self, raw_group: str, raw_user: str) -> None:
-        self.node.remove_member(_group_id(raw_group), _user_id(raw_user))
+        self.node.remove_member(group_id_arg(raw_group), user_id_arg(raw_user))
         self.set_status(204)
         self.finish()
 
@@ -156,16 +141,16 @@ class AdminsHandler(NodeHandler):
     def post(self, raw_group: str) -> None:
         body = self.json_body()
         check_fields(body, {"id"})
-        self.send_json(200, self.node.promote(_group_id(raw_group), _user_id(body["id"])))
+        self.send_json(200, self.node.promote(group_id_arg(raw_group), user_id_arg(body["id"])))
 
 
 class GroupMessagesHandler(UploadMixin, NodeHandler):
     def get(self, raw_id: str) -> None:
-        group_id = self.node.group_topic(_group_id(raw_id))
+        group_id = self.node.group_topic(group_id_arg(raw_id))
         self.send_json(200, self.node.messages(group_id, *page_args(self)))
 
     async def post(self, raw_id: str) -> None:
-        group_id = _group_id(raw_id)
+        group_id = group_id_arg(raw_id)
         upload = self.upload()
         if upload is not None:
             self.node.group_topic(group_id)  # a group we are in, or 404
@@ -180,30 +165,25 @@ class GroupMessagesHandler(UploadMixin, NodeHandler):
 
 class GroupReadHandler(ChatReadHandler):
     def post(self, raw_id: str) -> None:  # type: ignore[override]
-        self._read(self.node.group_topic(_group_id(raw_id)))
+        self._read(self.node.group_topic(group_id_arg(raw_id)))
 
 
-class PresenceHandler(NodeHandler):
+class PresenceHandler(ConversationHandler):
     """/groups/{id}/presence and /chats/{id}/presence. GET: who is typing there and the
     others' presence; POST ``{"typing": bool}``: our user types (or stopped).
     Ephemeral: nothing of it is stored."""
 
     body_limit = 256
 
-    def _topic(self, kind: str, raw_id: str) -> bytes:
-        if kind == "groups":
-            return self.node.group_topic(_group_id(raw_id))
-        return self.node.chat_topic(_user_id(raw_id))
-
     def get(self, kind: str, raw_id: str) -> None:
-        self.send_json(200, self.node.presence(self._topic(kind, raw_id)))
+        self.send_json(200, self.node.presence(self.topic(kind, raw_id)))
 
     def post(self, kind: str, raw_id: str) -> None:
         body = self.json_body()
         check_fields(body, {"typing"})
         if type(body["typing"]) is not bool:
             raise ApiError(400, "bad_request", "typing must be true or false")
-        self.node.typing(self._topic(kind, raw_id), body["typing"])
+        self.node.typing(self.topic(kind, raw_id), body["typing"])
         self.set_status(204)
         self.finish()
 
@@ -260,14 +240,12 @@ class TransfersHandler(NodeHandler):
 
 
 def _attachment_id(raw: str) -> bytes:
-    if not _MESSAGE_ID.match(raw):
-        raise ApiError(400, "bad_attachment_id", "an attachment id is 64 hex characters")
-    return bytes.fromhex(raw)
+    return message_id_arg(raw, "bad_attachment_id", "attachment")
 
 
 class SafetyHandler(NodeHandler):
     def get(self, raw_id: str) -> None:
-        self.send_json(200, self.node.safety(_user_id(raw_id)))
+        self.send_json(200, self.node.safety(user_id_arg(raw_id)))
 
 
 class VerifiedHandler(NodeHandler):
@@ -286,7 +264,7 @@ class VerifiedHandler(NodeHandler):
         raw = body["identity_key"]
         if not isinstance(raw, str) or not re.fullmatch(r"05[0-9a-f]{64}", raw):
             raise ApiError(400, "bad_request", "identity_key is 66 hexadecimal characters")
-        self.send_json(200, self.node.set_verified(_user_id(raw_id), bytes.fromhex(raw),
+        self.send_json(200, self.node.set_verified(user_id_arg(raw_id), bytes.fromhex(raw),
                                                    verified))
 
 

@@ -17,7 +17,8 @@ from mesh.jsonapi import ApiError, check_fields
 from webapp.node_handler import NodeHandler
 from webapp.server import API_PREFIX
 
-__all__ = ["MAX_PAGE", "chat_routes", "message_id_arg", "page_args", "reply_to_arg"]
+__all__ = ["MAX_PAGE", "ConversationHandler", "chat_routes", "group_id_arg", "message_id_arg",
+           "page_args", "reply_to_arg", "user_id_arg"]
 
 MAX_PAGE = 500
 MAX_QUERY_CHARS = 200
@@ -25,9 +26,22 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _GROUP_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
-def message_id_arg(raw: Any, code: str = "bad_message_id") -> bytes:
+def group_id_arg(raw: str) -> bytes:
+    if not _GROUP_ID.match(raw):
+        raise ApiError(400, "bad_group_id", "a group id is 32 hexadecimal characters")
+    return bytes.fromhex(raw)
+
+
+def user_id_arg(raw: Any) -> str:
+    try:
+        return parse_user_id(raw)
+    except FormatError:
+        raise ApiError(400, "bad_user_id", "a user id is 15 digits") from None
+
+
+def message_id_arg(raw: Any, code: str = "bad_message_id", what: str = "message") -> bytes:
     if not isinstance(raw, str) or not _HEX64.match(raw):
-        raise ApiError(400, code, "a message id is 64 hexadecimal characters")
+        raise ApiError(400, code, f"a {what} id is 64 hexadecimal characters")
     return bytes.fromhex(raw)
 
 
@@ -52,14 +66,11 @@ class ConversationHandler(NodeHandler):
     """Handlers of one conversation's routes (the body limit of a send, for an edit)."""
 
     def topic(self, kind: str, raw_id: str) -> bytes:
+        """The conversation of a ``/groups/{id}`` or ``/chats/{user id}`` route (404 if
+        we are not in it)."""
         if kind == "groups":
-            if not _GROUP_ID.match(raw_id):
-                raise ApiError(400, "bad_group_id", "a group id is 32 hexadecimal characters")
-            return self.node.group_topic(bytes.fromhex(raw_id))
-        try:
-            return self.node.chat_topic(parse_user_id(raw_id))
-        except FormatError:
-            raise ApiError(400, "bad_user_id", "a user id is 15 digits") from None
+            return self.node.group_topic(group_id_arg(raw_id))
+        return self.node.chat_topic(user_id_arg(raw_id))
 
 
 class MessageHandler(ConversationHandler):
