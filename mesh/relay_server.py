@@ -70,6 +70,22 @@ class RelayService:
                 handler.close(1000, "circuit expired")
         self.schedule()
 
+    def dial(self, target: str, client_ip: str) -> bytes:
+        """A dialer wants ``target``: open a circuit and tell the target's reservation
+        (``connect``). Returns the circuit id; RelayRefused before the upgrade."""
+        opened = self.relay.open_circuit(target, client_ip, self.now())
+        opened.session.write_message(opened.message, binary=True)
+        self.schedule()
+        return opened.circuit_id
+
+    def accept(self, circuit: str) -> bytes:
+        """The reserved node takes ``circuit``; refused if its dialer has gone."""
+        cid = self.relay.accept_circuit(circuit, self.now())
+        if cid not in self.dialers:
+            self.relay.close_circuit(cid)
+            raise RelayRefused("the dialer has gone", "unknown_circuit")
+        return cid
+
     def stop(self) -> None:
         """Cancel the timer and close every reservation and circuit (HTTPServer's
         close_all_connections does not reach WebSockets: they left it at the upgrade)."""
@@ -154,7 +170,9 @@ class _ReserveHandler(_RelaySocket):
 
 
 class _CircuitHandler(_RelaySocket):
-    """Either end of a circuit: the dialer (``/relay/<id>``) or the acceptor."""
+    """Either end of a circuit, as its route says: the dialer (``/relay/<id>``,
+    ``dialing=True``) or the reserved node accepting it (``/relay/accept/<circuit>``).
+    The circuit is claimed before the upgrade, so a refusal is a plain JSON error."""
 
     cid: bytes = b""
     other: _CircuitHandler | None = None
@@ -162,17 +180,30 @@ class _CircuitHandler(_RelaySocket):
     pending_bytes = 0
     gone = False
 
+    def initialize(self, service: RelayService, dialing: bool) -> None:
+        super().initialize(service)
+        self.dialing = dialing
+
     async def get(self, *args: Any, **kwargs: Any) -> None:
         self.pending = []
         try:
-            self.cid = self.claim(args[0])
+            self.cid = (self.service.dial(args[0], self.request.remote_ip or "?")
+                        if self.dialing else self.service.accept(args[0]))
         except RelayRefused as exc:
             self.refuse(exc)
             return
         await super().get(*args, **kwargs)
 
-    def claim(self, arg: str) -> bytes:
-        raise NotImplementedError
+    def open(self, *args: str) -> None:
+        super().open()
+        if self.dialing:
+            self.service.dialers[self.cid] = self
+            return
+        dialer = self.service.dialers.pop(self.cid, None)
+        if dialer is None or dialer.gone:
+            self.close(1000, "the dialer has gone")
+            return
+        dialer.splice(self)
 
     def on_message(self, message: str | bytes) -> Any:
         if isinstance(message, str):
@@ -225,41 +256,11 @@ class _CircuitHandler(_RelaySocket):
             self.other.close(1000, "other side closed")
 
 
-class _DialHandler(_CircuitHandler):
-    def claim(self, target: str) -> bytes:
-        opened = self.service.relay.open_circuit(target, self.request.remote_ip or "?",
-                                                 self.service.now())
-        opened.session.write_message(opened.message, binary=True)
-        self.service.schedule()
-        return opened.circuit_id
-
-    def open(self, *args: str) -> None:
-        super().open()
-        self.service.dialers[self.cid] = self
-
-
-class _AcceptHandler(_CircuitHandler):
-    def claim(self, circuit: str) -> bytes:
-        cid = self.service.relay.accept_circuit(circuit, self.service.now())
-        if cid not in self.service.dialers:
-            self.service.relay.close_circuit(cid)
-            raise RelayRefused("the dialer has gone", "unknown_circuit")
-        return cid
-
-    def open(self, *args: str) -> None:
-        super().open()
-        dialer = self.service.dialers.pop(self.cid, None)
-        if dialer is None or dialer.gone:
-            self.close(1000, "the dialer has gone")
-            return
-        dialer.splice(self)
-
-
 def relay_routes(service: RelayService) -> list[Any]:
     """Routes to mount on any tornado Application (the handlers set their own
     message size limit and keepalive, so the Application's settings do not matter)."""
-    args = {"service": service}
-    return [(r"/relay", _ReserveHandler, args),
-            (r"/relay/([0-9]{15})", _DialHandler, args),
-            (r"/relay/accept/([0-9a-f]{32})", _AcceptHandler, args)]
+    return [(r"/relay", _ReserveHandler, {"service": service}),
+            (r"/relay/([0-9]{15})", _CircuitHandler, {"service": service, "dialing": True}),
+            (r"/relay/accept/([0-9a-f]{32})", _CircuitHandler,
+             {"service": service, "dialing": False})]
 
