@@ -50,6 +50,19 @@ def settled(node: NodeProc) -> dict[str, Any]:
                       message="a reachability check")
 
 
+def assert_header_fits(page: Any) -> None:
+    """The chat header stays within a phone-width window: nothing cut off on the right
+    (it was 413 px wide at 390, the Safety number button half outside)."""
+    header = page.locator(".view-header")
+    width, right = header.evaluate("h => [h.scrollWidth, h.getBoundingClientRect().right]")
+    assert width <= PHONE["width"] and right <= PHONE["width"], (
+        f"chat header {width} px wide, right edge at {right} px")
+    safety = header.get_by_role("link", name="Safety number")
+    expect(safety).to_be_in_viewport(ratio=1)
+    box = safety.bounding_box()
+    assert box is not None and box["x"] + box["width"] <= PHONE["width"], box
+
+
 def member_path(node: NodeProc, group: str, user_id: str) -> str | None:
     members = node.ok("GET", f"/api/v1/groups/{group}")["members"]
     return next(m["path"] for m in members if m["id"] == user_id)
@@ -113,6 +126,7 @@ def test_settings_says_how_others_reach_us_and_badges_say_each_path(
     page.set_viewport_size(PHONE)
     expect(header_badge.locator(".short")).to_be_hidden()
     expect(header_badge).to_be_visible()
+    assert_header_fits(page)
     ui.screenshot(output_dir, "chat-header-path-phone")
 
     # Bob goes: his badge says so, in words, without a reload.
@@ -120,6 +134,7 @@ def test_settings_says_how_others_reach_us_and_badges_say_each_path(
     expect(header_badge).to_have_attribute("data-path", "none", timeout=30_000)
     expect(header_badge).to_have_attribute(
         "title", "Not connected now: messages wait and go out when a link comes up")
+    assert_header_fits(page)
     ui.screenshot(output_dir, "chat-header-not-connected-phone")
 
 
