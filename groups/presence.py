@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from mesh.ratelimit import TokenBuckets
 from mesh.wire import Signal
 
 __all__ = ["BURST", "HEARTBEAT", "RATE", "TYPING_EVERY", "TYPING_TTL", "Online", "Presence",
@@ -58,20 +59,6 @@ class Online:
 
 
 @dataclass
-class _Bucket:
-    tokens: float = BURST
-    at: float = 0.0
-
-    def take(self, now: float) -> bool:
-        self.tokens = min(BURST, self.tokens + (now - self.at) * RATE)
-        self.at = now
-        if self.tokens < 1:
-            return False
-        self.tokens -= 1
-        return True
-
-
-@dataclass
 class Presence:
     """One node's view: what it told whom, and what it heard from whom."""
 
@@ -81,7 +68,7 @@ class Presence:
     _typing: dict[tuple[bytes, str], float] = field(default_factory=dict)  # -> until
     _online: dict[str, bool] = field(default_factory=dict)
     _heard: dict[str, float] = field(default_factory=dict)   # user -> last signal
-    _buckets: dict[str, _Bucket] = field(default_factory=dict)
+    _buckets: TokenBuckets = field(default_factory=lambda: TokenBuckets(RATE, BURST, 65536))
 
     # -- what we send -----------------------------------------------------------------
 
@@ -136,8 +123,7 @@ class Presence:
         member of the conversation it names (or, for presence, someone we share one
         with), asked only once the rate allows the signal, so a flood costs no lookups.
         None: nothing to show (refused, over the rate, or sharing is off)."""
-        bucket = self._buckets.setdefault(peer, _Bucket(at=now))
-        if not bucket.take(now) or frame.kind not in (TYPING, ONLINE) \
+        if not self._buckets.take(peer, 1, now) or frame.kind not in (TYPING, ONLINE) \
                 or (frame.kind == TYPING) != bool(frame.topic) or not allowed():
             self.dropped += 1
             return None
@@ -165,9 +151,7 @@ class Presence:
 
     def forget(self, linked: Iterable[str]) -> None:
         """Drop the rate state of peers no longer linked (strangers come and go)."""
-        keep = set(linked)
-        for peer in [p for p in self._buckets if p not in keep]:
-            del self._buckets[peer]
+        self._buckets.retain(linked)
 
     # -- queries ------------------------------------------------------------------------
 

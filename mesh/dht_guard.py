@@ -27,26 +27,11 @@ import ipaddress
 from collections import OrderedDict
 from dataclasses import dataclass
 
-__all__ = ["AMPLIFICATION", "GuardConfig", "ReplyGuard", "TokenBuckets"]
+from mesh.ratelimit import TokenBuckets
+
+__all__ = ["AMPLIFICATION", "GuardConfig", "ReplyGuard"]
 
 AMPLIFICATION = 3
-
-
-class TokenBuckets:
-    """Token buckets per key: ``rate`` per second, up to ``burst``; LRU-bounded."""
-
-    def __init__(self, rate: float, burst: float, max_keys: int = 4096) -> None:
-        self.rate, self.burst, self.max_keys = rate, burst, max_keys
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
-
-    def take(self, key: str, now: float, cost: float = 1.0) -> bool:
-        tokens, last = self._buckets.pop(key, (self.burst, now))
-        tokens = min(self.burst, tokens + max(0.0, now - last) * self.rate)
-        allowed = tokens >= cost
-        self._buckets[key] = (tokens - cost if allowed else tokens, now)
-        if len(self._buckets) > self.max_keys:
-            self._buckets.popitem(last=False)
-        return allowed
 
 
 @dataclass(frozen=True)
@@ -88,7 +73,7 @@ class ReplyGuard:
 
     def spend(self, addr: tuple[str, int], size: int, now: float) -> bool:
         """Charge a reply of ``size`` bytes to the source IP; False: do not send it."""
-        if self._exempt(addr) or self._budget.take(addr[0], now, size):
+        if self._exempt(addr) or self._budget.take(addr[0], size, now):
             return True
         self.withheld += 1
         return False

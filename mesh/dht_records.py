@@ -25,12 +25,12 @@ from typing import Any
 import msgpack
 from kademlia.storage import IStorage
 
-from mesh.dht_guard import TokenBuckets
 from mesh.errors import (
     ContactError,
     RecordError,
 )
 from mesh.identity import MAX_RECORD_BYTES, RECORD_DOMAIN, Record, parse_user_id
+from mesh.ratelimit import TokenBuckets
 
 __all__ = [
     "DHT_KEY_DOMAIN",
@@ -184,7 +184,7 @@ class RecordStorage(IStorage):
                     return StoreOutcome.REFRESHED
                 if held.record.seq >= seq:
                     return StoreOutcome.KEPT_NEWER
-            if source is not None and not self._budget.take(source, now):
+            if source is not None and not self._budget.take(source, 1, now):
                 raise RecordError("too many records to verify from this address", "rate_limited")
             record = Record.decode(value)
         except RecordError as exc:

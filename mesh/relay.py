@@ -26,6 +26,7 @@ import msgpack
 
 from mesh.errors import CircuitLimitExceeded, FormatError, RelayRefused, SignatureError
 from mesh.identity import KeyPair, user_id_for_key, verify
+from mesh.ratelimit import TokenBuckets
 
 __all__ = [
     "CHALLENGE_LEN",
@@ -57,6 +58,7 @@ RESERVE_LABEL = b"parley/relay/v1 reserve"
 CHALLENGE_LEN = 32
 CIRCUIT_ID_LEN = 16
 MAX_CONTROL_MESSAGE = 1024
+RESERVE_BUCKETS_MAX = 65536   # addresses with a reservation-attempt bucket (LRU)
 _RESERVE_URL_RE = re.compile(r"^wss?://([\x21-\x2e\x30-\x7e]+)/relay$")
 _ADDRESS_RE = re.compile(r"^(wss?://[\x21-\x2e\x30-\x7e]+(?::[0-9]{1,5})?)/relay/([0-9]{15})$")
 
@@ -111,12 +113,6 @@ class _Circuit:
     bytes: int = 0
     tokens: float = 0.0
     stamp: float = 0.0
-
-
-@dataclass
-class _Bucket:
-    tokens: float
-    stamp: float
 
 
 @dataclass
@@ -193,7 +189,8 @@ class Relay:
         self._sessions: dict[Any, _Session] = {}
         self._reservations: dict[str, Reservation] = {}
         self._circuits: dict[bytes, _Circuit] = {}
-        self._buckets: dict[str, _Bucket] = {}
+        self._buckets = TokenBuckets(self.limits.reserve_rate, self.limits.reserve_burst,
+                                     max_keys=RESERVE_BUCKETS_MAX)
         self.relayed_bytes = 0
 
     # Reservations
@@ -341,23 +338,13 @@ class Relay:
                     or (not c.accepted and now - c.opened >= self.limits.accept_timeout)]
         for cid in circuits:
             del self._circuits[cid]
-        stale = [a for a, b in self._buckets.items()
-                 if b.tokens + (now - b.stamp) * self.limits.reserve_rate
-                 >= self.limits.reserve_burst]
-        for address in stale:
-            del self._buckets[address]
+        self._buckets.forget_full(now)
         return sessions, circuits
 
     def _take_token(self, source: str, now: float) -> None:
-        limits = self.limits
-        bucket = self._buckets.setdefault(source, _Bucket(float(limits.reserve_burst), now))
-        bucket.tokens = min(float(limits.reserve_burst),
-                            bucket.tokens + (now - bucket.stamp) * limits.reserve_rate)
-        bucket.stamp = now
-        if bucket.tokens < 1:
+        if not self._buckets.take(source, 1, now):
             raise RelayRefused("too many reservation attempts from this address",
                                "rate_limited")
-        bucket.tokens -= 1
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,7 @@ from groups.errors import (
     UnknownKey,
 )
 from mesh.identity import KeyPair
+from mesh.ratelimit import TokenBuckets
 
 __all__ = [
     "GROUP_ID_LEN",
@@ -79,6 +80,7 @@ MAX_SENDER_KEY_STATES = 5  # states kept per (group, member), as libsignal
 # one step costs about 1/STEPS of an in-order message).
 MEMBER_RATE = 50.0     # per second, sustained
 MEMBER_BURST = 1000.0  # at once (a backlog after being offline, a file announced ...)
+MEMBER_BUDGETS_MAX = 65536  # members with a bucket (least recently charged dropped)
 CHAIN_STEPS_PER_MESSAGE = 256
 # Headers verified but not yet decrypted that we remember: the validate hook and the
 # commit of one loop pass are a few hundred messages apart at most; one forgotten is
@@ -108,22 +110,17 @@ class MemberBudget:
     refill at ``rate`` per second up to ``burst``. A cost above the burst counts as the
     burst, so every message can pass once the bucket is full. Only members whose
     messages carry a valid signature get here, so the buckets are bounded by the
-    groups' members.
+    groups' members (and by MEMBER_BUDGETS_MAX: mesh.ratelimit.TokenBuckets).
     """
 
     def __init__(self, rate: float = MEMBER_RATE, burst: float = MEMBER_BURST) -> None:
         if rate <= 0 or burst < 1:
             raise CryptoUsageError("rate must be > 0 and burst >= 1")
         self.rate, self.burst = rate, burst
-        self._buckets: dict[str, tuple[float, float]] = {}  # member -> (tokens, stamp)
+        self._buckets = TokenBuckets(rate, burst, max_keys=MEMBER_BUDGETS_MAX)
 
     def take(self, member: str, cost: float, now: float) -> bool:
-        cost = min(cost, self.burst)
-        tokens, stamp = self._buckets.get(member, (self.burst, now))
-        tokens = min(self.burst, tokens + max(0.0, now - stamp) * self.rate)
-        allowed = tokens >= cost
-        self._buckets[member] = (tokens - cost if allowed else tokens, now)
-        return allowed
+        return self._buckets.take(member, min(cost, self.burst), now)
 
 
 class VerifiedHeaders:
