@@ -5,9 +5,6 @@ parsed for every message (~50 ms more per chain)."""
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import pytest
 
 from groups import store
@@ -45,21 +42,16 @@ def test_skipped_keys_are_capped_per_peer_and_later_messages_stay_cheap() -> Non
     with pytest.raises(DuplicateMessage):
         bob.crypto.decrypt(alice.id, held_back[0][0], now=NOW)
 
-    def cost(sender: User, n: int = 15) -> list[float]:
-        sealed = [sender.crypto.encrypt(bob.id, b"x" * 100) for _ in range(n)]
-        sender_id, samples = sender.id, []
-        for data in sealed:
-            started = time.process_time()
-            bob.crypto.decrypt(sender_id, data, now=NOW)
-            samples.append(time.process_time() - started)
-        return samples
-
-    normal: list[float] = []
-    attacked: list[float] = []
-    for _ in range(3):  # interleaved, so that load on the machine hits both alike
-        normal += cost(carol)
-        attacked += cost(alice)
-    assert statistics.median(attacked) < 3 * statistics.median(normal)
+    # What each later message costs is parsing the record's protobuf (the skipped keys
+    # beside it are searched, never parsed): after the attack it stays the size of an
+    # ordinary peer's, where python-axolotl's grew by every skipped key (~600 KB).
+    for _ in range(15):
+        for sender in (carol, alice):
+            assert bob.crypto.decrypt(sender.id, sender.crypto.encrypt(bob.id, b"x" * 100),
+                                      now=NOW) == b"x" * 100
+    attacked, normal = held(bob, alice.id), held(bob, carol.id)
+    assert len(attacked.skipped) > 1000 * 117 and not normal.skipped
+    assert len(attacked.serialize()) < 2 * len(normal.serialize())
 
 
 def test_a_failed_message_leaves_the_skipped_keys_as_they_were() -> None:

@@ -5,8 +5,6 @@ that skips its rotation and jumps its chain ahead on several key ids."""
 from __future__ import annotations
 
 import os
-import statistics
-import time
 
 import pytest
 
@@ -132,23 +130,29 @@ def test_the_attack_is_refused_and_later_messages_stay_cheap() -> None:
         == MAX_SENDER_KEY_STATES
     assert skipped_total(bob, group, mallory.id) == MAX_SENDER_KEY_STATES * 300
 
-    def cost(sender: User, n: int = 15) -> list[float]:
-        cts = [sender.crypto.encrypt_group(group, b"x" * 100) for _ in range(n)]
-        sender_id = sender.id
-        samples = []
-        for ct in cts:
-            started = time.process_time()
-            bob.crypto.verify_group_message(group, sender_id, ct, now=NOW)
-            bob.crypto.decrypt_group(group, sender_id, ct)
-            samples.append(time.process_time() - started)
-        return samples
+    def states_read(sender: User, n: int = 15) -> list[int]:
+        """Per message: the bytes of sender-key state bob's node reads (SQLite trace)."""
+        reads: list[int] = []
+        bob.conn.set_trace_callback(lambda sql: reads.append(1)
+                                    if "SELECT state FROM sender_keys" in sql else None)
+        try:
+            sizes = []
+            for _ in range(n):
+                ct = sender.crypto.encrypt_group(group, b"x" * 100)
+                reads.clear()
+                bob.crypto.verify_group_message(group, sender.id, ct, now=NOW)
+                assert bob.crypto.decrypt_group(group, sender.id, ct) == b"x" * 100
+                sizes.append(len(reads))
+            return sizes
+        finally:
+            bob.conn.set_trace_callback(None)
 
-    normal: list[float] = []
-    attacked: list[float] = []
-    for _ in range(3):  # interleaved, so that load on the machine hits both alike
-        normal += cost(alice)
-        attacked += cost(mallory)
-    assert statistics.median(attacked) < 3 * statistics.median(normal)
+    # A later message costs what anyone's does: it reads the one state its key id
+    # names (not all five), kept in our layout (read by offsets, never parsed whole);
+    # python-axolotl parsed a protobuf of every skipped key per message (~50x).
+    assert states_read(mallory) == states_read(alice) == [1] * 15
+    for key_id in store.sender_key_state_sizes(bob.conn, group, mallory.id):
+        assert store.load_sender_key_state(bob.conn, group, mallory.id, key_id)[0] == 0x02
 
 
 def test_skipped_keys_are_capped_per_sender_across_states() -> None:
