@@ -105,6 +105,16 @@ def test_names_replace_numbers(cluster: Cluster, open_ui: Callable[..., UiPage],
            ).to_be_visible()
     b_ui.screenshot(output_dir, "members-with-names")
 
+    # Carol writes to Bob 1:1: the conversation list marks her chat too, and only hers.
+    carol.ok("POST", f"/api/v1/chats/{bob.user_id}/messages", {"text": "it is me, Alice"})
+    chats = b.locator(".conversations")
+    fake_chat = chats.get_by_role("link", name=re.compile(r"^Chat with A1ice"))
+    expect(fake_chat.get_by_test_id("lookalike")).to_have_attribute("aria-label", re.compile(
+        rf"A1ice \({grouped(carol.user_id)}\) has a name like that of Alice "))
+    expect(fake_chat.get_by_test_id("lookalike")).to_be_visible()
+    expect(chats.get_by_test_id("lookalike")).to_have_count(1)
+    b_ui.screenshot(output_dir, "lookalike-in-list")
+
     # A 1:1 chat is titled by name, its ID in the subtitle; the contact screen shows the
     # ID and takes Bob's nickname, which only Bob sees.
     alice_row = members.locator("li", has_text=grouped(alice.user_id))
@@ -123,3 +133,4 @@ def test_names_replace_numbers(cluster: Cluster, open_ui: Callable[..., UiPage],
     expect(b.get_by_role("heading", name="Mum", exact=True)).to_be_visible()
     assert alice.ok("GET", "/api/v1/profiles")["me"]["name"] == "Alice"
     assert name_at(carol, alice.user_id) == "Alice"
+
