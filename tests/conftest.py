@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ class Proc:
 
     popen: subprocess.Popen[str]
     lines: list[str] = field(default_factory=list)
+    _reader: threading.Thread | None = None
 
     def wait_for(self, pattern: str, timeout: float = 20.0) -> re.Match[str]:
         deadline = time.monotonic() + timeout
@@ -57,6 +59,16 @@ class Proc:
                 return m
         raise AssertionError(f"{pattern!r} not printed; output so far:\n{''.join(self.lines)}")
 
+    def keep_reading(self) -> None:
+        """From now on collect the output in ``lines`` in the background (after the
+        last ``wait_for``): a child that logs more than a pipe holds while nobody reads
+        would block on its next write."""
+        stdout = self.popen.stdout
+        if stdout is not None and self._reader is None:
+            self._reader = threading.Thread(target=lambda: self.lines.extend(stdout),
+                                            daemon=True)
+            self._reader.start()
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
         if self.popen.poll() is None:
             self.popen.send_signal(sig)
@@ -65,6 +77,8 @@ class Proc:
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait()
+        if self._reader is not None:
+            self._reader.join(timeout)  # the child is gone: its output ends
         if self.popen.stdout:
             self.popen.stdout.close()
         return self.popen.returncode

@@ -38,16 +38,18 @@ class NodeProc:
     url: str = ""
     token: str = ""
     user_id: str = ""
+    output: list[str] = field(default_factory=list)  # of the runs stopped so far
 
     def start(self, *, ready: str = "registered") -> NodeProc:
         """Start and wait until the node is ``ready``: "registered" with the bootstrap,
         or "dht" (joined the DHT), or "" (serving its API)."""
         self.proc = start_run_py("node", "--data-dir", str(self.data_dir), "--ui-port", "0",
                                  "--mesh-port", str(self.mesh_port), "--bootstrap",
-                                 self.bootstrap, "--log-level", "WARNING", *self.extra)
+                                 self.bootstrap, "--log-level", "INFO", *self.extra)
         match = self.proc.wait_for(r"Parley node ([0-9 ]+): open (http://127\.0\.0\.1:\d+)/#token=(\S+)")
         self.user_id = match.group(1).replace(" ", "")
         self.url, self.token = match.group(2), match.group(3)
+        self.proc.keep_reading()
         if ready == "registered":
             eventually(lambda: self.ok("GET", "/api/v1/me")["registered"],
                        message=f"{self.name} registered with the bootstrap")
@@ -59,6 +61,7 @@ class NodeProc:
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is not None:
             self.proc.stop(sig)
+            self.output += self.proc.lines
             self.proc = None
 
     def kill9(self) -> None:
@@ -153,4 +156,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
     finally:
         for node in cluster.nodes.values():
             node.stop()
+            # Shown by pytest only when the test failed: what each node logged (INFO).
+            print(f"--- {node.name} ({node.user_id}), last 80 lines:\n"
+                  + "".join(node.output[-80:]))
         boot.stop()
