@@ -14,6 +14,8 @@
         ├── BadDistribution      (RemoteError) a sender-key distribution message we refuse
         ├── Throttled            (RemoteError) a member's messages are over its rate limit:
         │                                      refused for now, fine to offer again later
+        ├── AheadOfChain         (RemoteError) a group message too far ahead of our chain:
+        │                                      refused until the messages between arrive
         └── DecryptError         (RemoteError) a ciphertext we refuse
             ├── MalformedMessage    it does not parse
             ├── InvalidCiphertext   MAC, signature, padding or body hash do not check out
@@ -46,6 +48,7 @@ from __future__ import annotations
 from mesh.errors import LocalError, MeshError, RemoteError
 
 __all__ = [
+    "AheadOfChain",
     "BadBundle",
     "BadContent",
     "BadDistribution",
@@ -125,6 +128,17 @@ class Throttled(CryptoError, RemoteError):
     """
 
     reason = "throttled"
+
+
+class AheadOfChain(CryptoError, RemoteError):
+    """A group message more than MAX_CHAIN_GAP iterations ahead of our chain for its key.
+
+    Reading it would make us derive every key in between at once. Nothing is wrong with
+    it otherwise: the validate hook refuses it *for now* (mesh.errors.NotYetValid), and
+    anti-entropy offers it again once the messages in between have moved the chain on.
+    """
+
+    reason = "ahead_of_chain"
 
 
 class DecryptError(CryptoError, RemoteError):

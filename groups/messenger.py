@@ -39,6 +39,7 @@ from groups.conversation_policy import OutboxBackoff, ReceiptPacer, receipt_batc
 from groups.crypto import Crypto
 from groups.directory import Directory
 from groups.errors import (
+    AheadOfChain,
     BadContent,
     DecryptError,
     DuplicateMessage,
@@ -174,6 +175,10 @@ class Messenger:
                 # Over the member's rate (groups.crypto.MemberBudget): a later offer
                 # brings it again, when the member's budget has refilled.
                 raise NotYetValid("member over its rate", "throttled") from None
+            except AheadOfChain:
+                # Too far ahead of the member's chain (groups.crypto.MAX_CHAIN_GAP): a
+                # later offer brings it again, after the messages in between.
+                raise NotYetValid("ahead of the member's chain", "ahead_of_chain") from None
 
     @contextmanager
     def transaction(self) -> Iterator[None]:

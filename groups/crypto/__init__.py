@@ -49,6 +49,7 @@ from groups.crypto.keystore import (  # noqa: E402
     REGISTRATION_ID,
 )
 from groups.crypto.senderkeys import (  # noqa: E402
+    MAX_CHAIN_GAP,
     SENDER_KEY_MAX_ITERATION,
     GroupMessageInfo,
     MemberBudget,
@@ -69,6 +70,7 @@ __all__ = [
     "ATTACHMENT_CHUNK_SIZE",
     "ATTACHMENT_FILE_ID_LEN",
     "DEVICE_ID",
+    "MAX_CHAIN_GAP",
     "MAX_FORWARD_ITERATIONS",
     "MAX_SKIPPED_KEYS",
     "REGISTRATION_ID",

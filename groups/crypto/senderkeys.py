@@ -11,7 +11,12 @@ What one member can make us do is bounded (issue 15, finding 2):
 
 - a key is good for SENDER_KEY_MAX_ITERATION messages (the 1000 after which members
   rotate, plus a margin): a message or distribution beyond that is refused before any
-  state is read, so one message derives at most that many chain steps;
+  state is read;
+- a message may be at most MAX_CHAIN_GAP iterations ahead of our chain for its key, so
+  one message derives at most that many chain steps: one further ahead gets
+  AheadOfChain, which the gossip validate hook turns into "not yet valid" (nothing
+  stored or derived; offered again once the messages in between moved the chain on:
+  a member's messages reach us in its order when we catch up);
 - a message loads and rewrites only the state its key id names;
 - skipped message keys are capped per sender across all of its states (MAX_SKIPPED_KEYS);
 - a token bucket per member (MemberBudget), charged in verify_group_message, the gossip
@@ -45,6 +50,7 @@ from groups import store
 from groups.crypto.keystore import MAX_SKIPPED_KEYS, CryptoBase, mapped, public_key
 from groups.crypto.senderchain import SenderChain, skipped_in_received
 from groups.errors import (
+    AheadOfChain,
     BadDistribution,
     CryptoStoreError,
     CryptoUsageError,
@@ -60,6 +66,7 @@ from mesh.ratelimit import TokenBuckets
 
 __all__ = [
     "GROUP_ID_LEN",
+    "MAX_CHAIN_GAP",
     "MAX_SENDER_KEY_STATES",
     "MEMBER_BURST",
     "MEMBER_RATE",
@@ -75,6 +82,11 @@ GROUP_ID_LEN = 16
 # (SENDER_KEY_MAX_MESSAGES), so an honest member never comes near the end.
 SENDER_KEY_MAX_ITERATION = 1024
 MAX_SENDER_KEY_STATES = 5  # states kept per (group, member), as libsignal
+# How far ahead of our chain (for its key) a message may be: the chain steps one message
+# can make us derive. bench.senderkeys: a message at the gap costs ~1.6x an in-order one
+# (at the old limit, 1023 steps, 5-7x). Honest messages are further ahead only while we
+# catch up, and then the ones in between arrive first.
+MAX_CHAIN_GAP = 128
 # The per-member budget, in messages: a message costs 1, plus 1 for every
 # CHAIN_STEPS_PER_MESSAGE chain steps it makes us derive (measured by bench.senderkeys:
 # one step costs about 1/STEPS of an in-order message).
@@ -319,10 +331,12 @@ class SenderKeys(CryptoBase):
         For the gossip validate hook: relays call it before they store or forward.
         The body is bound to the signed header by a hash that only members who
         decrypt can check, so decrypt_group stays the final word. After the signature
-        (so nobody can spend another member's budget), the message costs 1, plus the
-        chain steps it will make decrypt_group derive; Throttled if the member has not
-        that much left (nothing is charged then). The verified header is remembered
-        (verified_headers) so that decrypt_group need not check it again.
+        (so nobody can spend another member's budget), a message more than
+        MAX_CHAIN_GAP iterations ahead of our chain gets AheadOfChain; otherwise it
+        costs 1, plus the chain steps it will make decrypt_group derive, and gets
+        Throttled if the member has not that much left (nothing is charged for either).
+        The verified header is remembered (verified_headers) so that decrypt_group need
+        not check it again.
         """
         _body, message = self._parse(group_id, data)
         info = store.sender_key_info(self._conn, group_id, sender_id, message.getKeyId())
@@ -330,8 +344,12 @@ class SenderKeys(CryptoBase):
             raise UnknownKey("no sender key with this id from this member")
         with mapped():
             message.verifySignature(public_key(info.signing_key))
-        self.verified_headers.add(info.signing_key, message.serialize())
         steps = max(0, message.getIteration() - info.iteration)
+        if steps > MAX_CHAIN_GAP:
+            raise AheadOfChain(f"iteration {message.getIteration()} is {steps} ahead of our "
+                               f"chain (at most {MAX_CHAIN_GAP}): the messages between "
+                               "come first")
+        self.verified_headers.add(info.signing_key, message.serialize())
         if not self.member_budget.take(sender_id, 1 + steps / CHAIN_STEPS_PER_MESSAGE, now):
             raise Throttled(f"{sender_id} is over its rate of group messages")
         return GroupMessageInfo(message.getKeyId(), message.getIteration())

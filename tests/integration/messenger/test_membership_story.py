@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 
+from groups.crypto import MAX_CHAIN_GAP
 from tests.integration.messenger.conftest import Cluster, NodeProc, eventually
 
 
@@ -98,6 +99,28 @@ def test_offline_member_catches_up_and_receipts_flow_back(cluster: Cluster) -> N
         eventually(lambda m=message_id: delivered_to(alice, group, m, {bob.user_id,
                                                                        dave.user_id}),
                    message="receipts from dave reached alice")
+
+
+def test_member_back_after_a_long_absence_reads_a_backlog_beyond_the_chain_gap(
+        cluster: Cluster) -> None:
+    """Issue 15: one message may move a sender's chain at most MAX_CHAIN_GAP steps; the
+    rest wait as "not yet valid". Dave, offline while alice sent several gaps' worth,
+    still reads all of it, and a live message that may overtake the backlog too."""
+    group, (alice, dave) = setup_group(cluster, ["alice", "dave"])
+    dave.stop()
+    count = 3 * MAX_CHAIN_GAP + 44  # 428: one page of the API
+    for i in range(count):
+        alice.send(group, f"backlog {i}")
+    dave.start()
+    alice.send(group, "live")
+    expected = {f"backlog {i}" for i in range(count)} | {"live"}
+
+    def read() -> set[str]:
+        page = dave.ok("GET", f"/api/v1/groups/{group}/messages?limit=500")["messages"]
+        return {m["text"] for m in page}
+
+    eventually(lambda: expected <= read(), timeout=60.0,
+               message="dave read the whole backlog and the live message")
 
 
 def test_kill9_right_after_accept_still_delivers(cluster: Cluster) -> None:

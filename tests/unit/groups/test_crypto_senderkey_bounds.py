@@ -9,10 +9,16 @@ import os
 import pytest
 
 from groups import prekeys, store
-from groups.crypto import MAX_SKIPPED_KEYS, SENDER_KEY_MAX_ITERATION, MemberBudget
+from groups.crypto import (
+    MAX_CHAIN_GAP,
+    MAX_SKIPPED_KEYS,
+    SENDER_KEY_MAX_ITERATION,
+    MemberBudget,
+)
 from groups.crypto.senderchain import SenderChain, skipped_in_received
 from groups.crypto.senderkeys import MAX_SENDER_KEY_STATES
 from groups.errors import (
+    AheadOfChain,
     BadDistribution,
     CryptoStoreError,
     DuplicateMessage,
@@ -43,6 +49,10 @@ def jump(user: User, group: bytes, to: int) -> None:
     _, moved = chain.seed_for(to - 1, keep=0)
     store.update_sender_key_state(user.conn, group, user.identity.user_id, chain.key_id,
                                   moved.iteration, moved.encode())
+
+
+def key_id(user: User, group: bytes) -> int:
+    return store.sender_key_info(user.conn, group, user.identity.user_id).key_id
 
 
 def skipped_total(user: User, group: bytes, sender: str) -> int:
@@ -241,10 +251,41 @@ def test_verify_charges_the_members_budget_after_the_signature() -> None:
                                     carol.crypto.encrypt_group(group, b"c"), now=NOW)
     bob.crypto.verify_group_message(group, alice.id, cts[2], now=NOW + 1)
     bob.crypto.decrypt_group(group, alice.id, cts[2])
-    # A message far ahead costs its chain steps too (1000 steps: ~4 messages' worth,
-    # capped at the burst): with 1.5 tokens, one message passes and it does not.
-    jump(alice, group, 1000)
+    # A message ahead costs its chain steps too (MAX_CHAIN_GAP = 128 steps: half a
+    # message's worth): with 1.4 tokens, one message passes and it does not.
+    jump(alice, group, chain_of(bob, group, alice.id, key_id(alice, group)).iteration
+         + MAX_CHAIN_GAP)
     ahead = alice.crypto.encrypt_group(group, b"ahead")
     with pytest.raises(Throttled):
-        bob.crypto.verify_group_message(group, alice.id, ahead, now=NOW + 2.5)
-    bob.crypto.verify_group_message(group, alice.id, cts[0], now=NOW + 2.5)
+        bob.crypto.verify_group_message(group, alice.id, ahead, now=NOW + 2.4)
+    bob.crypto.verify_group_message(group, alice.id, cts[0], now=NOW + 2.4)
+
+
+def test_a_message_far_ahead_waits_for_the_ones_between() -> None:
+    """One message derives at most MAX_CHAIN_GAP chain steps: one further ahead is
+    refused for now (nothing derived, stored or charged) and read once the messages in
+    between moved bob's chain on, as they do when he catches up on a backlog."""
+    alice, bob = make_user(), make_user()
+    group = new_group_id()
+    share_sender_keys(group, [alice, bob])
+    bob.crypto.member_budget = MemberBudget(rate=1.0, burst=3.0)
+    backlog = [alice.crypto.encrypt_group(group, b"%d" % i) for i in range(MAX_CHAIN_GAP + 2)]
+    state = store.load_sender_key_state(bob.conn, group, alice.id, key_id(alice, group))
+    for _ in range(5):  # offered again and again: it costs alice's budget nothing
+        with pytest.raises(AheadOfChain) as info:
+            bob.crypto.verify_group_message(group, alice.id, backlog[-1], now=NOW)
+        assert info.value.reason == "ahead_of_chain"
+    assert store.load_sender_key_state(bob.conn, group, alice.id, key_id(alice, group)) \
+        == state
+    # The first of the backlog moves the chain on: the last is exactly the gap ahead now,
+    # and is read at once (its chain steps cost half a message of the budget); the ones
+    # in between come from the skipped keys.
+    bob.crypto.verify_group_message(group, alice.id, backlog[0], now=NOW)
+    assert bob.crypto.decrypt_group(group, alice.id, backlog[0]) == b"0"
+    bob.crypto.verify_group_message(group, alice.id, backlog[-1], now=NOW)
+    assert bob.crypto.decrypt_group(group, alice.id, backlog[-1]) \
+        == b"%d" % (MAX_CHAIN_GAP + 1)
+    assert chain_of(bob, group, alice.id, key_id(alice, group)).skipped_count == MAX_CHAIN_GAP
+    for i, ct in enumerate(backlog[1:-1], start=1):
+        bob.crypto.verify_group_message(group, alice.id, ct, now=NOW + i)
+        assert bob.crypto.decrypt_group(group, alice.id, ct) == b"%d" % i

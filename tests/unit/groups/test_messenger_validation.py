@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from groups import history
-from groups.crypto import MemberBudget
+from groups.crypto import MAX_CHAIN_GAP, MemberBudget
 from groups.group import Op, OpKind, _sign
 from groups.messages import Envelope, EnvelopeKind, Text
 from groups.messenger import Messenger
@@ -133,6 +133,25 @@ def test_member_over_its_rate_is_refused_for_now_and_accepted_later(group) -> No
     nodes[bob.id].validate(second)
     assert nodes[bob.id].commit(second)
     assert [m["text"] for m in nodes[bob.id].messages(group_id)] == ["one", "two"]
+
+
+def test_message_far_ahead_of_the_chain_is_refused_for_now_and_accepted_later(group) -> None:
+    """A message more than MAX_CHAIN_GAP iterations ahead of bob's chain is "not yet
+    valid" (nothing stored or derived); once the messages in between have arrived, as
+    they do when he catches up in alice's order, it is read."""
+    group_id, nodes, (alice, bob, _, _) = group
+    backlog = [sealed(alice, group_id, f"m{seq}", seq=seq)
+               for seq in range(1, MAX_CHAIN_GAP + 3)]
+    with pytest.raises(NotYetValid) as info:
+        nodes[bob.id].validate(backlog[-1])
+    assert info.value.reason == "ahead_of_chain"
+    assert not stored(nodes[bob.id], backlog[-1])
+    nodes[bob.id].validate(backlog[0])
+    assert nodes[bob.id].commit(backlog[0])
+    nodes[bob.id].validate(backlog[-1])
+    assert nodes[bob.id].commit(backlog[-1])
+    assert {"m1", f"m{MAX_CHAIN_GAP + 2}"} <= {m["text"]
+                                               for m in nodes[bob.id].messages(group_id)}
 
 
 class Recorder:
