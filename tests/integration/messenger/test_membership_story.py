@@ -108,7 +108,7 @@ def test_member_back_after_a_long_absence_reads_a_backlog_beyond_the_chain_gap(
     still reads all of it, and a live message that may overtake the backlog too."""
     group, (alice, dave) = setup_group(cluster, ["alice", "dave"])
     dave.stop()
-    count = 3 * MAX_CHAIN_GAP + 44  # 428: one page of the API
+    count = 3 * MAX_CHAIN_GAP + 44  # three gaps and more, within one page of the API
     for i in range(count):
         alice.send(group, f"backlog {i}")
     dave.start()

@@ -16,7 +16,7 @@ from groups.crypto import (
     MemberBudget,
 )
 from groups.crypto.senderchain import SenderChain, skipped_in_received
-from groups.crypto.senderkeys import MAX_SENDER_KEY_STATES
+from groups.crypto.senderkeys import CHAIN_STEPS_PER_MESSAGE, MAX_SENDER_KEY_STATES
 from groups.errors import (
     AheadOfChain,
     BadDistribution,
@@ -251,14 +251,15 @@ def test_verify_charges_the_members_budget_after_the_signature() -> None:
                                     carol.crypto.encrypt_group(group, b"c"), now=NOW)
     bob.crypto.verify_group_message(group, alice.id, cts[2], now=NOW + 1)
     bob.crypto.decrypt_group(group, alice.id, cts[2])
-    # A message ahead costs its chain steps too (MAX_CHAIN_GAP = 128 steps: half a
-    # message's worth): with 1.4 tokens, one message passes and it does not.
+    # A message ahead costs its chain steps too (MAX_CHAIN_GAP steps: 1 + 64/256): with
+    # a little less than that, one message passes and it does not.
     jump(alice, group, chain_of(bob, group, alice.id, key_id(alice, group)).iteration
          + MAX_CHAIN_GAP)
     ahead = alice.crypto.encrypt_group(group, b"ahead")
+    later = NOW + 1 + (1 + MAX_CHAIN_GAP / CHAIN_STEPS_PER_MESSAGE) - 0.05
     with pytest.raises(Throttled):
-        bob.crypto.verify_group_message(group, alice.id, ahead, now=NOW + 2.4)
-    bob.crypto.verify_group_message(group, alice.id, cts[0], now=NOW + 2.4)
+        bob.crypto.verify_group_message(group, alice.id, ahead, now=later)
+    bob.crypto.verify_group_message(group, alice.id, cts[0], now=later)
 
 
 def test_a_message_far_ahead_waits_for_the_ones_between() -> None:
@@ -278,7 +279,7 @@ def test_a_message_far_ahead_waits_for_the_ones_between() -> None:
     assert store.load_sender_key_state(bob.conn, group, alice.id, key_id(alice, group)) \
         == state
     # The first of the backlog moves the chain on: the last is exactly the gap ahead now,
-    # and is read at once (its chain steps cost half a message of the budget); the ones
+    # and is read at once (its chain steps cost a quarter of a message); the ones
     # in between come from the skipped keys.
     bob.crypto.verify_group_message(group, alice.id, backlog[0], now=NOW)
     assert bob.crypto.decrypt_group(group, alice.id, backlog[0]) == b"0"
