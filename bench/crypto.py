@@ -111,9 +111,17 @@ def ours(tmp: Path, payload: bytes, n: int) -> dict[str, float]:
     out["pairwise decrypt"] = rate(lambda i: bob.decrypt(alice.user_id, sealed[i], now=now), n)
     sealed.clear()
     out["group encrypt"] = rate(lambda _: sealed.append(alice.encrypt_group(group, payload)), n)
-    out["group verify (relay)"] = rate(
-        lambda i: bob.verify_group_message(group, alice.user_id, sealed[i], now=now), n)
-    out["group decrypt"] = rate(lambda i: bob.decrypt_group(group, alice.user_id, sealed[i]), n)
+    # A receiver verifies a message only up to MAX_CHAIN_GAP ahead of its chain, which
+    # decryption moves on: verify and decrypt a gap's worth at a time, timing each apart.
+    spent = {"group verify (relay)": 0.0, "group decrypt": 0.0}
+    for start in range(0, n, crypto.MAX_CHAIN_GAP):
+        window = sealed[start:start + crypto.MAX_CHAIN_GAP]
+        spent["group verify (relay)"] += len(window) / rate(
+            lambda i, w=window: bob.verify_group_message(group, alice.user_id, w[i], now=now),
+            len(window))
+        spent["group decrypt"] += len(window) / rate(
+            lambda i, w=window: bob.decrypt_group(group, alice.user_id, w[i]), len(window))
+    out.update({name: n / seconds for name, seconds in spent.items()})
     return out
 
 
