@@ -164,8 +164,12 @@ class GroupMessagesHandler(UploadMixin, NodeHandler):
 
 
 class GroupReadHandler(ChatReadHandler):
+    """Marking read is local: it is also allowed in a group we have just left or been
+    removed from (the page may still show its messages; no receipt goes out for it).
+    The message must be in that group's history we hold, else 404."""
+
     def post(self, raw_id: str) -> None:  # type: ignore[override]
-        self._read(self.node.group_topic(group_id_arg(raw_id)))
+        self._read(group_id_arg(raw_id))
 
 
 class PresenceHandler(ConversationHandler):

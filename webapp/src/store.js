@@ -360,6 +360,9 @@ async function markRead() {
   if (!id || document.visibilityState !== "visible" || !state.me) {
     return;
   }
+  if (id in state.leftGroups) {
+    return; // the node keeps no conversation going for a group we are out of
+  }
   const conv = conversationById(id);
   const list = state.messages[id] || [];
   const mine = (m) => m.sender === state.me.id;

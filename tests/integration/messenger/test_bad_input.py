@@ -81,10 +81,17 @@ def test_bad_invites(trio) -> None:
 
 
 def test_removed_member_rejoins_only_with_a_newer_invite(trio) -> None:
-    group, alice, bob, _ = trio
+    group, alice, bob, mallory = trio
     stale = alice.invite(group)
+    seen = alice.send(group, "read after the removal")
+    eventually(lambda: "read after the removal" in bob.texts(group))
     assert alice.call("DELETE", f"/api/v1/groups/{group}/members/{bob.user_id}")[0] == 204
     eventually(lambda: bob.call("GET", f"/api/v1/groups/{group}")[0] == 404)
+    # A page still showing the chat marks it read: local, not an error (no receipt goes
+    # out); a message that is not in the group's history is still a 404.
+    assert bob.ok("POST", f"/api/v1/groups/{group}/read", {"message_id": seen}) == {"marked": 1}
+    assert refused(mallory, "POST", f"/api/v1/groups/{group}/read", {"message_id": seen}) == \
+        (404, "not_found")
     assert refused(bob, "POST", "/api/v1/join", {"invite": stale}) == (403, "removed_member")
     assert bob.user_id not in alice.members(group)
     assert bob.join(alice.invite(group)) == group
