@@ -60,17 +60,25 @@ def test_system_lines_and_a_removed_member_rejoining(
     assert bob.ok("GET", "/api/v1/groups")["left_groups"] == [{"id": group, "name": "Trip"}]
 
     # The invite made before the removal does not bring him back; a new one does.
-    refusals: list[str] = []
-    b.on("websocket", lambda ws: ws.on("framereceived", lambda frame: refusals.append(frame)
-                                       if "join_refused" in str(frame) else None))
+    frames: list[str] = []
+    b.on("websocket", lambda ws: ws.on("framereceived", lambda frame: frames.append(str(frame))))
     b.goto(b.url.split("/g/")[0] + "/join")
+    # The events socket is up ("ready" came) before the join: a refusal that comes at
+    # once must not be published before the page listens (a loaded machine's click can
+    # beat the socket).
+    expect(b.locator(".conn.live")).to_have_count(1)
+
+    def refusals() -> int:
+        b.wait_for_timeout(100)  # Playwright hands over the frames only while called
+        return sum("join_refused" in f for f in frames)
+
     b.get_by_label("Invite link").fill(stale)
     b.get_by_role("button", name="Join group").click()
     expect(b.get_by_role("main").get_by_role("alert")).to_contain_text(
         "removed from that group after this invite was made: ask an admin for a new invite")
     # Alice and Carol (a backup the invite names) both refuse: the screen says it
     # once, and the refusal that comes in after the answer adds no toast.
-    eventually(lambda: len(refusals) >= 2, message="both refusals reached bob's page")
+    eventually(lambda: refusals() >= 2, message="both refusals reached bob's page")
     expect(b.locator(".notice")).to_have_count(0)
     b.screenshot(path=str(output_dir / "bob-stale-invite.png"))
     # Chromium logs the refused request itself; that is the only console error.
