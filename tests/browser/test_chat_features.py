@@ -74,10 +74,16 @@ def test_chat_features_between_two_nodes(
     expect(message(a, "welcome").locator(".reaction")).to_have_text("❤️")
     b.screenshot(path=str(output_dir / "bob-reply-and-reaction.png"))
 
-    # Alice edits her reply and deletes "two" for everyone.
+    # Alice edits her reply and deletes "two" for everyone. Escape first leaves an edit
+    # as the ✕ does: the text goes, nothing is sent.
+    box = a.get_by_label("Message (Enter sends")
+    action(a, "welcome", "Edit")
+    expect(box).to_have_value("welcome")
+    box.press("Escape")
+    expect(a.get_by_test_id("compose-context")).to_have_count(0)
+    expect(box).to_have_value("")
     action(a, "welcome", "Edit")
     expect(a.get_by_test_id("compose-context")).to_contain_text("Editing")
-    box = a.get_by_label("Message (Enter sends")
     expect(box).to_have_value("welcome")
     box.fill("welcome, bob!")
     box.press("Enter")
