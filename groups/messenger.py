@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from groups import chat_actions, conversation_clock, history, profiles
+from groups import chat_actions, conversation_clock, history, profiles, safety_changes
 from groups.conversation import Check, Conversations, pack_file
 from groups.conversation_events import (
     ChatRow,
@@ -257,8 +257,12 @@ class Messenger:
         except IdentityChanged as exc:
             history.note_undecrypted(self.conn, message.msg_id, exc.reason)
             user_id = exc.user_id
-            self.io.after_commit(lambda: self.events.publish("identity_changed",
-                                                             {"user_id": user_id}))
+            lines = safety_changes.record(
+                self.conn, [conv.topic for conv in self.peers.shared_with(user_id)],
+                user_id, exc.identity_key, self.clock())
+            self.io.after_commit(lambda: self.events.publish(
+                "identity_changed",
+                {"user_id": user_id, "changes": [line.to_json() for line in lines]}))
             return []
         except DecryptError:
             if envelope.kind is EnvelopeKind.SEALED:

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from groups import history, profiles
+from groups import history, profiles, safety_changes
 from groups import store as node_store
 from groups.attachment_rows import AttachmentRow
 from groups.crypto import safety_number, safety_number_qr
@@ -284,7 +284,9 @@ class NodeApi:
             raise NotFound("no such cursor")
         messages, older = self._messenger.page(topic, limit, position)
         return {"messages": messages, "before": older,
-                "timer_changes": history.timer_changes(self._node.conn, topic)}
+                "timer_changes": history.timer_changes(self._node.conn, topic),
+                "safety_changes": [line.to_json() for line in
+                                   safety_changes.changes(self._node.conn, topic)]}
 
     def send_text(self, topic: bytes, text: str, file: FileRef | None = None,
                   reply_to: bytes = b"") -> bytes:

@@ -13,7 +13,7 @@ import sqlite3
 
 from groups import history
 from groups.conversation import Conversations
-from groups.conversation_events import ConversationKind
+from groups.conversation_events import Conversation, ConversationKind
 from groups.conversation_io import ConversationIO
 from groups.directory import Directory
 from mesh.errors import MeshError
@@ -69,12 +69,18 @@ class PeerRecords:
                 self.announce(user)
         return changed
 
+    def shared_with(self, user: str) -> list[Conversation]:
+        """The conversations we are still in that ``user`` takes part in (groups where
+        they are a member, 1:1 topics with them)."""
+        return [conv for conv in history.conversations(self.conn)
+                if conv.left_at is None
+                and (conv.peer == user if conv.kind != ConversationKind.GROUP
+                     else self.core.is_member(conv.topic, user))]
+
     def announce(self, user: str) -> None:
         """Announce again every topic ``user`` takes part in (we know where they are now)."""
-        for conv in history.conversations(self.conn):
-            if conv.left_at is not None:
-                continue
-            if conv.kind == ConversationKind.GROUP and self.core.is_member(conv.topic, user):
+        for conv in self.shared_with(user):
+            if conv.kind == ConversationKind.GROUP:
                 self.io.announce(conv.topic)
-            elif conv.peer == user:
+            else:
                 self.io.announce_direct(conv.topic, user)

@@ -300,5 +300,20 @@ INSERT INTO chat_search (rowid, body, message_id, topic)
            c.message_id, c.topic FROM chat_messages c WHERE c.deleted = 0;
 """
 
+# Version 9: "safety number changed" lines (groups/safety_changes.py): per conversation,
+# whose identity key changed, to which key, when we noticed (ms) and the ordering value
+# the line sorts at; at most 50 per conversation (the newest are kept).
+_SAFETY_CHANGES = """
+CREATE TABLE safety_changes (
+    topic        BLOB NOT NULL REFERENCES conversations (topic),
+    user_id      TEXT NOT NULL,
+    ord          INTEGER NOT NULL,
+    identity_key BLOB NOT NULL,
+    noticed_at   INTEGER NOT NULL,
+    PRIMARY KEY (topic, user_id, ord)
+);
+"""
+
 MIGRATIONS: list[str] = [_V1_KEYS, _V2_MESSENGER, _V3_ATTACHMENTS, _V4_ORDER_REPAIR,
-                         _CHAT_FEATURES, _TIMER_CHANGES, _PROFILES, _SEARCH_BY_ROWID]
+                         _CHAT_FEATURES, _TIMER_CHANGES, _PROFILES, _SEARCH_BY_ROWID,
+                         _SAFETY_CHANGES]
