@@ -79,6 +79,20 @@ export function timerLine(data) {
   }
 }
 
+// -- stored "safety number changed" lines (GET …/messages "safety_changes", and the
+// identity_changed event, which carries the ones the node stored just then) ----------
+
+/** Keep each change once, whichever of the load and the event brought it first. */
+export function addSafetyChanges(changes) {
+  for (const change of changes) {
+    const list = state.safetyChanges[change.conversation]
+      || (state.safetyChanges[change.conversation] = []);
+    if (!list.some((c) => c.user === change.user && c.order === change.order)) {
+      list.push(change);
+    }
+  }
+}
+
 // -- browser notifications (only when the tab is hidden, never for muted chats) ---
 
 const NOTIFY_KEY = "parley-notifications";

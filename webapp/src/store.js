@@ -8,7 +8,7 @@ import {
 } from "./api.js";
 import { connectEvents } from "./events.js";
 import { formatBytes } from "./format.js";
-import { notifyMessage, setTimerLines, timerLine } from "./chat.js";
+import { addSafetyChanges, notifyMessage, setTimerLines, timerLine } from "./chat.js";
 import { personName } from "./names.js";
 import { onPresence, onTyping } from "./presence.js";
 
@@ -30,6 +30,7 @@ export const state = reactive({
   activeConversation: null, // the conversation on screen (marks read while visible)
   olderCursor: {}, // conversation id -> cursor of the page before the loaded messages, or null
   timerLines: {}, // conversation id -> [{key, at, text, kind}] timer changes seen live
+  safetyChanges: {}, // conversation id -> [SafetyChange] stored by the node (docs/api.md)
   // GET /profiles: our profile and everyone's names {name, nickname, avatar, lookalike}
   profiles: { me: { name: null, avatar: null }, people: {} },
 });
@@ -140,6 +141,8 @@ export async function loadMessages(conv) {
   state.messages[conv.id] = sortMessages(reply.messages || []);
   state.olderCursor[conv.id] = reply.before || null;
   setTimerLines(conv.id, reply.timer_changes || []);
+  state.safetyChanges[conv.id] = [];
+  addSafetyChanges(reply.safety_changes || []);
 }
 
 /** The page before the loaded messages (GET …/messages?before=cursor, docs/api.md). */
@@ -284,6 +287,7 @@ function onEvent(event) {
       break;
     case "identity_changed":
       state.identityChanged[data.user_id] = Date.now();
+      addSafetyChanges(data.changes || []);
       notify(`The safety number of ${personName(data.user_id)} changed. Compare it with them before you trust new messages.`);
       break;
     case "profile":
