@@ -256,13 +256,7 @@ class Messenger:
             return []
         except IdentityChanged as exc:
             history.note_undecrypted(self.conn, message.msg_id, exc.reason)
-            user_id = exc.user_id
-            lines = safety_changes.record(
-                self.conn, [conv.topic for conv in self.peers.shared_with(user_id)],
-                user_id, exc.identity_key, self.clock())
-            self.io.after_commit(lambda: self.events.publish(
-                "identity_changed",
-                {"user_id": user_id, "changes": [line.to_json() for line in lines]}))
+            self._identity_changed(exc, tell_again=True)
             return []
         except DecryptError:
             if envelope.kind is EnvelopeKind.SEALED:
@@ -275,6 +269,20 @@ class Messenger:
             history.note_undecrypted(self.conn, message.msg_id, "bad_content")
             return []
         return self._handle(message, content)
+
+    def _identity_changed(self, exc: IdentityChanged, *, tell_again: bool) -> None:
+        """A peer showed another identity key than the one we trust: a safety line in
+        every conversation we share with them (inside the caller's transaction), and
+        the UI told after the commit - also when the key was noted before if
+        ``tell_again`` (each message received under it), so the warning stays in view."""
+        user_id = exc.user_id
+        lines = safety_changes.record(
+            self.conn, [conv.topic for conv in self.peers.shared_with(user_id)],
+            user_id, exc.identity_key, self.clock())
+        if lines or tell_again:
+            self.io.after_commit(lambda: self.events.publish(
+                "identity_changed",
+                {"user_id": user_id, "changes": [line.to_json() for line in lines]}))
 
     def _handle(self, message: Message, content: Content) -> list[Effect]:
         core, origin, now = self.core, message.origin, self.clock()
@@ -531,6 +539,10 @@ class Messenger:
                     history.settle_pairwise(self.conn, row_id)
             except MeshError as exc:
                 self.io.discard_unpublished()
+                if isinstance(exc, IdentityChanged):  # the bundle of a new session
+                    with atomic(self.conn):
+                        self._identity_changed(exc, tell_again=False)
+                    self.io.flush()
                 blocked.add(peer)
                 history.pairwise_waits(self.conn, row_id, str(exc))
                 log.info("pairwise message to %s waits: %s", peer, exc)

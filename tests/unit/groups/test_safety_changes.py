@@ -4,8 +4,11 @@ and the messenger writing them when a peer's prekey message shows another key.""
 
 from __future__ import annotations
 
+import asyncio
+
 from groups import history, safety_changes
 from groups import store as key_store
+from groups.directory import NoDiscovery
 from groups.safety_changes import MAX_PER_CONVERSATION
 from groups.store import atomic, open_store
 from mesh.identity import KeyPair
@@ -96,3 +99,22 @@ def test_messenger_stores_a_line_where_the_changed_member_is() -> None:
         (line.to_json() for line in lines + in_chat), key=lambda c: c["conversation"])
     assert changed[1:] == [{"user_id": bob.id, "changes": []}]  # noted once
     assert safety_changes.changes(mallory.conn, group_id) == []
+
+
+def test_a_new_session_under_another_key_is_noted_once_by_the_outbox() -> None:
+    group_id, nodes, (alice, bob, _carol, _mallory) = club()
+    a = nodes[alice.id]
+    a.directory.lookup = NoDiscovery()  # the session starts from bob's record we hold
+    with atomic(alice.conn):
+        key_store.save_identity(alice.conn, bob.id, KeyPair.generate().public, NOW)
+        key_store.delete_session(alice.conn, bob.id, 1)
+    owed = [row for row in history.owed_pairwise(alice.conn) if row[1] == bob.id]
+    assert owed  # her sender key, for bob
+    a.events = Recorder()
+    assert asyncio.run(a._send_outbox()) is True  # it waits: bob's key must be compared
+    assert asyncio.run(a._send_outbox()) is True
+    lines = safety_changes.changes(alice.conn, group_id)
+    assert [line.user for line in lines] == [bob.id]
+    assert a.events.events == [("identity_changed", {"user_id": bob.id,
+                                                     "changes": [lines[0].to_json()]})]
+    assert [row for row in history.owed_pairwise(alice.conn) if row[1] == bob.id] == owed
