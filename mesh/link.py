@@ -236,6 +236,9 @@ class Link:
         self._ephemeral = X25519PrivateKey.generate()
         self._send: _Direction | None = None
         self._recv: _Direction | None = None
+        # An initiator on the data keys keeps the responder's handshake key until the
+        # responder shows it switched too (see _close_before_switch).
+        self._hs_recv: _Direction | None = None
         self._dh = b""
         self._hash = b""
         self._hello_sent = b""
@@ -353,16 +356,31 @@ class Link:
             plain = self._recv.open(data, "decrypt_failed" if established
                                     else "transcript_mismatch")
         except LinkError:
-            # During the handshake a peer that could not derive keys closes in clear.
-            if not established:
-                try:
-                    frame = wire.decode(data, max_size=MAX_HANDSHAKE_MESSAGE)
-                except FrameError:
-                    frame = None
-                if isinstance(frame, wire.Close):
-                    return frame, data
+            close = self._close_before_switch(data, established)
+            if close is not None:
+                return close, data
             raise
+        self._hs_recv = None  # the peer is on our keys: nothing older can follow
         return wire.decode(plain, max_size=wire.MAX_CHUNK_FRAME), plain
+
+    def _close_before_switch(self, data: bytes, established: bool) -> wire.Close | None:
+        """A Close the peer sealed before it could be on our current keys, else None.
+        During the handshake a peer that could not derive keys closes in clear. Once
+        established, an initiator (on the data keys since it sent its Auth) may still
+        get a Close under the responder's handshake key: the responder closed (shutting
+        down, its handshake deadline, "busy") before our Auth reached it, and cannot
+        derive the data keys without it. Only a Close is let through either way."""
+        try:
+            if not established:
+                frame = wire.decode(data, max_size=MAX_HANDSHAKE_MESSAGE)
+            elif self._hs_recv is not None:
+                frame = wire.decode(self._hs_recv.open(data, "decrypt_failed"),
+                                    max_size=MAX_HANDSHAKE_MESSAGE)
+            else:
+                return None
+        except (FrameError, LinkError):
+            return None
+        return frame if isinstance(frame, wire.Close) else None
 
     def _dispatch(self, frame: wire.Frame, raw: bytes, now: float) -> None:
         nxt = _TRANSITIONS.get((self.role, self._state, frame.TYPE))
@@ -416,6 +434,7 @@ class Link:
             self._hash = _sha256(self._hash, raw)
             mine = self._emit_sealed(self._make_auth(SIG_LABEL_INITIATOR), now)
             self._hash = _sha256(self._hash, mine)
+            self._hs_recv = self._recv
             self._send = _Direction(_hkdf(self._dh, self._hash, INFO_DATA_I2R))
             self._recv = _Direction(_hkdf(self._dh, self._hash, INFO_DATA_R2I))
         else:

@@ -109,6 +109,41 @@ def test_close_reaches_the_peer(alice, bob):
     assert la.events() == [] and la.data_to_send() == []
 
 
+def deliver(src: Link, dst: Link) -> None:
+    for msg in src.data_to_send():
+        dst.receive_data(msg, T0)
+
+
+def test_responder_closing_before_the_initiators_auth_arrives(alice, bob):
+    """The initiator is on the data keys once it sent its Auth; a responder that closes
+    before that Auth reaches it (its node shutting down) can only seal under its
+    handshake key. That Close must end the link with its reason, not "decrypt_failed"
+    (an integration test saw it 1 run in 18 when a peer stopped right after dialling)."""
+    la, lb = link(alice, True), link(bob, False)
+    deliver(la, lb)  # Hello
+    deliver(lb, la)  # Hello, Auth
+    assert la.events() == [Established(bob.record)]
+    in_flight = la.data_to_send()  # the initiator's Auth, not yet at the responder
+    lb.close("shutdown", "node stopping")
+    deliver(lb, la)
+    assert la.events() == [Closed("shutdown", "node stopping", True)]
+    assert in_flight and la.data_to_send() == []
+
+
+def test_handshake_key_is_dropped_once_the_responder_switched(alice, bob):
+    la, lb = link(alice, True), link(bob, False)
+    deliver(la, lb)
+    deliver(lb, la)
+    hs_send = lb._send  # the responder's handshake key, as a late Close would use it
+    deliver(la, lb)  # the initiator's Auth: the responder switches to the data keys
+    assert la.events() and lb.events() == [Established(alice.record)]
+    lb.send(wire.Graft(TOPIC))
+    deliver(lb, la)
+    assert la.events() == [FrameReceived(wire.Graft(TOPIC))]
+    la.receive_data(hs_send.seal(wire.encode(wire.Close("shutdown", ""))), T0)
+    assert closed(la.events()).reason == "decrypt_failed"
+
+
 def test_ping_is_answered_and_not_surfaced(alice, bob):
     la, lb = connect(alice, bob, keepalive=5.0)
     assert la.next_timer() == T0 + 5.0
