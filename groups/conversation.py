@@ -275,7 +275,13 @@ class Conversations:
         welcome = Welcome(content.group, ops).encode()
         return [*effects, OwePairwise(origin, PairwiseKind.WELCOME, content=welcome)]
 
-    def receive_welcome(self, origin: str, content: Welcome) -> list[Effect]:
+    def receive_welcome(self, origin: str, content: Welcome,
+                        known: Iterable[bytes] = ()) -> list[Effect]:
+        """``known``: the ops of this group we hold (stored; kept after we left or were
+        removed). A welcome can be older than they are: every member an invite names
+        answers the join request, and a late answer may come after a removal. Merged
+        with what we know, such a welcome no longer adds us and is ignored, where taken
+        alone it put a removed member back into the group on its own node."""
         if self.is_member(content.group, self.me):
             return []
         try:
@@ -283,9 +289,17 @@ class Conversations:
         except OpRejected as exc:
             log.info("ignored a welcome from %s: %s", origin, exc)
             return []
+        if group.group_id != content.group:
+            log.info("ignored a welcome from %s for another group", origin)
+            return []
+        held = self._logs.get(content.group)
+        for op in (*(Op.decode(encoded) for encoded in known), *(held.chain() if held else ())):
+            try:
+                group.add(op)
+            except OpRejected as exc:  # ours, refused by the merged log (full, say)
+                log.info("an op we hold does not fit a welcome from %s: %s", origin, exc)
         state = group.state
-        if group.group_id != content.group or self.me not in state.members \
-                or origin not in state.members:
+        if self.me not in state.members or origin not in state.members:
             log.info("ignored a welcome from %s that does not add us", origin)
             return []
         self._logs[content.group] = group

@@ -310,7 +310,8 @@ class Messenger:
         if isinstance(content, SenderKey):
             return core.receive_sender_key(origin, content)
         if isinstance(content, Welcome):
-            return core.receive_welcome(origin, content)
+            return core.receive_welcome(origin, content,
+                                        history.load_ops(self.conn, content.group))
         if isinstance(content, JoinRequest):
             return core.receive_join_request(origin, content,
                                              self.crypto.identity_key_of(origin), now)

@@ -200,6 +200,35 @@ def test_removed_member_that_missed_ops_still_learns_of_its_removal(club) -> Non
                             "epoch": alice.log_of(topic).state.epoch}) in learned
 
 
+def test_a_late_welcome_does_not_undo_a_removal(club) -> None:
+    """Every member an invite names answers the join request. Bob's answer to carol's
+    came only after alice had removed carol (an integration run caught it: carol's node
+    took the welcome and counted itself in again). Merged with the ops carol holds, it
+    no longer adds her: ignored, in this session and after a restart (ops from the
+    store). A welcome made after a new invite still brings her back."""
+    topic, nodes = club
+    alice, bob, carol = nodes.values()
+    late = bob.receive_join_request(carol.me, JoinRequest(topic, b"x" * 16),
+                                    carol.identity.public, NOW)
+    stale = decode_content(of(late, OwePairwise)[-1].content, DIRECT_CONTENTS)
+    assert isinstance(stale, Welcome)
+    route(alice.remove(topic, carol.me, NOW), nodes, alice)
+    assert not carol.is_member(topic, carol.me)
+    assert carol.receive_welcome(bob.me, stale) == []
+    assert not carol.is_member(topic, carol.me)
+    held = [op.encode() for op in alice.log_of(topic).chain()]  # what carol's store has
+    restarted = Conversations(carol.identity)
+    assert restarted.receive_welcome(bob.me, stale, held) == []
+    assert not restarted.is_member(topic, carol.me)
+    # Re-invited: alice's welcome carries the removal and the new add.
+    route(alice.invite(topic, b"n" * 16, NOW, 3600, ("", (), ()))[1], nodes, alice)
+    answer = alice.receive_join_request(carol.me, JoinRequest(topic, b"n" * 16),
+                                        carol.identity.public, NOW)
+    fresh = decode_content(of(answer, OwePairwise)[-1].content, DIRECT_CONTENTS)
+    assert JoinSettled(topic) in restarted.receive_welcome(alice.me, fresh, held)
+    assert restarted.is_member(topic, carol.me)
+
+
 def test_removal_notice_is_bounded_and_ignored_from_non_members(club) -> None:
     topic, nodes = club
     alice, _, carol = nodes.values()
