@@ -232,7 +232,13 @@ class DhtNode:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        """Run a background task that stop() will cancel; a crash is logged, not lost."""
+        """Run a background task that stop() will cancel; a crash is logged, not lost.
+        After stop() it refuses (DhtUnavailable): a lookup that resumes once stop() has
+        failed its RPCs must not start a replica repair nothing would cancel or await
+        (its coroutine outlived the loop and warned "never awaited" in a later test)."""
+        if self._closed:
+            coro.close()
+            raise DhtUnavailable("the DHT node is not running")
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)

@@ -101,6 +101,12 @@ async def test_unknown_ids_and_lonely_nodes_get_typed_errors(net: DhtNet) -> Non
         await lonely.join([address])
     with pytest.raises(DhtUnavailable):
         await dead.lookup("123456789012345")
+    # Nothing new starts on a stopped node (a lookup resuming after stop() would repair
+    # replicas): the work is refused and its coroutine closed, not left unawaited.
+    late = asyncio.sleep(0)
+    with pytest.raises(DhtUnavailable):
+        dead.spawn(late)
+    assert late.cr_frame is None
     _, expired = make_record(now=1_000_000_000)
     with pytest.raises(RecordError):
         await nodes[0].publish(expired)
